@@ -1,0 +1,1 @@
+"""ImageBrush-JAX: exemplar-based image editing by diffusion inpainting of an example grid."""
