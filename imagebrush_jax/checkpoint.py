@@ -1,0 +1,173 @@
+"""Orbax checkpoints of one run: train state (params, EMA, optimizer, step), the grain
+iterator state (so resume is data-exact) and the config, saved asynchronously.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data, config}. Orbax writes each step to a
+temporary folder and renames it when complete, so an interrupted save never leaves a
+half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from absl import logging
+from etils import epath
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from imagebrush_jax import parallel
+
+STATE, DATA, CONFIG = "state", "data", "config"
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint holds a different model or optimizer than the config builds."""
+
+
+class CheckpointCorruptError(RuntimeError):
+  """A checkpoint folder exists but cannot be read."""
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {parallel.path_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat}
+
+
+def describe_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], limit: int = 12) -> str:
+  """Human-readable list of missing / unexpected / reshaped arrays between two trees."""
+  missing = sorted(set(wanted) - set(saved))
+  extra = sorted(set(saved) - set(wanted))
+  reshaped = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+  lines = []
+  for title, keys, fmt in (
+      ("in the config but not the checkpoint", missing, lambda k: f"{k} {wanted[k]}"),
+      ("in the checkpoint but not the config", extra, lambda k: f"{k} {saved[k]}"),
+      ("different shape (checkpoint vs config)", reshaped,
+       lambda k: f"{k} {saved[k]} vs {wanted[k]}")):
+    if keys:
+      lines.append(f"  {len(keys)} {title}:")
+      lines.extend(f"    {fmt(k)}" for k in keys[:limit])
+      if len(keys) > limit:
+        lines.append(f"    ... and {len(keys) - limit} more")
+  return "\n".join(lines)
+
+
+class Checkpointer:
+  """Saves and restores (state, data iterator, config) under WORKDIR/checkpoints."""
+
+  def __init__(self, workdir: str, ckpt_config: ml_collections.ConfigDict):
+    self.directory = epath.Path(workdir) / "checkpoints"
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(ckpt_config.keep),
+        keep_period=int(ckpt_config.keep_every) or None,
+        enable_async_checkpointing=bool(ckpt_config.get("async_save", True)),
+        create=True,
+    )
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        item_names=(STATE, DATA, CONFIG),
+        item_handlers={
+            STATE: ocp.StandardCheckpointHandler(),
+            DATA: grain.checkpoint.CheckpointHandler(),
+            CONFIG: ocp.JsonCheckpointHandler(),
+        },
+        options=options,
+    )
+
+  # ---------------------------------------------------------------- queries
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  # ---------------------------------------------------------------- save
+  def save(self, step: int, state: Any, data_iterator: Any | None,
+           config: ml_collections.ConfigDict, *, force: bool = False) -> bool:
+    """Starts an asynchronous save; the data iterator state is captured now."""
+    items = {
+        STATE: ocp.args.StandardSave(state),
+        CONFIG: ocp.args.JsonSave(json.loads(config.to_json())),
+    }
+    if data_iterator is not None:
+      items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+    saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    if saved:
+      logging.info("checkpoint: saving step %d to %s", step, self.directory)
+    return saved
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  # ---------------------------------------------------------------- restore
+  def saved_config(self, step: int) -> dict:
+    path = self.directory / str(step) / CONFIG
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(
+          **{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointCorruptError(f"cannot read the config of checkpoint {path}: {e}") from e
+
+  def check_compatible(self, step: int, abstract_state: Any) -> None:
+    """Refuses a checkpoint whose arrays differ in name or shape from the config's."""
+    path = self.directory / str(step)
+    try:
+      meta = self.manager.item_metadata(step)[STATE]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointCorruptError(f"cannot read checkpoint metadata in {path}: {e}") from e
+    if meta is None:
+      raise CheckpointCorruptError(f"checkpoint {path} has no '{STATE}' item")
+    tree = getattr(meta, "tree", meta)
+    saved = _flat_shapes(tree)
+    wanted = _flat_shapes(abstract_state)
+    if saved != wanted:
+      raise CheckpointMismatchError(
+          f"checkpoint {path} does not fit the config (another model or optimizer shape):\n"
+          + describe_mismatch(saved, wanted))
+
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any | None) -> Any:
+    """Restores state onto the shardings in abstract_state and the iterator in place.
+
+    abstract_state is a tree of jax.ShapeDtypeStruct with .sharding set, so restoring
+    onto another device count or mesh reshards on the fly.
+    """
+    self.check_compatible(step, abstract_state)
+    items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+    path = self.directory / str(step)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointCorruptError(f"cannot restore checkpoint {path}: {e}") from e
+    _check_finite(restored[STATE], path)
+    logging.info("checkpoint: restored step %d from %s", step, path)
+    return restored[STATE]
+
+
+def _check_finite(state: Any, path) -> None:
+  """A damaged checkpoint can decode to NaN/inf; refuse it instead of training on it."""
+  floats = {parallel.path_name(k): v for k, v in jax.tree_util.tree_flatten_with_path(state)[0]
+            if hasattr(v, "dtype") and jax.numpy.issubdtype(v.dtype, jax.numpy.floating)}
+  finite = jax.jit(lambda t: {k: jax.numpy.all(jax.numpy.isfinite(v)) for k, v in t.items()})(floats)
+  bad = [k for k, ok in finite.items() if not bool(ok)]
+  if bad:
+    raise CheckpointCorruptError(
+        f"checkpoint {path}: NaN or inf values in {', '.join(bad[:8])}")
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the target shardings, the restore target."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def param_count(tree: Any) -> int:
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))

@@ -1,0 +1,41 @@
+"""Atomic file writes: write to a temporary name in the same folder, then rename, so a
+crash or a bad input never leaves a half-written file where a good one was expected."""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+  write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def save_png_atomic(path: str | os.PathLike, image: np.ndarray) -> None:
+  """uint8 [H, W, 3] (or [H, W]) -> PNG file, atomically."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f"save_png_atomic expects uint8, got {image.dtype} for {path}")
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  write_bytes_atomic(path, buf.getvalue())
