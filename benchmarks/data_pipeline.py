@@ -1,0 +1,155 @@
+"""Input pipeline throughput, side by side with what a training step consumes.
+
+    python benchmarks/data_pipeline.py [--config configs/default.py] [--workers 1,2]
+
+Measures grids/s of the training iterator (host 0 of 1) with each worker count, then the grids/s
+of a training step on the same batch shape (`consumer_grids_per_s`), and reports the ratio:
+the pipeline should deliver at least TARGET_RATIO times what training consumes. The last line
+printed is one JSON object with `grids_per_s` (at config.data.num_workers, or the first worker
+count measured if that is not among them) and `ratio_to_train`.
+"""
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+import numpy as np
+
+from imagebrush_jax.data import pipeline
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+TARGET_RATIO = 5.0
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs", "default.py"), "Config file (.py).")
+_WORKERS = flags.DEFINE_list("workers", ["1", "2"], "Worker-process counts to measure.")
+_WARMUP = flags.DEFINE_integer("warmup_batches", 10, "Batches discarded (worker start-up).")
+_BATCHES = flags.DEFINE_integer("batches", 60, "Batches timed per worker count.")
+_STEPS = flags.DEFINE_integer("consumer_steps", 10, "Training steps timed.")
+
+
+def pipeline_grids_per_s(config: Any, num_workers: int, *, warmup: int, batches: int) -> float:
+  """Grids/s delivered by make_train_iterator with `num_workers` worker processes."""
+  config = config.copy_and_resolve_references()
+  config.data.num_workers = num_workers
+  it = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  try:
+    for _ in range(warmup):
+      next(it)
+    start = time.perf_counter()
+    grids = sum(len(next(it)["grid"]) for _ in range(batches))
+    return grids / (time.perf_counter() - start)
+  finally:
+    it.close()
+
+
+# What consumer_grids_per_s measures; reported as "train_consumer". Update both together.
+TRAIN_CONSUMER = ("stand-in: jitted conv UNet with config.model.unet.channels widths (no "
+                  "attention, no prompt encoder), forward + backward + SGD on the config's "
+                  "batch shape")
+
+
+def consumer_grids_per_s(config: Any, *, steps: int = 10) -> float:
+  """Grids/s that one training step on config's batch shape consumes.
+
+  Stand-in until the real step is wired in here: a jitted conv UNet (no attention, no prompt
+  encoder) with the config's UNet widths, forward + backward + SGD update on the noise
+  prediction loss. It does less work than the real ImageBrush step, so the ratio it gives is a
+  lower bound on the real one.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+
+  widths = tuple(config.model.unet.channels) if "unet" in config.get("model", {}) else (64, 128)
+
+  class ConvUNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      skips = []
+      for i, w in enumerate(widths):
+        if i:
+          x = nn.avg_pool(x, (2, 2), (2, 2))
+        x = nn.silu(nn.GroupNorm(min(32, w))(nn.Conv(w, (3, 3))(x)))
+        x = x + nn.Conv(w, (3, 3))(nn.silu(nn.Conv(w, (3, 3))(x)))
+        skips.append(x)
+      for i, w in reversed(list(enumerate(widths))):
+        x = jnp.concatenate([x, skips[i]], axis=-1)
+        x = nn.silu(nn.Conv(w, (3, 3))(x))
+        if i:
+          x = jax.image.resize(x, (x.shape[0], x.shape[1] * 2, x.shape[2] * 2, w), "nearest")
+      return nn.Conv(3, (3, 3))(x)
+
+  d = config.data
+  b, t, k = config.train.batch_size, d.tile_size, d.num_examples
+  shape = (b, (k + 1) * t, 2 * t)
+  model = ConvUNet()
+  x = jnp.zeros(shape + (7,))  # noisy grid, conditioning grid, mask
+  params = model.init(jax.random.key(0), x)
+
+  @jax.jit
+  def step(params, grid, mask, key):
+    clean = grid.astype(jnp.float32) / 127.5 - 1
+    noise = jax.random.normal(key, clean.shape)
+    inputs = jnp.concatenate([clean + noise, clean * (1 - mask), mask.astype(jnp.float32)], -1)
+
+    def loss_fn(p):
+      return jnp.mean((model.apply(p, inputs) - noise) ** 2)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    return jax.tree.map(lambda w, g: w - 1e-3 * g, params, grads), loss
+
+  rng = np.random.default_rng(0)
+  grid = jnp.asarray(rng.integers(0, 256, shape + (3,), dtype=np.uint8))
+  mask = jnp.zeros(shape + (1,), jnp.uint8)
+  params, loss = step(params, grid, mask, jax.random.key(1))  # compile
+  loss.block_until_ready()
+  start = time.perf_counter()
+  for i in range(steps):
+    params, loss = step(params, grid, mask, jax.random.key(i))
+  loss.block_until_ready()
+  return steps * b / (time.perf_counter() - start)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  config = _CONFIG.value
+  workers = [int(w) for w in _WORKERS.value]
+  rates = {}
+  for w in workers:
+    rates[w] = pipeline_grids_per_s(config, w, warmup=_WARMUP.value, batches=_BATCHES.value)
+    print(f"pipeline, {w} worker(s): {rates[w]:.0f} grids/s", flush=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  consumer = consumer_grids_per_s(config, steps=_STEPS.value)
+  print(f"training consumes {consumer:.0f} grids/s ({TRAIN_CONSUMER})", flush=True)
+  default_workers = config.data.num_workers if config.data.num_workers in rates else workers[0]
+  result = {
+      "benchmark": "data_pipeline",
+      "grids_per_s": round(rates[default_workers], 1),
+      "num_workers": default_workers,
+      "grids_per_s_by_workers": {str(w): round(r, 1) for w, r in rates.items()},
+      "consumer_grids_per_s": round(consumer, 1),
+      "train_consumer": TRAIN_CONSUMER,
+      "consumer_device": jax.devices()[0].platform,
+      "ratio_to_train": round(rates[default_workers] / consumer, 2),
+      "ratio_to_train_by_workers": {str(w): round(r / consumer, 2) for w, r in rates.items()},
+      "target_ratio": TARGET_RATIO,
+      "meets_target": rates[default_workers] / consumer >= TARGET_RATIO,
+      "batch_size": config.train.batch_size,
+      "tile_size": config.data.tile_size,
+      "num_examples": config.data.num_examples,
+      "cpu_count": os.cpu_count(),
+  }
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,109 @@
+"""The per-grid steps of the pipeline, as grain transforms.
+
+  index -> SampleEpisode -> Episode (task, K+1 distinct pairs, crop/flip), from (seed, index)
+        -> LoadPairs     -> decoded pairs, resized to render_size
+        -> AugmentCells  -> the same crop and flip on every cell, and on the query box
+        -> AssembleGrid  -> {grid, mask, box, task_id} (see grid.py)
+
+Everything random is drawn in SampleEpisode from np.random.default_rng([seed, stream, index]), so
+a grid depends on nothing but (seed, index): not on the host, worker or thread computing it.
+"""
+import dataclasses
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from imagebrush_jax.data import augment
+from imagebrush_jax.data import grid as grid_lib
+from imagebrush_jax.data import options as options_lib
+from imagebrush_jax.data import sources
+
+_EPISODE_STREAM = 0  # tags the episode sampler's random stream (scenes use another)
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+  """What one grid shows; `pair_indices` are the K examples, then the query."""
+  index: int
+  task: str
+  task_id: int
+  pair_indices: tuple[int, ...]
+  augmentation: augment.Augmentation
+  keep_box: bool
+
+
+class SampleEpisode(grain.transforms.Map):
+  """Index -> Episode. Training draws the task at random; evaluation cycles through `tasks`
+  (balanced), with the centred crop, no flip, and the box always kept."""
+
+  def __init__(self, source: sources.PairSource, opts: options_lib.DataOptions, *,
+               tasks: Sequence[str], seed: int, train: bool):
+    self.source, self.tasks, self.seed, self.train = source, tuple(tasks), seed, train
+    self.num_pairs = opts.num_examples + 1
+    self.margin, self.flip_prob, self.box_prob = opts.crop_margin, opts.flip_prob, opts.box_prob
+    self.task_ids = {name: i for i, name in enumerate(opts.all_tasks)}
+
+  def map(self, index: int) -> Episode:
+    index = int(index)
+    rng = np.random.default_rng([self.seed, _EPISODE_STREAM, index])
+    if self.train:
+      task = self.tasks[int(rng.integers(len(self.tasks)))]
+    else:
+      task = self.tasks[index % len(self.tasks)]
+    candidates = self.source.pair_indices(task)
+    picks = rng.choice(len(candidates), size=self.num_pairs, replace=False)
+    aug = augment.sample(rng, task, margin=self.margin, flip_prob=self.flip_prob,
+                         random=self.train)
+    keep_box = bool(rng.random() < self.box_prob) if self.train else True
+    return Episode(index, task, self.task_ids[task], tuple(int(candidates[p]) for p in picks),
+                   aug, keep_box)
+
+
+class LoadPairs(grain.transforms.Map):
+  """Episode -> (episode, images [K+1, 2, S, S, 3], query box): decodes and resizes to S."""
+
+  def __init__(self, source: sources.PairSource, opts: options_lib.DataOptions):
+    self.source, self.size, self.method = source, opts.render_size, opts.resize_method
+
+  def map(self, episode: Episode) -> tuple[Episode, np.ndarray, np.ndarray | None]:
+    pairs = [self.source[index] for index in episode.pair_indices]
+    for index, pair in zip(episode.pair_indices, pairs):
+      if pair.task != episode.task:
+        raise ValueError(f"pair {pair.pair_id!r} (index {index}) is of task {pair.task!r}, "
+                         f"not {episode.task!r}: the source's task index is inconsistent")
+    images = np.stack([[augment.resize(p.before, self.size, self.method),
+                        augment.resize(p.after, self.size, self.method)] for p in pairs])
+    return episode, images, pairs[-1].box  # the box of the query pair
+
+
+class AugmentCells(grain.transforms.Map):
+  """Crops (and maybe flips) every cell alike to tile_size; moves the query box along."""
+
+  def __init__(self, opts: options_lib.DataOptions):
+    self.tile, self.size = opts.tile_size, opts.render_size
+
+  def map(self, element):
+    episode, images, box = element
+    aug = episode.augmentation
+    tiles = np.stack([[augment.apply(img, aug, self.tile) for img in pair] for pair in images])
+    box = augment.apply_to_box(box if episode.keep_box else None, aug, self.size, self.tile)
+    return episode, tiles, box
+
+
+class AssembleGrid(grain.transforms.Map):
+  """-> the batch element {grid, mask, box, task_id} (grid.py has the layout)."""
+
+  def map(self, element) -> dict[str, np.ndarray]:
+    episode, tiles, box = element
+    out = grid_lib.assemble_grid([(b, a) for b, a in tiles[:-1]], tiles[-1, 0], tiles[-1, 1],
+                                 box=box)
+    out["task_id"] = np.int32(episode.task_id)
+    return out
+
+
+def grid_transforms(source: sources.PairSource, opts: options_lib.DataOptions, *,
+                    tasks: Sequence[str], seed: int, train: bool) -> list[grain.transforms.Map]:
+  """The four steps, in order, for `.map`-ing a dataset of indices to grids."""
+  return [SampleEpisode(source, opts, tasks=tasks, seed=seed, train=train),
+          LoadPairs(source, opts), AugmentCells(opts), AssembleGrid()]

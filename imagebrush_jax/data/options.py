@@ -1,0 +1,190 @@
+"""`config.data`, checked once and frozen into a small picklable dataclass.
+
+Every error names the config key and the value it got, e.g.
+"config.data.num_examples must be in [1, 8], got 9". The rest of the data package reads
+DataOptions, never the ConfigDict, so worker processes receive plain values.
+"""
+import dataclasses
+import numbers
+from typing import Any, Sequence
+
+from imagebrush_jax.data import scenes
+from imagebrush_jax.data import tasks as tasks_lib
+
+SOURCES = ("synthetic", "folder", "tfds")
+RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
+MAX_EXAMPLES = 8  # example rows that fit in one grid (paper, appendix)
+MAX_OBJECTS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+  """Validated `config.data` plus the two top-level values the pipeline needs."""
+  seed: int
+  batch_size: int  # global, over all hosts
+  source: str
+  tile_size: int
+  num_examples: int
+  train_tasks: tuple[str, ...]
+  heldout_tasks: tuple[str, ...]
+  scene: scenes.SceneParams
+  folder_root: str
+  folder_check_images: bool
+  tfds_name: str
+  tfds_dir: str | None
+  tfds_split: str
+  tfds_synthetic_pairs: int
+  resize_method: str
+  crop_scale: float
+  flip_prob: float
+  box_prob: float
+  num_workers: int
+  prefetch_buffer: int
+  read_threads: int
+  eval_batch_size: int
+
+  @property
+  def all_tasks(self) -> tuple[str, ...]:
+    """The task_id vocabulary: train tasks, then held-out ones."""
+    return self.train_tasks + self.heldout_tasks
+
+  @property
+  def crop_margin(self) -> int:
+    """Pixels added on each side before the random crop (0 when crop_scale is 1)."""
+    return round(self.tile_size * (self.crop_scale - 1) / 2)
+
+  @property
+  def render_size(self) -> int:
+    """Side of the square every image is rendered or resized to before cropping a tile."""
+    return self.tile_size + 2 * self.crop_margin
+
+
+def _get(cfg: Any, key: str) -> Any:
+  try:
+    return cfg[key]
+  except KeyError:
+    raise KeyError(f"config.data.{key} is missing") from None
+
+
+def _int(value: Any, key: str, lo: int, hi: int | None = None) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{key} must be an integer, got {value!r}")
+  if value < lo or (hi is not None and value > hi):
+    bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+    raise ValueError(f"{key} must be in {bound}, got {value}")
+  return int(value)
+
+
+def _float(value: Any, key: str, lo: float, hi: float) -> float:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ValueError(f"{key} must be a number, got {value!r}")
+  if not lo <= value <= hi:
+    raise ValueError(f"{key} must be in [{lo}, {hi}], got {value}")
+  return float(value)
+
+
+def _choice(value: Any, key: str, choices: Sequence[str]) -> str:
+  if value not in choices:
+    raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+  return value
+
+
+def _strings(value: Any, key: str, *, choices: Sequence[str] | None = None,
+             allow_empty: bool = True) -> tuple[str, ...]:
+  if isinstance(value, str) or not isinstance(value, (tuple, list)):
+    raise ValueError(f"{key} must be a tuple of strings, got {value!r}")
+  if not value and not allow_empty:
+    raise ValueError(f"{key} must not be empty")
+  for i, item in enumerate(value):
+    if not isinstance(item, str) or not item:
+      raise ValueError(f"{key}[{i}] must be a non-empty string, got {item!r}")
+    if choices is not None and item not in choices:
+      raise ValueError(f"{key}[{i}] = {item!r} is not one of {', '.join(choices)}")
+  if len(set(value)) != len(value):
+    dup = next(v for v in value if list(value).count(v) > 1)
+    raise ValueError(f"{key} lists {dup!r} twice")
+  return tuple(value)
+
+
+def _pair(value: Any, key: str) -> tuple[Any, Any]:
+  if isinstance(value, str) or not isinstance(value, (tuple, list)) or len(value) != 2:
+    raise ValueError(f"{key} must be a pair (low, high), got {value!r}")
+  return tuple(value)
+
+
+def _scene_params(d: Any) -> scenes.SceneParams:
+  lo, hi = _pair(_get(d, "num_objects"), "config.data.num_objects")
+  lo = _int(lo, "config.data.num_objects[0]", 1, MAX_OBJECTS)
+  hi = _int(hi, "config.data.num_objects[1]", lo, MAX_OBJECTS)
+  margin = _float(_get(d, "largest_margin"), "config.data.largest_margin", 1.0, 4.0)
+  size_lo, size_hi = _pair(_get(d, "object_size"), "config.data.object_size")
+  size_lo = _float(size_lo, "config.data.object_size[0]", 0.01, 1.0)
+  size_hi = _float(size_hi, "config.data.object_size[1]", 0.01, 1.0)
+  if size_lo * margin > size_hi:
+    raise ValueError(
+        f"config.data.object_size = {(size_lo, size_hi)} leaves no room for the largest object "
+        f"to be config.data.largest_margin = {margin} times wider than the others: need "
+        f"object_size[1] >= object_size[0] * largest_margin")
+  return scenes.SceneParams(
+      num_objects=(lo, hi),
+      object_size=(size_lo, size_hi),
+      largest_margin=margin,
+      shapes=_strings(_get(d, "shapes"), "config.data.shapes", choices=scenes.SHAPES,
+                      allow_empty=False),
+      backgrounds=_strings(_get(d, "backgrounds"), "config.data.backgrounds",
+                           choices=scenes.BACKGROUNDS, allow_empty=False),
+      hollow_prob=_float(_get(d, "hollow_prob"), "config.data.hollow_prob", 0.0, 1.0),
+      stroke_width=_float(_get(d, "stroke_width"), "config.data.stroke_width", 0.001, 0.5),
+  )
+
+
+def from_config(config: Any) -> DataOptions:
+  """Checks `config.data` (and config.seed, config.train.batch_size) and freezes it."""
+  d = config.data
+  source = _choice(_get(d, "source"), "config.data.source", SOURCES)
+  train = _strings(_get(d, "train_tasks"), "config.data.train_tasks", allow_empty=False)
+  heldout = _strings(_get(d, "heldout_tasks"), "config.data.heldout_tasks")
+  both = sorted(set(train) & set(heldout))
+  if both:
+    raise ValueError(f"config.data.heldout_tasks repeats train task {both[0]!r}; a held-out "
+                     f"task must never be trained on")
+  if source == "synthetic":
+    for key, names in (("train_tasks", train), ("heldout_tasks", heldout)):
+      for i, name in enumerate(names):
+        if not tasks_lib.is_known(name):
+          raise ValueError(f"config.data.{key}[{i}] = {name!r} is not a registered task or a "
+                           f"composition 'a+b' of registered tasks; registered: "
+                           f"{', '.join(tasks_lib.task_names())}")
+  folder_root = str(_get(d, "folder_root"))
+  if source == "folder" and not folder_root:
+    raise ValueError("config.data.folder_root must name a folder when config.data.source is "
+                     "'folder'")
+  tfds_name = str(_get(d, "tfds_name"))
+  if source == "tfds" and not tfds_name:
+    raise ValueError("config.data.tfds_name must be set when config.data.source is 'tfds'")
+  return DataOptions(
+      seed=_int(config.seed, "config.seed", 0, 2**32 - 1),
+      batch_size=_int(config.train.batch_size, "config.train.batch_size", 1),
+      source=source,
+      tile_size=_int(_get(d, "tile_size"), "config.data.tile_size", 4, 4096),
+      num_examples=_int(_get(d, "num_examples"), "config.data.num_examples", 1, MAX_EXAMPLES),
+      train_tasks=train,
+      heldout_tasks=heldout,
+      scene=_scene_params(d),
+      folder_root=folder_root,
+      folder_check_images=bool(_get(d, "folder_check_images")),
+      tfds_name=tfds_name,
+      tfds_dir=str(_get(d, "tfds_dir")) or None,
+      tfds_split=str(_get(d, "tfds_split")),
+      tfds_synthetic_pairs=_int(_get(d, "tfds_synthetic_pairs"),
+                                "config.data.tfds_synthetic_pairs", 2),
+      resize_method=_choice(_get(d, "resize_method"), "config.data.resize_method",
+                            RESIZE_METHODS),
+      crop_scale=_float(_get(d, "crop_scale"), "config.data.crop_scale", 1.0, 2.0),
+      flip_prob=_float(_get(d, "flip_prob"), "config.data.flip_prob", 0.0, 1.0),
+      box_prob=_float(_get(d, "box_prob"), "config.data.box_prob", 0.0, 1.0),
+      num_workers=_int(_get(d, "num_workers"), "config.data.num_workers", 0),
+      prefetch_buffer=_int(_get(d, "prefetch_buffer"), "config.data.prefetch_buffer", 1),
+      read_threads=_int(_get(d, "read_threads"), "config.data.read_threads", 1),
+      eval_batch_size=_int(_get(d, "eval_batch_size"), "config.data.eval_batch_size", 1),
+  )

@@ -1,0 +1,129 @@
+"""Public entry points of the input pipeline: training iterator and evaluation batches.
+
+Training is an epoch-less stream of global grid indices 0, 1, 2, ...; global batch b holds
+indices [b*B, (b+1)*B) and host h of P feeds its rows [h*B/P, (h+1)*B/P) (hosts see disjoint
+data, and the global batch is the same for any number of hosts, so a run's losses do not
+depend on how it is spread over machines). Each index maps to a grid (episodes.py); batches
+are computed in config.data.num_workers grain
+worker processes. A grid depends only on (config.seed, its index), so the stream is the same
+for any number of workers, and the iterator state (a few integers) restores it exactly (with
+the same config.data.num_workers: the state records each worker's position):
+
+  it = make_train_iterator(config)
+  batch = next(it)                      # grid.py documents the batch dict
+  state = it.get_state(); ...; it.set_state(state)
+  # with orbax: grain.checkpoint.CheckpointSave(it) / grain.checkpoint.CheckpointRestore(it)
+"""
+import functools
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from imagebrush_jax.data import episodes
+from imagebrush_jax.data import options as options_lib
+from imagebrush_jax.data import sources
+
+# Size of the global index space; at a million grids a second it lasts 146,000 years.
+NUM_INDICES = 2**62
+
+
+def host_batch_size(opts: options_lib.DataOptions, process_count: int) -> int:
+  """config.train.batch_size split over the hosts (each feeds its own share)."""
+  if opts.batch_size % process_count:
+    raise ValueError(f"config.train.batch_size = {opts.batch_size} must be divisible by the "
+                     f"number of hosts (processes), {process_count}")
+  return opts.batch_size // process_count
+
+
+def task_vocabulary(config: Any) -> tuple[str, ...]:
+  """Names behind `task_id`: train tasks, then held-out tasks."""
+  return tuple(config.data.train_tasks) + tuple(config.data.heldout_tasks)
+
+
+def _host_index(j: int, *, global_batch: int, host_batch: int, process_index: int) -> int:
+  """The global index of this host's j-th grid: row (j % L) of its share of batch j // L."""
+  return (j // host_batch) * global_batch + process_index * host_batch + j % host_batch
+
+
+def _ensure_absl_flags_parsed() -> None:
+  """grain 0.2.18 reads an absl flag when it starts worker processes, which fails in programs
+  that never parsed flags (google/grain#1355); use the defaults in that case."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _grids(source: sources.PairSource, opts: options_lib.DataOptions, indices: grain.MapDataset,
+           *, tasks: Sequence[str], seed: int, train: bool) -> grain.MapDataset:
+  for transform in episodes.grid_transforms(source, opts, tasks=tasks, seed=seed, train=train):
+    indices = indices.map(transform)
+  return indices
+
+
+def make_train_dataset(config: Any, *, process_index: int, process_count: int
+                       ) -> grain.IterDataset:
+  """The host's infinite stream of batches, as a grain IterDataset (not started yet)."""
+  opts = options_lib.from_config(config)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+  batch = host_batch_size(opts, process_count)
+  source = sources.make_source(opts, seed=opts.seed)
+  sources.check_tasks(source, opts.train_tasks, opts.num_examples + 1, "config.data.train_tasks")
+  indices = grain.MapDataset.range(NUM_INDICES // process_count).map(
+      functools.partial(_host_index, global_batch=opts.batch_size, host_batch=batch,
+                        process_index=process_index))
+  ds = _grids(source, opts, indices, tasks=opts.train_tasks, seed=opts.seed, train=True)
+  ds = ds.batch(batch, drop_remainder=True)  # batches do not depend on the number of workers
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=opts.read_threads,
+                                            prefetch_buffer_size=opts.prefetch_buffer))
+  if opts.num_workers:
+    _ensure_absl_flags_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=opts.num_workers, per_worker_buffer_size=opts.prefetch_buffer))
+  return it
+
+
+def make_train_iterator(config: Any, *, process_index: int | None = None,
+                        process_count: int | None = None) -> grain.DatasetIterator:
+  """Infinite iterator of host-local numpy batches; supports get_state() / set_state().
+
+  process_index / process_count default to jax.process_index() / jax.process_count().
+  Close it (`it.close()`) when done to stop its worker processes.
+  """
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  return iter(make_train_dataset(config, process_index=process_index,
+                                 process_count=process_count))
+
+
+def make_eval_batches(config: Any, *, num_grids: int, seed: int,
+                      tasks: Sequence[str] | None = None,
+                      batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
+  """Deterministic evaluation batches of `num_grids` grids in total, on a fresh `seed`.
+
+  Tasks (default: train + held-out) take turns, so each gets the same share; grids use the
+  centred crop, no flip, and always keep their box. Batches have `batch_size` grids
+  (default config.data.eval_batch_size); the last one holds the remainder. Synthetic scenes are
+  drawn from `seed` too, so a seed other than config.seed gives scenes never trained on.
+  """
+  opts = options_lib.from_config(config)
+  if num_grids < 1:
+    raise ValueError(f"num_grids must be positive, got {num_grids}")
+  if seed < 0:
+    raise ValueError(f"seed must be non-negative, got {seed}")
+  tasks = opts.all_tasks if tasks is None else tuple(tasks)
+  for i, task in enumerate(tasks):
+    if task not in opts.all_tasks:
+      raise ValueError(f"tasks[{i}] = {task!r} is in neither config.data.train_tasks nor "
+                       f"config.data.heldout_tasks, so it has no task_id")
+  batch_size = opts.eval_batch_size if batch_size is None else batch_size
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  source = sources.make_source(opts, seed=seed)
+  sources.check_tasks(source, tasks, opts.num_examples + 1, "tasks")
+  ds = _grids(source, opts, grain.MapDataset.range(num_grids), tasks=tasks, seed=seed,
+              train=False).batch(batch_size)
+  return [ds[i] for i in range(len(ds))]

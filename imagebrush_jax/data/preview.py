@@ -1,0 +1,106 @@
+"""Writes assembled grids as one PNG, each labelled with its task, to eyeball the pipeline.
+
+    python -m imagebrush_jax.data.preview --config configs/default.py --num 16 --out grids.png
+
+Grids come from the training stream of host 0 (--split train, with its crops, flips and box
+drops) or from make_eval_batches (--split eval: every train and held-out task in turn). The query
+box is drawn as a yellow frame on the target cell (omitted when it is the whole tile).
+"""
+import os
+import tempfile
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+
+from imagebrush_jax.data import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).", lock_config=True)
+_NUM = flags.DEFINE_integer("num", 16, "Number of grids.")
+_OUT = flags.DEFINE_string("out", "grids.png", "Output PNG.")
+_SPLIT = flags.DEFINE_enum("split", "train", ["train", "eval"], "Training stream or eval set.")
+_COLUMNS = flags.DEFINE_integer("columns", 8, "Grids per row of the sheet.")
+_MIN_TILE = flags.DEFINE_integer("min_tile_px", 48, "Upscale (nearest) until a tile is this big.")
+
+_LABEL_PX = 14
+_GAP_PX = 6
+_BOX_COLOR = (255, 230, 0)
+
+
+def collect(config, num: int, split: str) -> dict[str, np.ndarray]:
+  """`num` grids, concatenated over batches."""
+  if split == "eval":
+    batches = pipeline.make_eval_batches(config, num_grids=num, seed=config.seed)
+  else:
+    config = config.copy_and_resolve_references()
+    config.data.num_workers = 0  # a few batches: workers would only add start-up time
+    it = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+    batches, have = [], 0
+    while have < num:
+      batches.append(next(it))
+      have += len(batches[-1]["grid"])
+    it.close()
+  return {k: np.concatenate([b[k] for b in batches])[:num] for k in batches[0]}
+
+
+def render_sheet(batch: dict[str, np.ndarray], names: Sequence[str], *, columns: int,
+                 min_tile_px: int) -> Image.Image:
+  """One image: grids in rows of `columns`, each under its task name."""
+  grids = batch["grid"]
+  n, h, w, _ = grids.shape
+  tile = w // 2
+  scale = max(1, -(-min_tile_px // tile))
+  cell_w, cell_h = w * scale, h * scale + _LABEL_PX
+  cols = min(columns, n)
+  rows = -(-n // cols)
+  sheet = Image.new("RGB", (cols * cell_w + (cols + 1) * _GAP_PX,
+                            rows * cell_h + (rows + 1) * _GAP_PX), (255, 255, 255))
+  draw = ImageDraw.Draw(sheet)
+  for i in range(n):
+    x0 = _GAP_PX + (i % cols) * (cell_w + _GAP_PX)
+    y0 = _GAP_PX + (i // cols) * (cell_h + _GAP_PX)
+    draw.text((x0, y0), names[int(batch["task_id"][i])], fill=(0, 0, 0))
+    gy = y0 + _LABEL_PX
+    sheet.paste(Image.fromarray(grids[i]).resize((w * scale, h * scale), Image.NEAREST), (x0, gy))
+    box = batch["box"][i]
+    if not np.allclose(box, [0, 0, 1, 1]):
+      tx, ty = x0 + tile * scale, gy + (h - tile) * scale  # the target cell
+      bx = [tx + box[0] * tile * scale, ty + box[1] * tile * scale,
+            tx + box[2] * tile * scale - 1, ty + box[3] * tile * scale - 1]
+      draw.rectangle(bx, outline=_BOX_COLOR)
+  return sheet
+
+
+def save_png_atomic(image: Image.Image, path: str) -> None:
+  """Writes to a temporary name in the same folder, then renames: never a half-written file."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      image.save(f, format="PNG")
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  config = _CONFIG.value
+  if _NUM.value < 1:
+    raise app.UsageError(f"--num must be positive, got {_NUM.value}")
+  batch = collect(config, _NUM.value, _SPLIT.value)
+  sheet = render_sheet(batch, pipeline.task_vocabulary(config), columns=_COLUMNS.value,
+                       min_tile_px=_MIN_TILE.value)
+  save_png_atomic(sheet, _OUT.value)
+  print(f"wrote {len(batch['grid'])} grids to {_OUT.value}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

@@ -1,0 +1,300 @@
+"""Edit-pair sources behind one random-access interface.
+
+A source maps an index to a Pair (before, after, task, optional box) and lists, per task, the
+indices of that task's pairs, so that an episode can draw several distinct pairs of one task:
+
+  * SyntheticSource: procedural scenes, an effectively infinite index space;
+  * FolderSource: ROOT/<task>/<pair_id>_before.<ext> and <pair_id>_after.<ext> (png, jpg, jpeg,
+    webp), plus optional ROOT/<task>/boxes.json {"<pair_id>": [x0, y0, x1, y1]} in [0, 1];
+  * TfdsSource: array_record shards of the `image_brush_pairs` TFDS builder (tfds_builder.py),
+    read with `tfds.data_source` (no TensorFlow needed).
+
+Sources are picklable, so grain can hand them to worker processes.
+"""
+import dataclasses
+import json
+import os
+import re
+from typing import Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+from imagebrush_jax.data import scenes
+from imagebrush_jax.data import tasks as tasks_lib
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+BOXES_FILE = "boxes.json"
+# Synthetic index space: effectively infinite (an epoch-less stream never wraps around).
+SYNTHETIC_INDICES = 2**62
+# Scenes tried per synthetic pair before giving up on a task that leaves them unchanged.
+MAX_SCENE_ATTEMPTS = 64
+_SCENE_STREAM = 1  # tags the synthetic scenes' random stream, apart from episode sampling's
+_PAIR_FILE = re.compile(r"^(?P<pair_id>.+)_(?P<role>before|after)\.(?P<ext>[A-Za-z]+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  """One edit example. `box` is float32 [x0, y0, x1, y1] in [0, 1] of `before`, or None."""
+  before: np.ndarray  # uint8 [H, W, 3]
+  after: np.ndarray  # uint8 [H', W', 3] (a rot90 of a non-square image swaps H and W)
+  task: str
+  pair_id: str
+  box: np.ndarray | None = None
+
+
+class PairSource(Protocol):
+  """Random access to pairs, grouped by task."""
+  tasks: tuple[str, ...]
+
+  def __len__(self) -> int:
+    ...
+
+  def __getitem__(self, index: int) -> Pair:
+    ...
+
+  def pair_indices(self, task: str) -> Sequence[int]:
+    """Indices (into this source) of the pairs of `task`."""
+    ...
+
+
+def _task_error(task: str, source: str, tasks: Sequence[str]) -> KeyError:
+  return KeyError(f"task {task!r} is not in {source}; it has: {', '.join(tasks)}")
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+class SyntheticSource:
+  """Pair i shows task tasks[i % len(tasks)] on a scene drawn from (seed, i)."""
+
+  def __init__(self, tasks: Sequence[str], params: scenes.SceneParams, tile_size: int,
+               seed: int):
+    self.tasks = tuple(tasks)
+    if not self.tasks:
+      raise ValueError("SyntheticSource needs at least one task")
+    self._resolved = {name: tasks_lib.get_task(name) for name in self.tasks}
+    self.params, self.tile_size, self.seed = params, tile_size, seed
+    self._len = SYNTHETIC_INDICES - SYNTHETIC_INDICES % len(self.tasks)
+
+  def __getstate__(self):  # compositions are closures: resolve them again after unpickling
+    state = dict(self.__dict__)
+    del state["_resolved"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._resolved = {name: tasks_lib.get_task(name) for name in self.tasks}
+
+  def __len__(self) -> int:
+    return self._len
+
+  def pair_indices(self, task: str) -> Sequence[int]:
+    if task not in self._resolved:
+      raise _task_error(task, "the synthetic source", self.tasks)
+    return range(self.tasks.index(task), self._len, len(self.tasks))
+
+  def __getitem__(self, index: int) -> Pair:
+    index = int(index)
+    name = self.tasks[index % len(self.tasks)]
+    task = self._resolved[name]
+    for attempt in range(MAX_SCENE_ATTEMPTS):
+      rng = np.random.default_rng([self.seed, _SCENE_STREAM, index, attempt])
+      scene = scenes.sample_scene(rng, self.params)
+      before, after, box = task.make_pair(scene, self.tile_size)
+      if not np.array_equal(before, after):
+        return Pair(before, after, name, str(index), box)
+    raise ValueError(
+        f"task {name!r} left {MAX_SCENE_ATTEMPTS} scenes in a row unchanged (pair {index}); it "
+        f"is the identity on scenes drawn with config.data.num_objects = "
+        f"{self.params.num_objects}, hollow_prob = {self.params.hollow_prob}")
+
+
+# ---------------------------------------------------------------- folder
+
+
+def read_image(path: str) -> np.ndarray:
+  """Decodes an image file to uint8 RGB [H, W, 3]; errors name the file."""
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"), dtype=np.uint8)
+  except Exception as e:  # PIL raises many types for bad files
+    raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _check_header(path: str) -> None:
+  try:
+    with Image.open(path) as image:
+      image.size  # pylint: disable=pointless-statement
+  except Exception as e:
+    raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _read_boxes(path: str, pair_ids: Sequence[str]) -> dict[str, np.ndarray]:
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not valid JSON: {e}") from e
+  if not isinstance(raw, dict):
+    raise ValueError(f"{path}: expected an object {{\"<pair_id>\": [x0, y0, x1, y1]}}, "
+                     f"got {type(raw).__name__}")
+  boxes = {}
+  for pair_id, box in raw.items():
+    if pair_id not in pair_ids:
+      raise ValueError(f"{path}: box for pair {pair_id!r}, which has no "
+                       f"{pair_id}_before / {pair_id}_after images")
+    ok = (isinstance(box, list) and len(box) == 4 and
+          all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box))
+    if not ok or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+      raise ValueError(f"{path}: box of pair {pair_id!r} must be [x0, y0, x1, y1] with "
+                       f"0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {box!r}")
+    boxes[pair_id] = np.array(box, np.float32)
+  return boxes
+
+
+def _index_task(task_dir: str, task: str, check_images: bool) -> list[tuple]:
+  """[(pair_id, before_path, after_path, box)] of one task folder, sorted by pair id."""
+  files: dict[str, dict[str, str]] = {}
+  for name in sorted(os.listdir(task_dir)):
+    path = os.path.join(task_dir, name)
+    if name.startswith(".") or name == BOXES_FILE:
+      continue
+    match = _PAIR_FILE.match(name)
+    if os.path.isdir(path) or not match or match["ext"].lower() not in IMAGE_EXTENSIONS:
+      raise ValueError(f"{path}: not a pair image; expected <pair_id>_before.<ext> or "
+                       f"<pair_id>_after.<ext> with ext one of {', '.join(IMAGE_EXTENSIONS)}")
+    roles = files.setdefault(match["pair_id"], {})
+    if match["role"] in roles:
+      raise ValueError(f"{path}: pair {match['pair_id']!r} already has a {match['role']} image "
+                       f"({roles[match['role']]})")
+    roles[match["role"]] = path
+  pairs = []
+  for pair_id, roles in files.items():
+    for have, missing in (("before", "after"), ("after", "before")):
+      if missing not in roles:
+        raise ValueError(f"{roles[have]}: unpaired; no {pair_id}_{missing}.<ext> next to it")
+    if check_images:
+      _check_header(roles["before"])
+      _check_header(roles["after"])
+    pairs.append((pair_id, roles["before"], roles["after"]))
+  if len(pairs) < 2:
+    raise ValueError(f"task {task!r} ({task_dir}) has {len(pairs)} pair(s); a task needs at "
+                     f"least two, one to show and one to ask about")
+  boxes_path = os.path.join(task_dir, BOXES_FILE)
+  boxes = _read_boxes(boxes_path, files) if os.path.exists(boxes_path) else {}
+  return [(pair_id, b, a, boxes.get(pair_id)) for pair_id, b, a in pairs]
+
+
+class FolderSource:
+  """Pairs stored as image files, one sub-folder per task (see the module docstring)."""
+
+  def __init__(self, root: str, *, check_images: bool = True):
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"folder source root {root!r} is not a directory")
+    self.root = root
+    task_dirs = sorted(n for n in os.listdir(root)
+                       if not n.startswith(".") and os.path.isdir(os.path.join(root, n)))
+    if not task_dirs:
+      raise ValueError(f"folder source root {root!r} has no task sub-folders "
+                       f"(<root>/<task>/<pair_id>_before.<ext>)")
+    self.tasks = tuple(task_dirs)
+    self._pairs: list[tuple] = []  # (task, pair_id, before_path, after_path, box)
+    self._by_task: dict[str, range] = {}
+    for task in self.tasks:
+      start = len(self._pairs)
+      self._pairs += [(task,) + p for p in _index_task(os.path.join(root, task), task,
+                                                        check_images)]
+      self._by_task[task] = range(start, len(self._pairs))
+
+  def __len__(self) -> int:
+    return len(self._pairs)
+
+  def pair_indices(self, task: str) -> Sequence[int]:
+    if task not in self._by_task:
+      raise _task_error(task, f"folder {self.root}", self.tasks)
+    return self._by_task[task]
+
+  def __getitem__(self, index: int) -> Pair:
+    task, pair_id, before, after, box = self._pairs[index]
+    return Pair(read_image(before), read_image(after), task, pair_id, box)
+
+
+# ---------------------------------------------------------------- TFDS
+
+
+class TfdsSource:
+  """Pairs from `image_brush_pairs` array_record shards, via `tfds.data_source`."""
+
+  def __init__(self, name: str, *, data_dir: str | None = None, split: str = "train"):
+    # Imported here: TFDS is slow to import and only this source needs it.
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from imagebrush_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+    self.name, self.data_dir, self.split = name, data_dir, split
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:
+      raise ValueError(f"cannot open TFDS data set {name!r} in {data_dir or 'the default dir'}: "
+                       f"{e}. Write it first: python -m imagebrush_jax.data.tfds_builder "
+                       f"--config ...") from e
+    if not builder.is_prepared():
+      raise FileNotFoundError(
+          f"TFDS data set {name!r} is not in {data_dir or 'the default dir'}; write it first: "
+          f"python -m imagebrush_jax.data.tfds_builder --config ...")
+    self.tasks = tuple(builder.info.features["task"].names)
+    num = builder.info.splits[split].num_examples
+    self._by_task = tfds_builder.task_ranges(builder.info, split, num)
+    self._data = None
+
+  def _records(self):
+    if self._data is None:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      self._data = tfds.data_source(self.name, data_dir=self.data_dir, split=self.split)
+    return self._data
+
+  def __getstate__(self):  # reopen the shards in each worker process
+    state = dict(self.__dict__)
+    state["_data"] = None
+    return state
+
+  def __len__(self) -> int:
+    return sum(len(r) for r in self._by_task.values())
+
+  def pair_indices(self, task: str) -> Sequence[int]:
+    if task not in self._by_task:
+      raise _task_error(task, f"TFDS data set {self.name}", self.tasks)
+    return self._by_task[task]
+
+  def __getitem__(self, index: int) -> Pair:
+    record = self._records()[int(index)]
+    box = np.asarray(record["box"], np.float32) if record["has_box"] else None
+    pair_id = record["pair_id"]
+    return Pair(np.asarray(record["before"]), np.asarray(record["after"]),
+                self.tasks[int(record["task"])],
+                pair_id.decode() if isinstance(pair_id, bytes) else str(pair_id), box)
+
+
+# ---------------------------------------------------------------- from the config
+
+
+def make_source(opts, *, seed: int) -> PairSource:
+  """The source named by config.data.source; `seed` seeds synthetic scenes."""
+  if opts.source == "synthetic":
+    return SyntheticSource(opts.all_tasks, opts.scene, opts.render_size, seed)
+  if opts.source == "folder":
+    return FolderSource(opts.folder_root, check_images=opts.folder_check_images)
+  if opts.source == "tfds":
+    return TfdsSource(opts.tfds_name, data_dir=opts.tfds_dir, split=opts.tfds_split)
+  raise ValueError(f"config.data.source must be synthetic, folder or tfds; got {opts.source!r}")
+
+
+def check_tasks(source: PairSource, tasks: Sequence[str], num_pairs: int, key: str) -> None:
+  """Every task in `tasks` exists in `source` with at least `num_pairs` pairs."""
+  for i, task in enumerate(tasks):
+    if task not in source.tasks:
+      raise ValueError(f"{key}[{i}] = {task!r} is not in the data source; it has "
+                       f"{', '.join(source.tasks)}")
+    have = len(source.pair_indices(task))
+    if have < num_pairs:
+      raise ValueError(f"task {task!r} has {have} pairs, fewer than the {num_pairs} distinct "
+                       f"pairs a grid needs (config.data.num_examples + 1)")

@@ -1,0 +1,163 @@
+"""TFDS builder `image_brush_pairs`: edit pairs as array_record shards, without TensorFlow.
+
+Two builder configs: `folder` (a FolderSource as is) and `synthetic` (the first
+config.data.tfds_synthetic_pairs synthetic pairs of every train and held-out task). Images are
+stored as raw uint8 tensors (zlib-compressed): tfds.features.Image would need TensorFlow to
+encode. Examples are written unshuffled, grouped by task, and the metadata records each task's
+index range, so TfdsSource finds a task's pairs without reading every record.
+
+    python -m imagebrush_jax.data.tfds_builder --config configs/default.py \
+        --config.data.tfds_name=image_brush_pairs/folder --config.data.folder_root=/data/pairs
+"""
+import inspect
+from typing import Sequence
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from imagebrush_jax.data import options as options_lib
+from imagebrush_jax.data import sources
+
+NAME = "image_brush_pairs"
+_RANGES_KEY = "task_ranges"
+
+
+class ImageBrushPairs(tfds.core.GeneratorBasedBuilder):
+  """ImageBrush edit pairs: before, after, task, optional box."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name="folder", description="Pairs read from a folder source."),
+      tfds.core.BuilderConfig(name="synthetic",
+                              description="A fixed number of synthetic pairs per task."),
+  ]
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    """This file. TFDS 4.9.10's own lookup, for builders defined in a package, needs the
+    `importlib_resources` backport even on Python >= 3.9 (tensorflow/datasets#11212)."""
+    return epath.Path(inspect.getfile(cls))
+
+  def __init__(self, *, pairs: sources.PairSource | None = None,
+               pairs_per_task: int | None = None, **kwargs):
+    """`pairs` (and how many per task, None = all) is only needed to write the data set."""
+    self._pairs = pairs
+    self._pairs_per_task = pairs_per_task
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    image = tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8,
+                                 encoding=tfds.features.Encoding.ZLIB)
+    # When reading, the task names come back from the data set's own label file.
+    names = list(self._pairs.tasks) if self._pairs is not None else None
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__.splitlines()[0],
+        features=tfds.features.FeaturesDict({
+            "before": image,
+            "after": image,
+            "task": tfds.features.ClassLabel(names=names),
+            "pair_id": tfds.features.Text(),
+            "box": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+            "has_box": tfds.features.Tensor(shape=(), dtype=np.bool_),
+        }),
+        metadata=tfds.core.MetadataDict(),
+        disable_shuffling=True,  # keep tasks in contiguous index ranges
+    )
+
+  def _plan(self) -> list[tuple[str, Sequence[int]]]:
+    if self._pairs is None:
+      raise ValueError(f"{NAME}: writing needs `pairs`; use build(options) or the CLI")
+    plan = []
+    for task in self._pairs.tasks:
+      indices = self._pairs.pair_indices(task)
+      if self._pairs_per_task is not None:
+        indices = indices[:self._pairs_per_task]
+      plan.append((task, indices))
+    return plan
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    plan = self._plan()
+    ranges, start = {}, 0
+    for task, indices in plan:
+      ranges[task] = [start, start + len(indices)]
+      start += len(indices)
+    self.info.metadata[_RANGES_KEY] = {"train": ranges}
+    return {"train": self._generate_examples(plan)}
+
+  def _generate_examples(self, plan):
+    for task, indices in plan:
+      for index in indices:
+        pair = self._pairs[index]
+        yield f"{task}/{pair.pair_id}", {
+            "before": pair.before,
+            "after": pair.after,
+            "task": task,
+            "pair_id": pair.pair_id,
+            "box": pair.box if pair.box is not None else np.array([0, 0, 1, 1], np.float32),
+            "has_box": pair.box is not None,
+        }
+
+
+def task_ranges(info: tfds.core.DatasetInfo, split: str, num_examples: int) -> dict[str, range]:
+  """Each task's index range in `split`, from the metadata written by ImageBrushPairs."""
+  try:
+    raw = info.metadata[_RANGES_KEY][split]
+  except (KeyError, TypeError):
+    raise ValueError(f"TFDS data set {info.full_name} has no {_RANGES_KEY!r} metadata for "
+                     f"split {split!r}; write it with imagebrush_jax.data.tfds_builder") from None
+  ranges = {task: range(*bounds) for task, bounds in raw.items()}
+  covered = sorted(i for r in ranges.values() for i in (r.start, r.stop))
+  if covered[:1] != [0] or covered[-1:] != [num_examples]:
+    raise ValueError(f"TFDS data set {info.full_name}: task ranges {raw} do not cover the "
+                     f"{num_examples} examples of split {split!r}")
+  return ranges
+
+
+def make_builder(opts: options_lib.DataOptions) -> ImageBrushPairs:
+  """A builder that can write the data set named by config.data.tfds_name."""
+  name, _, config_name = opts.tfds_name.partition("/")
+  if name != NAME or config_name not in ("folder", "synthetic"):
+    raise ValueError(f"config.data.tfds_name must be {NAME}/folder or {NAME}/synthetic to be "
+                     f"written by this builder, got {opts.tfds_name!r}")
+  if config_name == "folder":
+    if not opts.folder_root:
+      raise ValueError(f"config.data.folder_root must be set to write {opts.tfds_name}")
+    pairs = sources.FolderSource(opts.folder_root, check_images=True)
+    per_task = None
+  else:
+    pairs = sources.SyntheticSource(opts.all_tasks, opts.scene, opts.render_size, opts.seed)
+    per_task = opts.tfds_synthetic_pairs
+  return ImageBrushPairs(config=config_name, data_dir=opts.tfds_dir, file_format="array_record",
+                         pairs=pairs, pairs_per_task=per_task)
+
+
+def build(opts: options_lib.DataOptions, *, overwrite: bool = False) -> str:
+  """Writes the data set (kept if it exists, unless `overwrite`); returns its directory."""
+  builder = make_builder(opts)
+  mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
+          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+  return str(builder.data_dir)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  opts = options_lib.from_config(_CONFIG.value)
+  print(build(opts, overwrite=_OVERWRITE.value))
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).",
+                                            lock_config=True)
+  _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rewrite the data set if it exists.")
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

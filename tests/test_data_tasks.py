@@ -1,0 +1,271 @@
+"""The task registry: every task is a deterministic, shape-keeping, real edit that means what
+its name says; global tasks obey their algebra and mean the same on scenes and on pixels."""
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from imagebrush_jax.data import imageops
+from imagebrush_jax.data import scenes
+from imagebrush_jax.data import tasks
+from imagebrush_jax.data.scenes import SceneObject
+
+GLOBAL = ("hflip", "vflip", "rot90", "invert", "grayscale", "swap_red_blue")
+COMPOSITIONS = ("hflip+invert", "rot90+grayscale", "recolor+hflip", "vflip+delete",
+                "scale_up+swap_red_blue")
+
+
+def generic_scene() -> scenes.Scene:
+  """Three objects of different shapes, colours and fill on a gradient: every task changes it."""
+  bg = scenes.Background("gradient", ((20, 40, 60), (120, 100, 30)), 0.5, 2, 0, 4)
+  return scenes.Scene(bg, (
+      SceneObject("triangle", (-0.35, -0.2), 0.5, (1, 0, 0, 1), (0, 200, 60), True),
+      SceneObject("circle", (0.55, 0.55), 0.4, (1, 0, 0, 1), (30, 90, 255), False),
+      SceneObject("ell", (0.55, -0.6), 0.25, (0, 1, -1, 0), (255, 220, 0), True),
+  ), stroke=0.1)
+
+
+def random_scenes(n: int, seed: int = 0):
+  return [scenes.sample_scene(np.random.default_rng([seed, i]), scenes.SceneParams())
+          for i in range(n)]
+
+
+def test_registry_has_the_global_tasks_and_at_least_16_in_all():
+  names = tasks.task_names()
+  assert len(names) >= 16
+  assert names[:6] == GLOBAL
+  assert len(set(names)) == len(names)
+  assert all("+" not in n for n in names)
+  assert all(tasks.get_task(n).is_global == (n in GLOBAL) for n in names)
+
+
+def test_cli_lists_exactly_the_registered_names():
+  out = subprocess.run([sys.executable, "-m", "imagebrush_jax.data.tasks", "--list"],
+                       capture_output=True, text=True, check=True).stdout
+  assert out.splitlines() == list(tasks.task_names())
+
+
+@pytest.mark.parametrize("name", tasks.task_names() + COMPOSITIONS)
+@pytest.mark.parametrize("tile", [8, 16])
+def test_task_keeps_shape_is_deterministic_and_changes_the_scene(name, tile):
+  task = tasks.get_task(name)
+  before, after, box = task.make_pair(generic_scene(), tile)
+  before2, after2, box2 = task.make_pair(generic_scene(), tile)
+  assert before.dtype == after.dtype == np.uint8
+  assert before.shape == after.shape == (tile, tile, 3)
+  np.testing.assert_array_equal(after, after2)
+  np.testing.assert_array_equal(before, before2)
+  assert not np.array_equal(before, after), f"{name} is the identity on a generic scene"
+  if box is not None:
+    assert box.dtype == np.float32 and box.shape == (4,)
+    assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+    np.testing.assert_array_equal(box, box2)
+
+
+@pytest.mark.parametrize("name", GLOBAL + ("hflip+invert", "rot90+swap_red_blue+vflip"))
+@pytest.mark.parametrize("tile", [8, 13, 16])
+def test_global_task_on_a_scene_equals_it_on_the_pixels(name, tile):
+  task = tasks.get_task(name)
+  for scene in random_scenes(12):
+    moved, box = task.scene_fn(scene)
+    assert box is None
+    np.testing.assert_array_equal(scenes.render(moved, tile),
+                                  task.image_fn(scenes.render(scene, tile)))
+
+
+def photo() -> np.ndarray:
+  return np.random.default_rng(3).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+def test_global_tasks_match_reference_pixels():
+  x = photo()
+  np.testing.assert_array_equal(tasks.apply_global_task("hflip", x), x[:, ::-1])
+  np.testing.assert_array_equal(tasks.apply_global_task("vflip", x), x[::-1])
+  rotated = tasks.apply_global_task("rot90", x)
+  assert rotated.shape == (7, 5, 3)
+  np.testing.assert_array_equal(rotated[0], x[:, -1])  # the right column becomes the top row
+  np.testing.assert_array_equal(tasks.apply_global_task("invert", x), 255 - x.astype(int))
+  np.testing.assert_array_equal(tasks.apply_global_task("swap_red_blue", x), x[..., [2, 1, 0]])
+  pixels = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [10, 20, 30]]],
+                    np.uint8)
+  gray = tasks.apply_global_task("grayscale", pixels)
+  np.testing.assert_array_equal(gray[0, :, 0], [76, 150, 29, 255, 18])  # Rec. 601, rounded
+  assert (gray == gray[..., :1]).all()
+
+
+def test_inverse_laws_on_a_non_square_photo():
+  x = photo()
+  for name in ("hflip", "vflip", "invert", "swap_red_blue"):
+    once = tasks.apply_global_task(name, x)
+    assert not np.array_equal(once, x)
+    np.testing.assert_array_equal(tasks.apply_global_task(name, once), x)
+  np.testing.assert_array_equal(tasks.apply_global_task("rot90+rot90+rot90+rot90", x), x)
+  np.testing.assert_array_equal(tasks.apply_global_task("rot90+rot90", x),
+                                tasks.apply_global_task("hflip+vflip", x))
+  gray = tasks.apply_global_task("grayscale", x)
+  np.testing.assert_array_equal(tasks.apply_global_task("grayscale", gray), gray)
+
+
+def test_composition_applies_left_to_right():
+  x = photo()
+  np.testing.assert_array_equal(tasks.apply_global_task("rot90+hflip", x),
+                                imageops.hflip(imageops.rot90(x)))
+  assert not np.array_equal(tasks.apply_global_task("hflip+rot90", x),
+                            tasks.apply_global_task("rot90+hflip", x))
+  scene = generic_scene()
+  task = tasks.get_task("recolor+hflip")
+  assert not task.is_global and task.name == "recolor+hflip"
+  moved, box = task.scene_fn(scene)
+  np.testing.assert_array_equal(scenes.render(moved, 16),
+                                imageops.hflip(tasks.get_task("recolor").make_pair(scene, 16)[1]))
+  assert box is None  # hflip touches the whole tile
+  _, box = tasks.get_task("recolor+delete").scene_fn(scene)
+  np.testing.assert_allclose(box, scenes.union_box([scene.objects[0].extent]), atol=1e-6)
+
+
+def test_lookup_and_apply_errors_are_clear():
+  with pytest.raises(KeyError, match="unknown task 'sepia' in 'hflip\\+sepia'"):
+    tasks.get_task("hflip+sepia")
+  with pytest.raises(ValueError, match="'recolor' edits objects"):
+    tasks.apply_global_task("recolor", photo())
+  with pytest.raises(ValueError, match="uint8 array of shape"):
+    tasks.apply_global_task("hflip", photo().astype(np.float32))
+
+
+# ---------------------------------------------------------------- object tasks mean what they say
+
+T = 32
+
+
+def masks(scene):
+  return [scenes.object_mask(o, T) for o in scene.objects]
+
+
+def centroid(mask):
+  ys, xs = np.nonzero(mask)
+  return xs.mean(), ys.mean()
+
+
+def box_center(mask):
+  ys, xs = np.nonzero(mask)
+  return (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+
+
+def test_recolor_paints_exactly_the_largest_object_red():
+  scene = generic_scene()
+  before, after, box = tasks.get_task("recolor").make_pair(scene, T)
+  largest = scenes.paint_mask(scene.objects[0], T, scenes.stroke_pixels(scene, T))
+  assert (after[largest] == scenes.RED).all()
+  np.testing.assert_array_equal(after[~largest], before[~largest])
+  np.testing.assert_allclose(box, [(-0.85 + 1) / 2, (-0.7 + 1) / 2, (0.15 + 1) / 2, 0.65],
+                             atol=1e-6)
+
+
+def test_move_shifts_the_largest_object_a_quarter_tile_right():
+  scene = generic_scene()
+  moved, box = tasks.move(scene)
+  (x0, y0), (x1, y1) = centroid(masks(scene)[0]), centroid(masks(moved)[0])
+  assert abs(x1 - x0 - T / 4) <= 0.5 and abs(y1 - y0) <= 0.5
+  # The box covers the object before and after: x from -0.85 to 0.65 in scene units.
+  np.testing.assert_allclose(box, [0.075, 0.15, 0.825, 0.65], atol=1e-6)
+  at_border = scenes.replace_object(scene, 0, center=(0.5, -0.2))
+  assert tasks.move(at_border)[0].objects[0].center == (0.5, -0.2)  # stops at the border
+
+
+@pytest.mark.parametrize("name,ratio", [("scale_up", 1.5**2), ("scale_down", 0.5**2)])
+def test_scaling_changes_the_area_about_the_centre(name, ratio):
+  scene = generic_scene()
+  out, box = tasks.get_task(name).scene_fn(scene)
+  before, after = masks(scene)[0], masks(out)[0]
+  assert after.sum() / before.sum() == pytest.approx(ratio, rel=0.15)
+  np.testing.assert_allclose(box_center(after), box_center(before), atol=1.0)
+  expected = out.objects[0].extent if name == "scale_up" else scene.objects[0].extent
+  np.testing.assert_allclose(box, scenes.union_box([expected]))
+
+
+def test_delete_and_keep_largest_reveal_the_background():
+  scene = generic_scene()
+  background = scenes.render_background(scene.background, T)
+  before, after, _ = tasks.get_task("delete").make_pair(scene, T)
+  gone = masks(scene)[0]
+  np.testing.assert_array_equal(after[gone], background[gone])
+  np.testing.assert_array_equal(after[~gone], before[~gone])
+  _, after, box = tasks.get_task("keep_largest").make_pair(scene, T)
+  others = masks(scene)[1] | masks(scene)[2]
+  np.testing.assert_array_equal(after[others], background[others])
+  np.testing.assert_allclose(box, scenes.union_box([o.extent for o in scene.objects[1:]]))
+
+
+def test_hollow_and_fill():
+  scene = generic_scene()
+  background = scenes.render_background(scene.background, T)
+  _, after, _ = tasks.get_task("hollow").make_pair(scene, T)
+  triangle = masks(scene)[0]
+  outline = scenes.paint_mask(dataclasses.replace(scene.objects[0], filled=False), T,
+                              scenes.stroke_pixels(scene, T))
+  inside = triangle & ~outline
+  assert inside.sum() > 10 and outline.sum() > 10
+  np.testing.assert_array_equal(after[inside], background[inside])
+  assert (after[outline] == scene.objects[0].color).all()
+  _, after, box = tasks.get_task("fill").make_pair(scene, T)
+  circle = masks(scene)[1]
+  assert (after[circle] == scene.objects[1].color).all()
+  np.testing.assert_allclose(box, scenes.union_box([scene.objects[1].extent]))
+
+
+def test_segment_and_edges_are_white_on_black():
+  scene = generic_scene()
+  union = np.any(masks(scene), axis=0)
+  _, seg, box = tasks.get_task("segment").make_pair(scene, T)
+  assert box is None
+  expected = np.where(union[..., None], 255, 0).astype(np.uint8).repeat(3, axis=-1)
+  np.testing.assert_array_equal(seg, expected)
+  _, edges, _ = tasks.get_task("edges").make_pair(scene, T)
+  white = (edges == 255).all(-1)
+  assert ((edges == 0).all(-1) | white).all()
+  assert white.any() and (white <= union).all() and white.sum() < union.sum()
+
+
+def test_bbox_frames_the_largest_object():
+  scene = generic_scene()
+  _, after, box = tasks.get_task("bbox").make_pair(scene, T)
+  x0, y0, x1, y1 = (np.array(box) * T).round().astype(int)
+  assert (after[y0, x0:x1] == 255).all() and (after[y1 - 1, x0:x1] == 255).all()
+  s = 0.5 * tasks.BBOX_PADDING
+  np.testing.assert_allclose(box, scenes.union_box([(-0.35 - s, -0.2 - s, -0.35 + s,
+                                                     -0.2 + s)]), atol=1e-6)
+
+
+# ---------------------------------------------------------------- augmentation policy
+
+
+@pytest.mark.parametrize("name", tasks.task_names())
+def test_flip_safe_tasks_commute_with_a_left_right_flip(name):
+  """What flip_safe promises: flipping every cell keeps the edit; others really break."""
+  task = tasks.get_task(name)
+  commutes = True
+  for scene in [generic_scene()] + random_scenes(6):
+    mirrored = scenes.transform_geometry(scene, "hflip")
+    flipped_after = imageops.hflip(task.make_pair(scene, 16)[1])
+    commutes &= np.array_equal(task.make_pair(mirrored, 16)[1], flipped_after)
+  assert commutes == task.flip_safe
+
+
+def test_augmentation_flags_of_compositions():
+  assert not tasks.get_task("rot90").flip_safe
+  assert tasks.get_task("hflip").crop == tasks.CROP_CENTER
+  assert tasks.get_task("invert").crop == tasks.CROP_ANY
+  combo = tasks.get_task("invert+move")
+  assert not combo.flip_safe and combo.crop == tasks.CROP_ANY
+  combo = tasks.get_task("recolor+vflip")
+  assert combo.flip_safe and combo.crop == tasks.CROP_CENTER
+
+
+def test_scene_transforms_leave_the_input_untouched():
+  scene = generic_scene()
+  copy = dataclasses.replace(scene)
+  for name in tasks.task_names():
+    tasks.get_task(name).scene_fn(scene)
+  assert scene == copy
