@@ -52,71 +52,32 @@ def pipeline_grids_per_s(config: Any, num_workers: int, *, warmup: int, batches:
 
 
 # What consumer_grids_per_s measures; reported as "train_consumer". Update both together.
-TRAIN_CONSUMER = ("stand-in: jitted conv UNet with config.model.unet.channels widths (no "
-                  "attention, no prompt encoder), forward + backward + SGD on the config's "
-                  "batch shape")
+TRAIN_CONSUMER = "the real jitted ImageBrush train step on a constant on-device batch"
 
 
 def consumer_grids_per_s(config: Any, *, steps: int = 10) -> float:
-  """Grids/s that one training step on config's batch shape consumes.
-
-  Stand-in until the real step is wired in here: a jitted conv UNet (no attention, no prompt
-  encoder) with the config's UNet widths, forward + backward + SGD update on the noise
-  prediction loss. It does less work than the real ImageBrush step, so the ratio it gives is a
-  lower bound on the real one.
-  """
+  """Grids/s that the real train step (train_state.jit_train_step) consumes on config's batch."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax import imagebrush_task  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax import parallel  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax import train_state  # pylint: disable=g-import-not-at-top
 
-  widths = tuple(config.model.unet.channels) if "unet" in config.get("model", {}) else (64, 128)
-
-  class ConvUNet(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      skips = []
-      for i, w in enumerate(widths):
-        if i:
-          x = nn.avg_pool(x, (2, 2), (2, 2))
-        x = nn.silu(nn.GroupNorm(min(32, w))(nn.Conv(w, (3, 3))(x)))
-        x = x + nn.Conv(w, (3, 3))(nn.silu(nn.Conv(w, (3, 3))(x)))
-        skips.append(x)
-      for i, w in reversed(list(enumerate(widths))):
-        x = jnp.concatenate([x, skips[i]], axis=-1)
-        x = nn.silu(nn.Conv(w, (3, 3))(x))
-        if i:
-          x = jax.image.resize(x, (x.shape[0], x.shape[1] * 2, x.shape[2] * 2, w), "nearest")
-      return nn.Conv(3, (3, 3))(x)
-
-  d = config.data
-  b, t, k = config.train.batch_size, d.tile_size, d.num_examples
-  shape = (b, (k + 1) * t, 2 * t)
-  model = ConvUNet()
-  x = jnp.zeros(shape + (7,))  # noisy grid, conditioning grid, mask
-  params = model.init(jax.random.key(0), x)
-
-  @jax.jit
-  def step(params, grid, mask, key):
-    clean = grid.astype(jnp.float32) / 127.5 - 1
-    noise = jax.random.normal(key, clean.shape)
-    inputs = jnp.concatenate([clean + noise, clean * (1 - mask), mask.astype(jnp.float32)], -1)
-
-    def loss_fn(p):
-      return jnp.mean((model.apply(p, inputs) - noise) ** 2)
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    return jax.tree.map(lambda w, g: w - 1e-3 * g, params, grads), loss
-
-  rng = np.random.default_rng(0)
-  grid = jnp.asarray(rng.integers(0, 256, shape + (3,), dtype=np.uint8))
-  mask = jnp.zeros(shape + (1,), jnp.uint8)
-  params, loss = step(params, grid, mask, jax.random.key(1))  # compile
-  loss.block_until_ready()
+  mesh = parallel.make_mesh(config.mesh)
+  task = imagebrush_task.build(config)
+  abstract = jax.eval_shape(task.init_state, jax.random.key(0))
+  shardings = parallel.tree_shardings(abstract, mesh, config.sharding)
+  state = jax.jit(task.init_state, out_shardings=shardings)(jax.random.key(0))
+  step = train_state.jit_train_step(task, mesh, shardings)
+  batch = pipeline.make_eval_batches(config, num_grids=config.train.batch_size, seed=0,
+                                     batch_size=config.train.batch_size)[0]
+  batch = parallel.host_batch_to_global(batch, mesh)
+  state, metrics = step(state, batch)  # compile
+  jax.block_until_ready(metrics)
   start = time.perf_counter()
-  for i in range(steps):
-    params, loss = step(params, grid, mask, jax.random.key(i))
-  loss.block_until_ready()
-  return steps * b / (time.perf_counter() - start)
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  return steps * config.train.batch_size / (time.perf_counter() - start)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -16,6 +16,7 @@ from etils import epath
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from imagebrush_jax import parallel
@@ -171,3 +172,35 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
 
 def param_count(tree: Any) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def load_arrays(workdir: str, step: int | None = None) -> tuple[int, dict]:
+  """The saved train state of a run as host numpy arrays (latest step by default).
+
+  For tools that read a finished run (inference, evaluation, tests) without building
+  the optimizer; the trainer itself restores onto its mesh with Checkpointer.restore.
+  """
+  directory = epath.Path(workdir) / "checkpoints"
+  if not directory.exists():
+    raise FileNotFoundError(f"no checkpoints in {directory}")
+  manager = ocp.CheckpointManager(directory, item_names=(STATE,),
+                                  item_handlers={STATE: ocp.StandardCheckpointHandler()})
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoints in {directory}")
+    path = directory / str(step)
+    try:
+      # The target comes from the checkpoint's own metadata, placed on one local device, so
+      # a checkpoint written by any mesh or number of hosts reads back here.
+      meta = manager.item_metadata(step)[STATE]
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            getattr(meta, "tree", meta))
+      restored = manager.restore(step, args=ocp.args.Composite(
+          **{STATE: ocp.args.StandardRestore(target)}))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointCorruptError(f"cannot restore checkpoint {path}: {e}") from e
+    return step, jax.tree.map(np.asarray, restored[STATE])
+  finally:
+    manager.close()

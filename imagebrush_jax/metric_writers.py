@@ -2,6 +2,7 @@
 console line with step, loss, steps/s, examples/s and ETA. Only process 0 writes."""
 from __future__ import annotations
 
+import json
 import time
 from typing import Mapping
 
@@ -88,3 +89,24 @@ def log_line(text: str) -> None:
   if jax.process_index() == 0:
     logging.info("%s", text)
     print(text, flush=True)
+
+
+class JsonlHistory:
+  """Appends {"step", "wall_s", metrics...} lines to a JSONL file (process 0 only).
+
+  Each record is one write of one whole line, so a crash never leaves a partial record
+  behind an earlier good one; a resumed run keeps appending to the same file.
+  """
+
+  def __init__(self, path):
+    self.path = path
+    self.enabled = jax.process_index() == 0
+    self._start = time.perf_counter()
+
+  def append(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "wall_s": round(time.perf_counter() - self._start, 3),
+              **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record) + "\n")

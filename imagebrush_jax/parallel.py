@@ -42,8 +42,9 @@ def initialize_distributed(coordinator_address: str | None = None,
   auto = env.get("IMAGEBRUSH_DISTRIBUTED", "0") == "1"
   if coordinator_address is None and not auto:
     return
-  if jax.default_backend() == "cpu" or env.get("JAX_PLATFORMS", "") == "cpu":
-    # CPU processes talk through gloo (the test suite simulates hosts this way).
+  if env.get("JAX_PLATFORMS", "") == "cpu":
+    # CPU processes talk through gloo (the test suite simulates hosts this way). Asking jax
+    # for its backend here would start it, and initialize() must come first.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes,

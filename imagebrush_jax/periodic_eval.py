@@ -1,0 +1,103 @@
+"""Evaluation during training: loss on held-out grids and a few guided samples (EMA params),
+written to TensorBoard and as PNG files under WORKDIR/samples."""
+from __future__ import annotations
+
+from typing import Any
+
+from etils import epath
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+import ml_collections
+import numpy as np
+
+from imagebrush_jax import files
+from imagebrush_jax import metric_writers
+from imagebrush_jax import parallel
+from imagebrush_jax import train_state
+from imagebrush_jax.data import pipeline
+from imagebrush_jax.models import imagebrush as ib
+
+EVAL_SEED_OFFSET = 1_000_003  # eval grids come from seeds no training index uses
+
+
+def host_slice(batch: dict, num_hosts: int, host: int) -> dict:
+  """This host's rows of a batch that every host built in full."""
+  rows = next(iter(batch.values())).shape[0]
+  if rows % num_hosts:
+    raise ValueError(f"eval batch of {rows} grids does not split over {num_hosts} hosts")
+  per = rows // num_hosts
+  return {k: v[host * per:(host + 1) * per] for k, v in batch.items()}
+
+
+def sample_sheet(grid: np.ndarray, generated: np.ndarray, num_examples: int) -> np.ndarray:
+  """One row per grid: E_1, E'_1, ..., I, generated I', true I' (uint8 tiles side by side)."""
+  before, after, query, truth = (np.asarray(x) for x in ib.split_cells(grid, num_examples,
+                                                                        grid.shape[2] // 2))
+  rows = []
+  for i in range(grid.shape[0]):
+    tiles = []
+    for k in range(num_examples):
+      tiles += [before[i, k], after[i, k]]
+    tiles += [query[i], generated[i], truth[i]]
+    gap = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
+    rows.append(np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1))
+  gap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
+  return np.concatenate(sum(([r, gap] for r in rows), [])[:-1], axis=0)
+
+
+class Evaluator:
+  """Held-out loss and guided samples at config.train.eval_every steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, task: train_state.Trainable, mesh: Mesh,
+               workdir: epath.Path, writer: metric_writers.MetricWriter):
+    self.config, self.task, self.mesh, self.workdir, self.writer = config, task, mesh, workdir, writer
+    tc = config.train
+    tasks = tuple(config.data.heldout_tasks) or tuple(config.data.train_tasks)
+    self.split = "heldout" if config.data.heldout_tasks else "fresh"
+    seed = int(config.seed) + EVAL_SEED_OFFSET
+    self.loss_batches = self._global(pipeline.make_eval_batches(
+        config, num_grids=int(tc.eval_num_grids), seed=seed, tasks=tasks), tc.eval_num_grids)
+    self.sample_batch = None
+    if tc.sample_num_grids:
+      full = pipeline.make_eval_batches(config, num_grids=int(tc.sample_num_grids), seed=seed + 1,
+                                        tasks=tasks)
+      self.sample_batch = self._global(full, tc.sample_num_grids)[0]
+    loss_fn = task.loss_fn
+    self._eval_loss = jax.jit(lambda p, b, r: loss_fn(p, b, r, False)[0])
+
+  def _global(self, batches, num_grids: int) -> list[dict]:
+    """Host-complete numpy batches -> global arrays, batch split over all devices."""
+    out = []
+    for batch in batches:
+      batch = {k: batch[k] for k in ("grid", "mask", "box", "task_id")}
+      rows = batch["grid"].shape[0]
+      if rows % jax.device_count():
+        raise ValueError(f"config.train.eval_num_grids / sample_num_grids ({num_grids}) must "
+                         f"divide by the {jax.device_count()} devices")
+      local = host_slice(batch, jax.process_count(), jax.process_index())
+      out.append(parallel.host_batch_to_global(local, self.mesh))
+    return out
+
+  def run(self, step: int, state: dict) -> dict[str, float]:
+    params = state["ema_params"]
+    key = jax.random.key(int(self.config.seed) + step)
+    losses = [float(self._eval_loss(params, b, jax.random.fold_in(key, i)))
+              for i, b in enumerate(self.loss_batches)]
+    scalars = {f"eval/{self.split}_loss": float(np.mean(losses))}
+    self.writer.write_scalars(step, scalars)
+    metric_writers.log_line(f"eval at step {step}: " +
+                            ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+    if self.sample_batch is not None:
+      self._samples(step, params, key)
+    return scalars
+
+  def _samples(self, step: int, params: Any, key: jax.Array) -> None:
+    out = self.task.extras["sample_fn"](params, self.sample_batch, key)
+    generated = multihost_utils.process_allgather(ib.unit_to_pixels(out["target"]), tiled=True)
+    grid = multihost_utils.process_allgather(self.sample_batch["grid"], tiled=True)
+    if jax.process_index() != 0:
+      return
+    sheet = sample_sheet(np.asarray(grid), np.asarray(generated), self.config.data.num_examples)
+    files.save_png_atomic(self.workdir / "samples" / f"step_{step:07d}.png", sheet)
+    self.writer.write_images(step, {"samples": sheet})

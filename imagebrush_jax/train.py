@@ -1,0 +1,211 @@
+"""Training: train_and_evaluate(config, workdir), the one training loop, and its CLI.
+
+  python -m imagebrush_jax.train --config configs/default.py --workdir runs/demo \
+      [--config.train.batch_size=64 ...]
+
+One jitted, sharded train step (Mesh ('data', 'fsdp'), params sharded by rules, the batch
+split over all devices, donated state); grain input with its iterator state in every
+checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from imagebrush_jax import checkpoint as ckpt_lib
+from imagebrush_jax import config_validation
+from imagebrush_jax import files
+from imagebrush_jax import imagebrush_task
+from imagebrush_jax import metric_writers
+from imagebrush_jax import parallel
+from imagebrush_jax import periodic_eval
+from imagebrush_jax import train_state
+from imagebrush_jax.data import pipeline
+
+State = dict[str, Any]
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or inf; the run stops without saving the bad state."""
+
+
+# ====================================================================== preemption
+class _StopFlag:
+  """Set by SIGTERM (preemption); the loop saves and exits at the next step boundary."""
+
+  def __init__(self):
+    self.raised = False
+
+  def install(self):
+    if os.name == "posix":
+      try:
+        signal.signal(signal.SIGTERM, self._handler)
+      except ValueError:  # not the main thread (e.g. inside some test runners)
+        pass
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM received: checkpointing and stopping at the next step")
+    self.raised = True
+
+  def agreed(self) -> bool:
+    """All processes stop at the same step if any one of them was signalled."""
+    if jax.process_count() == 1:
+      return self.raised
+    flags_all = multihost_utils.process_allgather(np.array(self.raised, np.int32))
+    return bool(np.any(flags_all))
+
+
+# ====================================================================== the loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> State:
+  """Trains config's model in workdir, resuming from its latest checkpoint if any."""
+  config_validation.validate(config)
+  workdir_path = epath.Path(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  tc = config.train
+
+  # ------------------------------------------------------------ devices and mesh
+  mesh = parallel.make_mesh(config.mesh)
+  parallel.local_batch_size(tc.batch_size)  # validates divisibility early
+  metric_writers.log_line(
+      f"devices: {jax.device_count()} ({jax.devices()[0].platform}), processes: "
+      f"{jax.process_count()}, mesh: {dict(mesh.shape)}")
+
+  # ------------------------------------------------------------ model, optimizer, state
+  task = imagebrush_task.build(config)
+  abstract_state = jax.eval_shape(task.init_state, jax.random.key(config.seed))
+  state_shardings = parallel.tree_shardings(abstract_state, mesh, config.sharding)
+  train_step = train_state.jit_train_step(task, mesh, state_shardings)
+  num_params = ckpt_lib.param_count(abstract_state["params"])
+  metric_writers.log_line(f"model: {num_params / 1e6:.2f}M parameters")
+
+  # ------------------------------------------------------------ data
+  train_iter = pipeline.make_train_iterator(config, process_index=jax.process_index(),
+                                            process_count=jax.process_count())
+
+  # ------------------------------------------------------------ checkpoint / resume
+  checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    target = ckpt_lib.abstract_with_shardings(abstract_state, state_shardings)
+    state = checkpointer.restore(latest, target, train_iter)
+    metric_writers.log_line(f"resumed from step {latest} in {checkpointer.directory}")
+  else:
+    state = jax.jit(task.init_state, out_shardings=state_shardings)(jax.random.key(config.seed))
+  first_step = int(jax.device_get(state["step"]))
+
+  # ------------------------------------------------------------ logging and hooks
+  writer = metric_writers.MetricWriter(str(workdir_path / "tensorboard"))
+  if first_step == 0 and jax.process_index() == 0:
+    files.write_text_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
+    writer.write_scalars(0, {"params_millions": num_params / 1e6})
+  progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, first_step)
+  history = metric_writers.JsonlHistory(workdir_path / "train_metrics.jsonl")
+  evaluator = periodic_eval.Evaluator(config, task, mesh, workdir_path, writer)
+  stop = _StopFlag()
+  stop.install()
+  profile_start, profile_stop = _profile_window(tc.profile_steps)
+  last_step = tc.num_steps if tc.stop_at_step < 0 else min(tc.stop_at_step, tc.num_steps)
+
+  # ------------------------------------------------------------ steps
+  step = first_step
+  pending = None  # (step, metrics) of the previous step, checked one step late
+  metric_sums: dict[str, float] = {}
+  metric_count = 0
+  try:
+    while step < last_step:
+      if step == profile_start:
+        jax.profiler.start_trace(str(workdir_path / "profile"))
+      batch = parallel.host_batch_to_global(next(train_iter), mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      if step == profile_stop:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+
+      # The previous step's metrics are ready by now: checking them costs no stall.
+      if pending is not None:
+        metric_count += _accumulate(metric_sums, pending, tc.num_steps)
+      pending = (step, metrics)
+
+      if step % tc.log_every == 0 or step == last_step:
+        metric_count += _accumulate(metric_sums, pending, tc.num_steps)
+        pending = None
+        means = {k: v / max(metric_count, 1) for k, v in metric_sums.items()}
+        line, rates = progress.line(step, {"loss": means.get("loss", float("nan"))})
+        metric_writers.log_line(line)
+        writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()}, **rates})
+        history.append(step, {**means, **rates})
+        metric_sums, metric_count = {}, 0
+
+      if step % tc.eval_every == 0 or (step == tc.num_steps and tc.eval_at_end):
+        evaluator.run(step, state)
+
+      stopping = stop.agreed()
+      if step % config.checkpoint.every == 0 or step == last_step or stopping:
+        if pending is not None:  # never save a state whose loss was not checked
+          metric_count += _accumulate(metric_sums, pending, tc.num_steps)
+          pending = None
+        checkpointer.save(step, state, train_iter, config, force=True)
+      if stopping:
+        metric_writers.log_line(f"stopped by SIGTERM at step {step}; checkpoint saved")
+        break
+  finally:
+    checkpointer.close()
+    writer.close()
+  return state
+
+
+def _accumulate(sums: dict[str, float], pending, total_steps: int) -> int:
+  """Adds one step's metrics to the running sums; stops the run on a non-finite loss."""
+  step, metrics = pending
+  values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not np.isfinite(values["loss"]):
+    raise NonFiniteLossError(
+        f"loss is {values['loss']} at step {step} of {total_steps}; stopping. The last "
+        f"checkpoint before it is kept. Lower config.train.learning_rate or check the data.")
+  for k, v in values.items():
+    sums[k] = sums.get(k, 0.0) + v
+  return 1
+
+
+def _profile_window(profile_steps) -> tuple[int, int]:
+  if not profile_steps:
+    return -1, -1
+  start, stop = (int(s) for s in profile_steps)
+  if not 0 <= start < stop:
+    raise ValueError(f"config.train.profile_steps must be (start, stop) with 0 <= start < stop, "
+                     f"got {tuple(profile_steps)}")
+  return start, stop
+
+
+# ====================================================================== CLI
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and samples.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 for multi-host runs "
+                                   "(or JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def main(argv):
+  del argv
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,143 @@
+"""Train state, optimizer and the jitted, sharded train step.
+
+The state is a plain dict {step, params, ema_params, opt_state}: easy to shard by path
+rules, to save with orbax and to restore onto another mesh. Per-step randomness is
+fold_in(key(seed), step), so nothing random needs saving for an exact resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import ml_collections
+import optax
+
+from imagebrush_jax import parallel
+
+State = dict[str, Any]
+LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainable:
+  """What the generic loop needs from a model: parameters, a loss and an optimizer.
+
+  init_params(rng) -> params; loss_fn(params, batch, rng, train) -> (loss, metrics),
+  with batch the global batch dict of arrays; model holds whatever evaluation needs.
+  """
+  init_params: Callable[[jax.Array], Any]
+  loss_fn: LossFn
+  optimizer: optax.GradientTransformation
+  lr_schedule: optax.Schedule
+  train_config: ml_collections.ConfigDict
+  seed: int
+  model: Any = None
+  extras: dict = dataclasses.field(default_factory=dict)
+
+  def init_state(self, rng: jax.Array) -> State:
+    params = self.init_params(rng)
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "ema_params": jax.tree.map(jnp.copy, params),
+        "opt_state": self.optimizer.init(params),
+    }
+
+
+# ====================================================================== optimizer
+def make_lr_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup, then cosine decay to end_lr_fraction * lr, or constant."""
+  peak, warmup = float(tc.learning_rate), int(tc.warmup_steps)
+  if tc.lr_schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(int(tc.num_steps), warmup + 1), end_value=peak * float(tc.end_lr_fraction))
+  if tc.lr_schedule == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+        [warmup])
+  raise ValueError(f"config.train.lr_schedule must be 'cosine' or 'constant', got "
+                   f"{tc.lr_schedule!r}")
+
+
+def _decay_mask(params):
+  """Weight decay on matrices and kernels only, not on biases, norms or embeddings of 1-D."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(tc: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
+                                                           optax.Schedule]:
+  schedule = make_lr_schedule(tc)
+  parts = []
+  if tc.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(float(tc.grad_clip_norm)))
+  parts.append(optax.adamw(schedule, b1=float(tc.b1), b2=float(tc.b2), eps=float(tc.eps),
+                           weight_decay=float(tc.weight_decay), mask=_decay_mask))
+  return optax.chain(*parts), schedule
+
+
+def ema_decay_at(step: jax.Array, tc: ml_collections.ConfigDict) -> jax.Array:
+  """EMA decay, warmed up as min(decay, (1 + step) / (10 + step)) so early EMA tracks."""
+  decay = jnp.asarray(float(tc.ema_decay), jnp.float32)
+  if tc.ema_warmup:
+    step = step.astype(jnp.float32)
+    decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return decay
+
+
+# ====================================================================== the step
+def make_train_step(task: Trainable) -> Callable[[State, dict], tuple[State, dict]]:
+  """Pure step: accumulates gradients over micro-batches, updates params and EMA."""
+  tc = task.train_config
+  accum = int(tc.grad_accum_steps)
+  base_key = jax.random.key(task.seed)
+
+  def loss_and_grads(params, batch, rng):
+    (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+        params, batch, rng, True)
+    return loss, metrics, grads
+
+  def step_fn(state: State, batch: dict) -> tuple[State, dict]:
+    rng = jax.random.fold_in(base_key, state["step"])
+    params = state["params"]
+    if accum == 1:
+      loss, metrics, grads = loss_and_grads(params, batch, rng)
+    else:
+      # [B, ...] -> [accum, B/accum, ...]: micro-batch i takes every accum-th example, so
+      # each micro-batch stays split over all devices like the full batch.
+      micro = jax.tree.map(
+          lambda x: jnp.swapaxes(x.reshape((x.shape[0] // accum, accum) + x.shape[1:]), 0, 1),
+          batch)
+
+      def body(carry, xs):
+        i, mb = xs
+        loss, metrics, grads = loss_and_grads(params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+
+      zeros = jax.eval_shape(loss_and_grads, params, jax.tree.map(lambda x: x[0], micro), rng)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+      (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+      loss, metrics, grads = jax.tree.map(lambda x: x / accum, (loss, metrics, grads))
+
+    updates, opt_state = task.optimizer.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    decay = ema_decay_at(state["step"], tc)
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema_params"], new_params)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+               "learning_rate": task.lr_schedule(state["step"])}
+    new_state = {"step": state["step"] + 1, "params": new_params, "ema_params": ema,
+                 "opt_state": opt_state}
+    return new_state, metrics
+
+  return step_fn
+
+
+def jit_train_step(task: Trainable, mesh: Mesh, state_shardings: Any):
+  """The step jitted with explicit shardings; the old state's buffers are donated."""
+  return jax.jit(make_train_step(task),
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, parallel.replicated(mesh)),
+                 donate_argnums=(0,))

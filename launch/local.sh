@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Train on this machine. With NUM_PROCESSES>1, simulates a multi-host run: that many
+# processes on 127.0.0.1, each with DEVICES_PER_PROCESS CPU devices, talking through gloo.
+#
+#   launch/local.sh configs/default.py runs/demo [--config.train.batch_size=64 ...]
+#   NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local.sh configs/tiny_test.py runs/mh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${1:?usage: launch/local.sh CONFIG WORKDIR [--config.key=value ...]}
+WORKDIR=${2:?usage: launch/local.sh CONFIG WORKDIR [--config.key=value ...]}
+shift 2
+PY=${PY:-.venv/bin/python}
+NUM_PROCESSES=${NUM_PROCESSES:-1}
+DEVICES_PER_PROCESS=${DEVICES_PER_PROCESS:-1}
+PORT=${PORT:-12355}
+
+if [[ "$NUM_PROCESSES" == 1 ]]; then
+  if [[ "$DEVICES_PER_PROCESS" != 1 ]]; then
+    export XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS ${XLA_FLAGS:-}"
+  fi
+  exec "$PY" -m imagebrush_jax.train --config "$CONFIG" --workdir "$WORKDIR" "$@"
+fi
+
+export JAX_PLATFORMS=cpu
+export XLA_FLAGS="--xla_force_host_platform_device_count=$DEVICES_PER_PROCESS ${XLA_FLAGS:-}"
+pids=()
+trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
+for ((i = 0; i < NUM_PROCESSES; i++)); do
+  JAX_COORDINATOR_ADDRESS="127.0.0.1:$PORT" JAX_NUM_PROCESSES="$NUM_PROCESSES" JAX_PROCESS_ID="$i" \
+    "$PY" -m imagebrush_jax.train --config "$CONFIG" --workdir "$WORKDIR" "$@" &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status

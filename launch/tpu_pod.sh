@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU VM pod slice (v4 / v5p): create the slice, copy this checkout to
+# every worker, install, and start the trainer on all workers at once. jax finds the
+# other workers by itself on TPU VMs (IMAGEBRUSH_DISTRIBUTED=1 -> jax.distributed.initialize()).
+#
+#   TPU_NAME=ib-pod ZONE=us-central2-b ACCELERATOR=v4-64 WORKDIR=gs://my-bucket/runs/paper \
+#     launch/tpu_pod.sh configs/paper_256_tpu_pod.py [--config.key=value ...]
+#
+# Steps can be run one at a time: STEPS="create copy install train" (the default), or e.g.
+# STEPS=train to restart training on an existing slice (it resumes from WORKDIR).
+# Credentials come from your gcloud login / the VM's service account; none are written here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${1:?usage: launch/tpu_pod.sh CONFIG [--config.key=value ...]}
+shift
+: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR (a gs:// path)}"
+ACCELERATOR=${ACCELERATOR:-v4-64}
+RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
+PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
+STEPS=${STEPS:-"create copy install train"}
+REMOTE_DIR=${REMOTE_DIR:-imagebrush_jax}
+JAX_VERSION=$(sed -n 's/^jax==//p' requirements.txt)
+
+ssh_all() {
+  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --worker=all --command="$1"
+}
+
+for step in $STEPS; do
+  case "$step" in
+    create)
+      gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG \
+        --accelerator-type="$ACCELERATOR" --version="$RUNTIME" ${SPOT:+--spot} ;;
+    copy)
+      tar --exclude=.venv --exclude=runs --exclude=.git -czf /tmp/imagebrush_src.tgz .
+      gcloud compute tpus tpu-vm scp /tmp/imagebrush_src.tgz "$TPU_NAME":/tmp/ --zone="$ZONE" \
+        $PROJECT_FLAG --worker=all
+      ssh_all "mkdir -p $REMOTE_DIR && tar -xzf /tmp/imagebrush_src.tgz -C $REMOTE_DIR" ;;
+    install)
+      ssh_all "cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt \
+        && .venv/bin/pip install -q 'jax[tpu]==$JAX_VERSION'" ;;
+    train)
+      # Quote the overrides so they reach the remote shell intact.
+      overrides=$(printf ' %q' "$@")
+      ssh_all "cd $REMOTE_DIR && IMAGEBRUSH_DISTRIBUTED=1 nohup .venv/bin/python -m imagebrush_jax.train \
+        --config $CONFIG --workdir $WORKDIR$overrides > train.log 2>&1 &
+        echo started on \$(hostname)" ;;
+    *) echo "unknown step '$step' (create, copy, install, train)" >&2; exit 2 ;;
+  esac
+done
