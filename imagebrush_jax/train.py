@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -68,7 +68,24 @@ class _StopFlag:
 
 # ====================================================================== the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> State:
-  """Trains config's model in workdir, resuming from its latest checkpoint if any."""
+  """Trains ImageBrush per config in workdir, resuming from its latest checkpoint if any."""
+  return run_training(
+      config, workdir,
+      build_task=imagebrush_task.build,
+      make_train_iterator=pipeline.make_train_iterator,
+      make_evaluator=periodic_eval.Evaluator)
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str, *,
+                 build_task: Callable[[ml_collections.ConfigDict], train_state.Trainable],
+                 make_train_iterator: Callable[..., Any],
+                 make_evaluator: Callable[..., Any]) -> State:
+  """The generic loop, shared by every model this project trains.
+
+  build_task(config) -> Trainable; make_train_iterator(config, process_index=,
+  process_count=) -> a checkpointable host-batch iterator; make_evaluator(config, task,
+  mesh, workdir_path, writer) -> an object whose run(step, state) evaluates.
+  """
   config_validation.validate(config)
   workdir_path = epath.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
@@ -82,7 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> State
       f"{jax.process_count()}, mesh: {dict(mesh.shape)}")
 
   # ------------------------------------------------------------ model, optimizer, state
-  task = imagebrush_task.build(config)
+  task = build_task(config)
   abstract_state = jax.eval_shape(task.init_state, jax.random.key(config.seed))
   state_shardings = parallel.tree_shardings(abstract_state, mesh, config.sharding)
   train_step = train_state.jit_train_step(task, mesh, state_shardings)
@@ -90,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> State
   metric_writers.log_line(f"model: {num_params / 1e6:.2f}M parameters")
 
   # ------------------------------------------------------------ data
-  train_iter = pipeline.make_train_iterator(config, process_index=jax.process_index(),
+  train_iter = make_train_iterator(config, process_index=jax.process_index(),
                                             process_count=jax.process_count())
 
   # ------------------------------------------------------------ checkpoint / resume
@@ -111,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> State
     writer.write_scalars(0, {"params_millions": num_params / 1e6})
   progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, first_step)
   history = metric_writers.JsonlHistory(workdir_path / "train_metrics.jsonl")
-  evaluator = periodic_eval.Evaluator(config, task, mesh, workdir_path, writer)
+  evaluator = make_evaluator(config, task, mesh, workdir_path, writer)
   stop = _StopFlag()
   stop.install()
   profile_start, profile_stop = _profile_window(tc.profile_steps)
@@ -163,6 +180,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> State
   finally:
     checkpointer.close()
     writer.close()
+    if hasattr(train_iter, "close"):
+      train_iter.close()  # stops grain worker processes
   return state
 
 

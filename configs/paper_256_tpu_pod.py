@@ -1,0 +1,21 @@
+"""The paper config on a TPU pod slice (v4-64 / v5p-64: 32 chips, 4 per host).
+
+FSDP over the 4 chips of each host shards parameters and optimizer state, data parallel
+over hosts; batch 288 does not split over 32 chips, so the pod runs batch 320 (10 per chip)
+with the learning rate scaled linearly. Launch: launch/tpu_pod.sh (README).
+"""
+import ml_collections
+
+from configs import paper_256
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = paper_256.get_config()
+  c.mesh.data = -1
+  c.mesh.fsdp = 4
+  c.train.batch_size = 320
+  c.train.learning_rate = 1e-4 * 320 / 288
+  c.data.num_workers = 16
+  c.train.eval_num_grids = 128
+  c.train.sample_num_grids = 32
+  return c

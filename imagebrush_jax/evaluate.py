@@ -1,0 +1,198 @@
+"""Evaluate a trained run on held-out synthetic quadruplets and write metrics.json.
+
+  python -m imagebrush_jax.evaluate --workdir DIR --num_examples 256 --output metrics.json \
+      [--seed 1000003] [--steps N] [--guidance S] [--inception_weights pt_inception.safetensors]
+
+Grids come from a fresh seed (scenes never trained on), over config.data.train_tasks and the
+held-out compositions config.data.heldout_tasks, in turn. Metrics:
+  accuracy        task identification: the generated I' is at least as close (pixel MSE) to the
+                  true task's output on I as to every other global task's (ties count as
+                  correct); per task too, and the chance level of a random pick
+  psnr, ssim      generated I' vs the ground truth; copy_psnr / copy_ssim for returning I itself
+  prompt_fidelity dist(E', edit(E | I -> I')), image_fidelity dist(I, edit(I' | E' -> E)), with
+                  dist = pixel MSE in [0, 1], or FID when --inception_weights is given
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from typing import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from imagebrush_jax import files
+from imagebrush_jax import run_loading
+from imagebrush_jax.data import grid as grid_lib
+from imagebrush_jax.data import pipeline as data_pipeline
+from imagebrush_jax.data import tasks as tasks_lib
+from imagebrush_jax.inference import editor as editor_lib
+from imagebrush_jax.metrics import cycle
+from imagebrush_jax.metrics import fid as fid_lib
+from imagebrush_jax.metrics import image_quality
+from imagebrush_jax.metrics import task_id
+
+DEFAULT_SEED = 1_000_003
+Generate = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+
+
+def _is_global(name: str) -> bool:
+  return tasks_lib.is_known(name) and tasks_lib.get_task(name).is_global
+
+
+def task_candidates(query: np.ndarray, names: Sequence[str]) -> np.ndarray:
+  """Each named global task applied to each query: uint8 [N, M, T, T, 3]."""
+  return np.stack([np.stack([tasks_lib.apply_global_task(n, q) for n in names]) for q in query])
+
+
+def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_examples: int,
+                     task_vocabulary: Sequence[str], generate: Generate,
+                     edit: cycle.Editor | None, distance: fid_lib.SetDistance
+                     ) -> dict:
+  """Metrics of `generate` (batch -> I' uint8 [B, T, T, 3]) on evaluation batches.
+
+  `edit` (before, after, query -> uint8), used by the cycle metrics; None skips them.
+  """
+  cells = collections.defaultdict(list)
+  for batch in batches:
+    parts = grid_lib.split_grid(np.asarray(batch["grid"]), num_examples)
+    generated = np.asarray(generate(batch))
+    if generated.dtype != np.uint8 or generated.shape != parts["query_after"].shape:
+      raise ValueError(f"generate returned {generated.dtype} {list(generated.shape)}, expected "
+                       f"uint8 {list(parts['query_after'].shape)}")
+    for key in ("example_before", "example_after", "query_before", "query_after"):
+      cells[key].append(parts[key])
+    cells["generated"].append(generated)
+    cells["task_id"].append(np.asarray(batch["task_id"]))
+  data = {k: np.concatenate(v) for k, v in cells.items()}
+  gen, truth, query = data["generated"], data["query_after"], data["query_before"]
+  n = gen.shape[0]
+
+  # Task identification over the global tasks of the vocabulary (only they apply to any image).
+  global_names = [t for t in task_vocabulary if _is_global(t)]
+  true_names = [task_vocabulary[i] for i in data["task_id"]]
+  correct = np.full(n, np.nan)
+  chance = np.full(n, np.nan)
+  identifiable = np.array([t in global_names for t in true_names])
+  if identifiable.any() and len(global_names) > 1:
+    idx = np.flatnonzero(identifiable)
+    cand = task_candidates(query[idx], global_names)
+    true_index = np.array([global_names.index(true_names[i]) for i in idx])
+    correct[idx] = task_id.task_identification(gen[idx], cand, true_index)
+    chance[idx] = task_id.chance_accuracy(cand, true_index)
+
+  def mean_or_none(x):
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else None
+
+  per_task = {}
+  for name in dict.fromkeys(true_names):
+    sel = np.array([t == name for t in true_names])
+    per_task[name] = {"count": int(sel.sum()), "accuracy": mean_or_none(correct[sel]),
+                      "psnr": float(image_quality.psnr(gen[sel], truth[sel]).mean())}
+  psnr = image_quality.psnr(gen, truth)
+  ssim = image_quality.ssim(gen, truth)
+  metrics = {
+      "num_examples": int(n),
+      "accuracy": mean_or_none(correct),
+      "chance_accuracy": mean_or_none(chance),
+      "accuracy_tasks": global_names,
+      "psnr": float(psnr.mean()),
+      "ssim": float(ssim.mean()),
+      "copy_psnr": float(image_quality.psnr(query, truth).mean()),
+      "copy_ssim": float(image_quality.ssim(query, truth).mean()),
+      "per_task": per_task,
+      "distance": distance.name,
+  }
+  if edit is not None:
+    metrics.update(cycle.cycle_metrics(edit, data["example_before"], data["example_after"],
+                                       query, gen, distance))
+  return metrics
+
+
+def make_distance(inception_weights: str | None, batch_size: int = 32) -> fid_lib.SetDistance:
+  if not inception_weights:
+    return fid_lib.PixelDistance()
+  from imagebrush_jax.models import inception  # pylint: disable=g-import-not-at-top
+  return fid_lib.FID(inception.load_activations_fn(inception_weights, batch_size=batch_size))
+
+
+def evaluate_run(workdir: str, *, num_examples: int, seed: int = DEFAULT_SEED,
+                 step: int | None = None, batch_size: int | None = None,
+                 num_steps: int | None = None, guidance_scale: float | None = None,
+                 inception_weights: str | None = None, cycle_metrics: bool = True) -> dict:
+  run = run_loading.load_run(workdir, step)
+  config = run.config
+  if seed == int(config.seed):
+    raise ValueError(f"--seed {seed} is the training seed: evaluation needs a fresh one")
+  editor = editor_lib.Editor(run, batch_size=batch_size, num_steps=num_steps,
+                             guidance_scale=guidance_scale)
+  batches = data_pipeline.make_eval_batches(config, num_grids=num_examples, seed=seed,
+                                            batch_size=editor.batch_size)
+  key = jax.random.key(seed)
+  counter = iter(range(1 << 30))
+
+  def generate(batch):
+    return editor.edit_grids(batch, jax.random.fold_in(key, next(counter)))
+
+  def edit(before, after, query):
+    return editor.edit_cells(before, after, query, None,
+                             jax.random.fold_in(key, (1 << 20) + next(counter)))
+
+  start = time.time()
+  metrics = evaluate_batches(batches, num_examples=int(config.data.num_examples),
+                             task_vocabulary=data_pipeline.task_vocabulary(config),
+                             generate=generate, edit=edit if cycle_metrics else None,
+                             distance=make_distance(inception_weights))
+  metrics.update(step=run.step, workdir=str(workdir), seed=seed,
+                 train_tasks=list(config.data.train_tasks),
+                 heldout_tasks=list(config.data.heldout_tasks),
+                 sampling={"num_steps": num_steps or int(config.sampling.num_steps),
+                           "guidance_scale": (config.sampling.guidance_scale
+                                              if guidance_scale is None else guidance_scale)},
+                 seconds=round(time.time() - start, 2))
+  heldout = [metrics["per_task"][t]["accuracy"] for t in config.data.heldout_tasks
+             if t in metrics["per_task"] and metrics["per_task"][t]["accuracy"] is not None]
+  metrics["heldout_accuracy"] = float(np.mean(heldout)) if heldout else None
+  return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m imagebrush_jax.evaluate",
+                              description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--num_examples", type=int, required=True, help="evaluation grids")
+  p.add_argument("--output", required=True, help="metrics JSON file (written atomically)")
+  p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="fresh data seed")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--batch_size", type=int, default=None, help="grids per sampler call")
+  p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: config)")
+  p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: config)")
+  p.add_argument("--inception_weights", default=None,
+                 help="pt_inception-2015-12-05 weights (.safetensors/.npz, or .pth with torch): "
+                      "cycle metrics as FID instead of pixel MSE")
+  p.add_argument("--no_cycle", action="store_true", help="skip the cycle metrics")
+  args = p.parse_args(argv)
+  if args.num_examples < 1:
+    p.error(f"--num_examples must be positive, got {args.num_examples}")
+  try:
+    metrics = evaluate_run(args.workdir, num_examples=args.num_examples, seed=args.seed,
+                           step=args.step, batch_size=args.batch_size, num_steps=args.steps,
+                           guidance_scale=args.guidance,
+                           inception_weights=args.inception_weights,
+                           cycle_metrics=not args.no_cycle)
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  files.write_text_atomic(args.output, json.dumps(metrics, indent=2) + "\n")
+  print(json.dumps({k: metrics[k] for k in ("step", "num_examples", "accuracy", "psnr", "ssim",
+                                            "copy_psnr", "copy_ssim", "distance")
+                    + (("prompt_fidelity", "image_fidelity") if not args.no_cycle else ())}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

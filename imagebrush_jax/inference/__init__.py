@@ -1,0 +1,1 @@
+"""Inference helpers: image loading (any mode, size, orientation) and manifest parsing."""

@@ -1,0 +1,114 @@
+"""Evaluation: the metric pipeline on oracle / random generators, cycle metrics of an exact
+editor, and the CLI on a tiny trained checkpoint."""
+import json
+
+import numpy as np
+import pytest
+
+from configs import tiny_test
+from imagebrush_jax import evaluate
+from imagebrush_jax.data import grid as grid_lib
+from imagebrush_jax.data import pipeline as data_pipeline
+from imagebrush_jax.data import tasks as tasks_lib
+from imagebrush_jax.metrics import cycle
+from imagebrush_jax.metrics import fid as fid_lib
+from imagebrush_jax.metrics import image_quality
+from imagebrush_jax.metrics import task_id
+
+from _tiny_run import tiny_workdir  # pylint: disable=g-bad-import-order
+
+
+@pytest.fixture(scope="module")
+def batches():
+  config = tiny_test.get_config()
+  return config, data_pipeline.make_eval_batches(config, num_grids=64, seed=777, batch_size=16)
+
+
+def _evaluate(config, batches, generate):
+  return evaluate.evaluate_batches(
+      batches, num_examples=config.data.num_examples,
+      task_vocabulary=data_pipeline.task_vocabulary(config), generate=generate, edit=None,
+      distance=fid_lib.PixelDistance())
+
+
+def test_ground_truth_scores_accuracy_one(batches):
+  config, bs = batches
+  truth = lambda b: grid_lib.split_grid(b["grid"], config.data.num_examples)["query_after"]
+  m = _evaluate(config, bs, truth)
+  assert m["accuracy"] == 1.0 and m["num_examples"] == 64
+  assert m["psnr"] == 100.0 and m["ssim"] == pytest.approx(1.0)
+  assert m["copy_psnr"] < 100.0
+  assert set(m["per_task"]) == set(data_pipeline.task_vocabulary(config))
+  assert all(t["accuracy"] == 1.0 for t in m["per_task"].values())
+
+
+def test_random_images_score_near_chance(batches):
+  config, bs = batches
+  rng = np.random.default_rng(0)
+  m = _evaluate(config, bs, lambda b: rng.integers(0, 256, (b["grid"].shape[0], 8, 8, 3),
+                                                   dtype=np.uint8))
+  assert m["chance_accuracy"] < 0.5
+  assert abs(m["accuracy"] - m["chance_accuracy"]) < 0.2
+  assert m["psnr"] < m["copy_psnr"] + 5
+
+
+def test_task_identification_ties_count_as_correct():
+  gen = np.zeros((1, 2, 2, 3), np.uint8)
+  cand = np.stack([np.zeros((3, 2, 2, 3), np.uint8)])
+  cand[0, 2] = 255
+  assert task_id.task_identification(gen, cand, np.array([1]))[0]
+  np.testing.assert_allclose(task_id.chance_accuracy(cand, np.array([1])), [2 / 3])
+
+
+SELF_INVERSE = ("hflip", "vflip", "invert", "swap_red_blue", "hflip+invert")
+
+
+def _oracle_edit(before, after, query):
+  """An exact editor: finds the self-inverse task mapping every example pair, applies it."""
+  out = []
+  for b, a, q in zip(before, after, query):
+    name = next((t for t in SELF_INVERSE if all(
+        np.array_equal(tasks_lib.apply_global_task(t, x), y) for x, y in zip(b, a))), None)
+    out.append(q if name is None else tasks_lib.apply_global_task(name, q))  # no match: copy
+  return np.stack(out)
+
+
+def test_cycle_metrics_of_an_exact_editor_are_zero():
+  rng = np.random.default_rng(1)
+  n, k = 10, 2
+  names = [SELF_INVERSE[i % len(SELF_INVERSE)] for i in range(n)]
+  before = rng.integers(0, 256, (n, k, 8, 8, 3), dtype=np.uint8)
+  after = np.stack([[tasks_lib.apply_global_task(t, e) for e in row]
+                    for t, row in zip(names, before)])
+  query = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+  generated = _oracle_edit(before, after, query)
+  m = cycle.cycle_metrics(_oracle_edit, before, after, query, generated, fid_lib.PixelDistance())
+  assert m == {"prompt_fidelity": 0.0, "image_fidelity": 0.0}
+  wrong = 255 - generated  # a wrong edit is penalised
+  m = cycle.cycle_metrics(_oracle_edit, before, after, query, wrong, fid_lib.PixelDistance())
+  assert m["prompt_fidelity"] > 0.01 or m["image_fidelity"] > 0.01
+
+
+def test_psnr_ssim():
+  a = np.zeros((2, 8, 8, 3), np.uint8)
+  b = a.copy()
+  b[1] = 255
+  np.testing.assert_allclose(image_quality.psnr(a, b), [100.0, 0.0])
+  s = image_quality.ssim(a, b)
+  assert s[0] == pytest.approx(1.0) and s[1] < 0.01
+
+
+def test_evaluate_cli_on_tiny_checkpoint(tmp_path):
+  out = tmp_path / "metrics.json"
+  rc = evaluate.main(["--workdir", tiny_workdir(), "--num_examples", "6", "--output", str(out),
+                      "--steps", "2", "--batch_size", "4"])
+  assert rc == 0
+  m = json.loads(out.read_text())
+  for key in ("accuracy", "psnr", "ssim", "copy_psnr", "copy_ssim", "prompt_fidelity",
+              "image_fidelity", "distance", "num_examples", "per_task", "step"):
+    assert key in m
+  assert m["num_examples"] == 6 and m["step"] == 2 and m["distance"] == "pixel_mse"
+  assert 0.0 <= m["accuracy"] <= 1.0 and m["prompt_fidelity"] >= 0
+  # The training seed is refused: evaluation data must be fresh.
+  assert evaluate.main(["--workdir", tiny_workdir(), "--num_examples", "2", "--output",
+                        str(tmp_path / "x.json"), "--seed", "0"]) == 1
