@@ -17,21 +17,146 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.source = "synthetic"  # synthetic | folder | tfds
   c.data.tile_size = 16  # pixels per grid cell (before any latent encoding)
   c.data.num_examples = 1  # K example rows in the grid; K=1 is the paper's 2x2 grid
-  c.data.train_tasks = GLOBAL_TASKS
-  c.data.heldout_tasks = ()  # e.g. compositions never seen in training
+  c.data.train_tasks = GLOBAL_TASKS  # names from `python -m imagebrush_jax.data.tasks --list`
+  # Never trained on; evaluated to measure generalisation (here: unseen compositions 'a+b').
+  c.data.heldout_tasks = ("hflip+invert", "vflip+grayscale")
+  # Synthetic scenes (source = synthetic, and the synthetic TFDS builder config).
+  c.data.num_objects = (1, 4)  # objects per scene, inclusive range
+  c.data.object_size = (0.2, 0.5)  # object width as a fraction of the tile, (min, max)
+  c.data.largest_margin = 1.25  # the largest object (target of object tasks) is this much wider
+  c.data.shapes = ("circle", "square", "triangle", "diamond", "cross", "ell")
+  c.data.backgrounds = ("plain", "stripes", "checker", "gradient", "noise")
+  c.data.hollow_prob = 0.25  # chance that an object is drawn as an outline
+  c.data.stroke_width = 0.08  # outline width as a fraction of the tile (at least one pixel)
+  # Folder source: ROOT/<task>/<pair_id>_before.<ext>, <pair_id>_after.<ext>, boxes.json.
+  c.data.folder_root = ""
+  c.data.folder_check_images = True  # open every image header when the folder is indexed
+  # TFDS source: array_record shards written by `python -m imagebrush_jax.data.tfds_builder`.
+  c.data.tfds_name = "image_brush_pairs/synthetic"  # image_brush_pairs/{folder,synthetic}
+  c.data.tfds_dir = ""  # data_dir; "" = TFDS's default (~/tensorflow_datasets)
+  c.data.tfds_split = "train"
+  c.data.tfds_synthetic_pairs = 256  # pairs per task written by image_brush_pairs/synthetic
+  # Decode and augment (the same crop and flip for every cell of a grid).
+  c.data.resize_method = "bilinear"  # folder / TFDS images: nearest|bilinear|bicubic|lanczos|box
+  c.data.crop_scale = 1.125  # render / resize to this x tile_size, crop a tile; 1.0 = no crop
+  c.data.flip_prob = 0.5  # left-right flip, only for tasks that keep their meaning when flipped
+  # Chance a training grid keeps its task box (else the whole tile). 1.0: the model drops boxes
+  # itself (config.model.box_drop_rate); lower it to drop boxes in the data as well.
+  c.data.box_prob = 1.0
+  # Loader (per host).
+  c.data.num_workers = 1  # grain worker processes; 0 = in the main process
+  c.data.prefetch_buffer = 4  # batches buffered per worker
+  c.data.read_threads = 1  # threads per process computing batches
+  c.data.eval_batch_size = 32  # grids per batch from make_eval_batches
   # END data
 
   # ---------------------------------------------------------------- model (issue 3)
   c.model = ml_collections.ConfigDict()
+  c.model.in_channels = 3  # diffusion-space channels: 3 = pixels (now); 4 = a future f=8 KL latent
+  c.model.latent_factor = 1  # pixels per diffusion-space cell side: 1 = pixel space, 8 = KL latent
+  c.model.target_cell_fill = "zeros"  # conditioning's target cell: zeros (SD inpainting) | query
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+  c.model.remat = False  # rematerialise each UNet/transformer block in the backward pass
+  c.model.remat_policy = ""  # a jax.checkpoint_policies name; "" saves nothing
+  c.model.cfg_drop_rate = 0.05  # prompt -> null tokens in training (classifier-free guidance)
+  c.model.box_drop_rate = 0.1  # box -> whole image in training
+
+  c.model.unet = ml_collections.ConfigDict()
+  c.model.unet.channels = (32, 64, 64)  # one entry per level
+  # Per level: none | self | cross | self+cross; the up path mirrors it. ImageBrush (paper_256.py):
+  # self-attention in the outer level, cross-attention to the prompt in the middle ones. SD layout:
+  # ("self+cross", "self+cross", "none") with mid "self+cross". On 2 CPU cores at batch 32 the
+  # outer level's self-attention (1024 tokens) takes a train step from 2.2 s to 3.9 s, so the CPU
+  # demo attends from the 16x16 level down.
+  c.model.unet.attention = ("none", "self+cross", "self+cross")
+  c.model.unet.mid_attention = "self+cross"
+  c.model.unet.num_res_blocks = 1  # ResBlocks per down level (up levels get one more)
+  c.model.unet.num_heads = 4
+  c.model.unet.head_dim = 0  # > 0: heads = channels // head_dim per level, overriding num_heads
+  c.model.unet.transformer_depth = 1
+  c.model.unet.norm_groups = 32
+  c.model.unet.dropout = 0.0
+  c.model.unet.attention_impl = "auto"  # auto (cuDNN on GPU in bf16, else einsum) | einsum | xla
+  c.model.unet.conv_impl = "auto"  # auto (matmul kernel gradient on CPU, else xla) | xla
+
+  c.model.prompt = ml_collections.ConfigDict()
+  c.model.prompt.image_size = 0  # resize prompt tiles to this before the ViT; 0 = tile size
+  c.model.prompt.max_examples = 8  # size of the example-index embedding
+  c.model.prompt.box_fourier_freqs = 8
+  c.model.prompt.dropout = 0.0
+  c.model.prompt.attention_impl = "auto"
+  c.model.prompt.vit = ml_collections.ConfigDict()  # backbone shared by E, E' and I
+  c.model.prompt.vit.patch_size = 4
+  c.model.prompt.vit.width = 128
+  c.model.prompt.vit.depth = 2
+  c.model.prompt.vit.num_heads = 4
+  c.model.prompt.vit.mlp_ratio = 4
+  c.model.prompt.mixer = ml_collections.ConfigDict()  # bidirectional transformer over all tokens
+  c.model.prompt.mixer.width = 128  # = the UNet's cross-attention context width
+  c.model.prompt.mixer.depth = 2
+  c.model.prompt.mixer.num_heads = 4
+  c.model.prompt.mixer.mlp_ratio = 4
   # END model
 
   # ---------------------------------------------------------------- diffusion + sampling (issue 3)
   c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = "cosine"  # linear | scaled_linear (SD) | cosine (suits small pixel grids)
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.beta_start = 0.00085  # linear / scaled_linear only
+  c.diffusion.beta_end = 0.012
+  c.diffusion.prediction_type = "epsilon"  # epsilon | v
+  c.diffusion.known_cell_weight = 0.1  # loss weight of the known cells (the target cell has 1)
+
   c.sampling = ml_collections.ConfigDict()
+  c.sampling.num_steps = 50  # DDIM steps
+  c.sampling.guidance_scale = 7.5  # classifier-free guidance on the prompt; 1.0 = none
+  c.sampling.eta = 0.0  # 0 = deterministic DDIM; 1 = ancestral noise
+  c.sampling.spacing = "trailing"  # leading | trailing | linspace
+  c.sampling.clip_x0 = True  # clip predicted x0 to [-1, 1] (pixel space)
   # END diffusion
 
   # ---------------------------------------------------------------- training (issue 4)
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # global batch, over all hosts and devices
+  c.train.num_steps = 3000  # length of the LR schedule and of the run
+  c.train.stop_at_step = -1  # stop early at this step (keeps the schedule); -1: num_steps
+  c.train.learning_rate = 1e-3
+  c.train.lr_schedule = "cosine"  # cosine | constant (both after linear warmup)
+  c.train.warmup_steps = 100
+  c.train.end_lr_fraction = 0.05  # cosine ends at this fraction of learning_rate
+  c.train.weight_decay = 0.01  # AdamW, on kernels only
+  c.train.b1 = 0.9
+  c.train.b2 = 0.99
+  c.train.eps = 1e-8
+  c.train.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+  c.train.grad_accum_steps = 1  # micro-batches per step (batch_size must divide by it)
+  c.train.ema_decay = 0.999  # EMA of the parameters, used for sampling and evaluation
+  c.train.ema_warmup = True  # decay = min(ema_decay, (1 + step) / (10 + step))
+  c.train.log_every = 50
+  c.train.eval_every = 500  # held-out loss and guided samples (PNG + TensorBoard)
+  c.train.eval_at_end = True  # also evaluate after the last step
+  c.train.eval_num_grids = 64
+  c.train.sample_num_grids = 8
+  # Fresh grids of the training tasks sampled at each eval for task-identification accuracy and
+  # PSNR (WORKDIR/eval_metrics.jsonl); 0 disables. Sampled with config.sampling.
+  c.train.accuracy_num_grids = 48
+  c.train.profile_steps = ()  # (start, stop): jax.profiler trace into WORKDIR/profile
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 500  # steps between checkpoints (also at the end and on SIGTERM)
+  c.checkpoint.keep = 3  # the last N are kept ...
+  c.checkpoint.keep_every = 0  # ... plus every step divisible by this (0: none)
+  c.checkpoint.async_save = True
+
+  # Mesh ('data', 'fsdp'): -1 fills an axis with the remaining devices.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  # Parameter sharding: (regex on the '/'-joined param path, 'fsdp' | 'replicate'); the first
+  # match wins; unmatched arrays use 'fsdp' (largest dim divisible by the fsdp axis size)
+  # when they hold at least min_fsdp_size elements, else they are replicated.
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.rules = ()
+  c.sharding.min_fsdp_size = 2**14
   # END train
   return c

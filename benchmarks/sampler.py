@@ -1,0 +1,134 @@
+"""The jitted DDIM sampler against the bare model it drives, in the same run.
+
+Times a full N-step guided edit (pipeline.make_sample_fn: prompt encoding once, then N steps of
+one UNet call on the [conditional; unconditional] batch) against N times one such batched UNet
+forward at the same shapes. overhead_ratio = sample / (N x forward) on medians (also given on
+minima, which shared machines disturb less); target <= 1.10.
+Also reports the forward's FLOPs (XLA cost analysis) and the achieved GFLOP/s.
+
+  python benchmarks/sampler.py --config configs/default.py --batch 4 --steps 20
+
+Prints a JSON line last.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+# pylint: disable=wrong-import-position
+from imagebrush_jax.diffusion import pipeline
+from imagebrush_jax.models import imagebrush as ib
+
+
+def _load_config(path: str):
+  """Loads get_config() from a config file (configs/*.py import `configs`, so the repo root is
+  on sys.path above)."""
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _batch(config, b: int, seed: int = 0) -> dict[str, np.ndarray]:
+  k, tile = config.data.num_examples, config.data.tile_size
+  rng = np.random.default_rng(seed)
+  grid = rng.integers(0, 256, (b, (k + 1) * tile, 2 * tile, 3), dtype=np.uint8)
+  mask = np.zeros((b, (k + 1) * tile, 2 * tile, 1), np.uint8)
+  mask[:, -tile:, tile:] = 1
+  return dict(grid=grid, mask=mask, box=np.tile(np.float32([0, 0, 1, 1]), (b, 1)))
+
+
+def _timed(fn, *args) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - t0
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..",
+                                                       "configs", "default.py"))
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--guidance_scale", type=float, default=7.5)
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args()
+
+  config = _load_config(args.config)
+  model = ib.build_model(config)
+  params = ib.init_params(model, config, jax.random.key(0))
+  # Perturb the zero-initialised layers so every layer computes on realistic values.
+  noise = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: p + 0.01 * noise.standard_normal(p.shape, np.float32), params)
+  batch = _batch(config, args.batch)
+
+  sample_fn = pipeline.make_sample_fn(model, config)
+  run_sample = lambda key: sample_fn(params, batch, key, num_steps=args.steps,
+                                     guidance_scale=args.guidance_scale)["grid"]
+
+  # The forward the sampler repeats: the UNet on the [cond; uncond] batch of 2B.
+  inputs = ib.grid_to_model_inputs(batch, num_examples=config.data.num_examples,
+                                   tile_size=config.data.tile_size,
+                                   target_cell_fill=config.model.target_cell_fill)
+  encode = jax.jit(lambda p: model.apply({"params": p}, inputs.before, inputs.after,
+                                         inputs.query, inputs.box,
+                                         method=ib.ImageBrush.encode_prompt))
+  context = encode(params)
+  null = model.apply({"params": params}, context, method=ib.ImageBrush.null_context)
+  double = lambda a, b: jnp.concatenate([a, b])
+  cond = dict(cond=double(inputs.cond, inputs.cond), mask=double(inputs.mask, inputs.mask),
+              context=double(context, null))
+  x2 = jax.random.normal(jax.random.key(1), (2 * args.batch, *inputs.x0.shape[1:]))
+  t2 = jnp.full((2 * args.batch,), config.diffusion.num_timesteps // 2, jnp.int32)
+  denoise = pipeline.make_denoise_fn(model)
+  forward = jax.jit(denoise).lower(params, x2, t2, cond).compile()
+  flops = _flops(forward)
+
+  # Compile and warm up both, then alternate so machine noise hits both alike.
+  for _ in range(2):
+    _timed(run_sample, jax.random.key(2))
+    _timed(forward, params, x2, t2, cond)
+    _timed(encode, params)
+  sample_s, forward_s, encode_s = [], [], []
+  for r in range(args.repeats):
+    sample_s.append(_timed(run_sample, jax.random.key(3 + r)))
+    forward_s.extend(_timed(forward, params, x2, t2, cond) for _ in range(3))
+    encode_s.append(_timed(encode, params))
+  sample_med = statistics.median(sample_s)
+  forward_med = statistics.median(forward_s)
+  encode_med = statistics.median(encode_s)
+  ratio = sample_med / (args.steps * forward_med)
+  ratio_min = min(sample_s) / (args.steps * min(forward_s))  # robust to load spikes
+  print(f"sample ({args.steps} steps, batch {args.batch}, CFG batch {2 * args.batch}): "
+        f"{sample_med:.3f} s; forward: {forward_med * 1e3:.1f} ms; prompt encoding: "
+        f"{encode_med * 1e3:.1f} ms; forward FLOPs: {flops / 1e9:.2f} G")
+  print(json.dumps(dict(
+      benchmark="sampler", config=os.path.relpath(args.config), device=jax.devices()[0].device_kind,
+      backend=jax.default_backend(), batch=args.batch, cfg_batch=2 * args.batch,
+      steps=args.steps, sample_s=round(sample_med, 4), forward_ms=round(forward_med * 1e3, 3),
+      prompt_encode_ms=round(encode_med * 1e3, 3),
+      overhead_ratio=round(ratio, 4), overhead_ratio_of_minima=round(ratio_min, 4),
+      loop_overhead_ratio=round((sample_med - encode_med) / (args.steps * forward_med), 4),
+      forward_gflops=round(flops / 1e9, 3),
+      achieved_gflop_per_s=round(flops / forward_med / 1e9, 2), target=1.10)))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,117 @@
+"""ImageBrush on a data batch: the training loss and the editing sampler, each one call.
+
+    loss_fn = make_loss_fn(model, config)  # (params, batch, rng, train=True) -> (loss, metrics)
+    sample_fn = make_sample_fn(model, config)  # (params, batch, rng, **overrides) -> outputs
+
+`params` is the model's 'params' collection. Batches follow the data contract: grid and mask
+uint8 [B, (K+1)T, 2T, 3|1], box float32 [B, 4] (other keys are ignored).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from imagebrush_jax.diffusion import ddim
+from imagebrush_jax.diffusion import losses
+from imagebrush_jax.diffusion.schedules import make_schedule
+from imagebrush_jax.models import imagebrush as ib
+
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def _inputs(batch: Mapping[str, Any], config: ml_collections.ConfigDict) -> ib.ModelInputs:
+  return ib.grid_to_model_inputs(batch, num_examples=config.data.num_examples,
+                                 tile_size=config.data.tile_size,
+                                 target_cell_fill=config.model.target_cell_fill)
+
+
+def make_loss_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> LossFn:
+  """The training objective on a uint8 batch: (params, batch, rng, train=True) -> (loss, metrics).
+
+  In training, prompts are replaced by the null tokens at `model.cfg_drop_rate` (classifier-free
+  guidance) and boxes by the whole image at `model.box_drop_rate`; dropout uses the same rng.
+  Pure and jittable; call it inside the train step.
+  """
+  schedule = make_schedule(config.diffusion)
+  known_cell_weight = config.diffusion.known_cell_weight
+  cfg_drop_rate = config.model.cfg_drop_rate
+
+  def loss_fn(params: Any, batch: Mapping[str, Any], rng: jax.Array,
+              train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    inputs = _inputs(batch, config)
+    rng_loss, rng_drop, rng_dropout = jax.random.split(rng, 3)
+    b = inputs.x0.shape[0]
+    if train:
+      drop_prompt = jax.random.bernoulli(rng_drop, cfg_drop_rate, (b,))
+    else:
+      drop_prompt = jnp.zeros((b,), bool)
+
+    def denoise(x_t, t):
+      return model.apply({"params": params}, x_t, t, inputs.cond, inputs.mask, inputs.before,
+                         inputs.after, inputs.query, inputs.box, drop_prompt, train=train,
+                         rngs={"dropout": rng_dropout} if train else None)
+
+    return losses.diffusion_loss(denoise, schedule, inputs.x0, inputs.mask, rng_loss,
+                                 known_cell_weight=known_cell_weight)
+
+  return loss_fn
+
+
+def make_denoise_fn(model: ib.ImageBrush) -> ddim.ApplyFn:
+  """The sampler's apply_fn: (params, x_t, t, cond dict with cond/mask/context) -> prediction."""
+
+  def denoise_fn(params, x_t, t, cond):
+    return model.apply({"params": params}, x_t, t, cond["cond"], cond["mask"], cond["context"],
+                       method=ib.ImageBrush.denoise)
+
+  return denoise_fn
+
+
+def make_sample_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> Callable[..., dict]:
+  """Edits a uint8 batch: (params, batch, rng, *, num_steps, guidance_scale, eta, spacing) -> dict.
+
+  Unset keyword arguments come from `config.sampling`. The prompt is encoded once; the DDIM loop
+  then runs the UNet on [conditional; unconditional] per step (guidance_scale == 1 skips the
+  unconditional half). One compilation per (batch shape, num_steps, spacing), kept across calls.
+  Returns dict(grid=[B,H,W,C] the completed grid in diffusion space, target=[B,T,T,C] its target
+  cell, both in [-1, 1] for pixel space).
+  """
+  schedule = make_schedule(config.diffusion)
+  denoise_fn = make_denoise_fn(model)
+  num_examples = config.data.num_examples
+  clip_x0 = bool(config.sampling.clip_x0)
+
+  @functools.partial(jax.jit, static_argnames=("num_steps", "spacing", "guided"))
+  def _sample(params, batch, rng, guidance_scale, eta, *, num_steps, spacing, guided):
+    inputs = _inputs(batch, config)
+    variables = {"params": params}
+    context = model.apply(variables, inputs.before, inputs.after, inputs.query, inputs.box,
+                          method=ib.ImageBrush.encode_prompt)
+    cond = dict(cond=inputs.cond, mask=inputs.mask, context=context)
+    uncond = None
+    if guided:
+      null = model.apply(variables, context, method=ib.ImageBrush.null_context)
+      uncond = dict(cond=inputs.cond, mask=inputs.mask, context=null)
+    grid = ddim.ddim_sample(denoise_fn, params, cond, rng, schedule=schedule, known=inputs.x0,
+                            mask=inputs.mask, num_steps=num_steps, guidance_scale=guidance_scale,
+                            eta=eta, spacing=spacing, uncond=uncond, clip_x0=clip_x0)
+    return dict(grid=grid, target=ib.target_cell(grid, num_examples))
+
+  def sample_fn(params: Any, batch: Mapping[str, Any], rng: jax.Array, *,
+                num_steps: int | None = None, guidance_scale: float | None = None,
+                eta: float | None = None, spacing: str | None = None) -> dict[str, jax.Array]:
+    s = config.sampling
+    scale = s.guidance_scale if guidance_scale is None else guidance_scale
+    arrays = {k: batch[k] for k in ("grid", "mask", "box")}
+    return _sample(params, arrays, rng, jnp.float32(scale),
+                   jnp.float32(s.eta if eta is None else eta),
+                   num_steps=int(s.num_steps if num_steps is None else num_steps),
+                   spacing=s.spacing if spacing is None else spacing,
+                   guided=float(scale) != 1.0)
+
+  sample_fn.jitted = _sample  # exposes the compilation cache (e.g. jitted._cache_size())
+  return sample_fn

@@ -1,0 +1,211 @@
+"""Building blocks shared by the UNet and the prompt encoder.
+
+Parameters are always float32; `dtype` is the compute dtype (float32 or bfloat16). Attention works
+in the [batch, length, heads, head_dim] layout of `jax.nn.dot_product_attention`, so projections
+need no transposes; on GPUs it goes through that function to cuDNN's fused kernel, elsewhere
+through a leaner XLA formulation (see `dot_product_attention`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
+
+
+def resolve_dtype(name: str | Dtype) -> Dtype:
+  """Maps a config dtype name ('float32' | 'bfloat16' | 'float16') to a jnp dtype."""
+  if not isinstance(name, str):
+    return name
+  if name not in _DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+  return _DTYPES[name]
+
+
+def remat_policy(name: str) -> Callable[..., bool] | None:
+  """Looks up a `jax.checkpoint_policies` entry by name ('' or None: save nothing)."""
+  if not name:
+    return None
+  policy = getattr(jax.checkpoint_policies, name, None)
+  if policy is None:
+    raise ValueError(f"model.remat_policy: jax.checkpoint_policies has no {name!r}")
+  return policy
+
+
+def maybe_remat(module_cls: type[nn.Module], enabled: bool, policy: str,
+                static_argnums: tuple[int, ...]) -> type[nn.Module]:
+  """Wraps a module class with `nn.remat` when `enabled` (argnums count `self` as 0)."""
+  if not enabled:
+    return module_cls
+  return nn.remat(module_cls, static_argnums=static_argnums, policy=remat_policy(policy))
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding of (possibly fractional) timesteps [B] -> [B, dim], cos first (as SD)."""
+  if dim % 2:
+    raise ValueError(f"timestep embedding dim must be even, got {dim}")
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def fourier_features(x: jax.Array, num_freqs: int, temperature: float = 100.0) -> jax.Array:
+  """GLIGEN Fourier features: [..., D] -> [..., D * 2 * num_freqs] (sin and cos per frequency)."""
+  freqs = temperature ** (jnp.arange(num_freqs, dtype=jnp.float32) / num_freqs)
+  args = x.astype(jnp.float32)[..., None, :] * freqs[:, None]  # [..., F, D]
+  feats = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-2)  # [..., 2F, D]
+  return feats.reshape(*x.shape[:-1], -1)
+
+
+def _cudnn_supported(q: jax.Array, k: jax.Array) -> bool:
+  """Whether cuDNN's fused attention can take these operands (GPU, half precision, head_dim)."""
+  head_dim = q.shape[-1]
+  return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+          and head_dim % 8 == 0 and head_dim <= 128 and k.dtype == q.dtype)
+
+
+def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(d)) v for [B, T, N, H] operands in plain XLA ops, lean on memory.
+
+  The scale is folded into q and the softmax normalisation is applied to the [B, N, T, H] output
+  instead of the [B, N, T, S] weights, which saves a full pass over the largest tensor (on CPU,
+  about 2x faster than jax.nn.dot_product_attention's XLA path for long sequences).
+  """
+  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+  weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+  norm = weights.sum(axis=-1, keepdims=True)  # [B, N, T, 1]
+  out = jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32)
+  return (out / jnp.transpose(norm, (0, 2, 1, 3))).astype(q.dtype)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          implementation: str = "auto") -> jax.Array:
+  """softmax(q k^T / sqrt(d)) v on [B, T, N, H] operands.
+
+  'cudnn' and 'xla' call `jax.nn.dot_product_attention` with that implementation; 'einsum' is
+  `einsum_attention`. 'auto' takes cuDNN's fused kernel through `jax.nn.dot_product_attention`
+  where it applies (GPU, bf16/fp16, head_dim % 8 == 0, <= 128) and 'einsum' elsewhere
+  (`implementation=None` itself always picks XLA in jax 0.10, hence the explicit choice).
+  """
+  if implementation not in ATTENTION_IMPLS:
+    raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, "
+                     f"got {implementation!r}")
+  if implementation == "auto":
+    if _cudnn_supported(q, k):
+      try:
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+      except (NotImplementedError, ValueError, RuntimeError):
+        pass  # cuDNN rejected the shapes or version at trace time: fall back.
+    implementation = "einsum"
+  if implementation == "einsum":
+    return einsum_attention(q, k, v)
+  return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+class Attention(nn.Module):
+  """Multi-head attention: self-attention when `context` is None, cross-attention otherwise.
+
+  Self-attention uses one fused q/k/v projection (a single matmul); cross-attention one
+  projection for q and one fused projection for k/v of the context. No biases on q/k/v, a bias on
+  the output (the Stable Diffusion layout, so parameter counts match it).
+  """
+  num_heads: int
+  head_dim: int
+  out_features: int | None = None
+  zero_init_out: bool = False
+  implementation: str = "auto"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    heads = (self.num_heads, self.head_dim)
+    dense = lambda feats, name: nn.DenseGeneral(
+        feats, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    if context is None:
+      q, k, v = jnp.unstack(dense((3, *heads), "qkv")(x), axis=-3)
+    else:
+      q = dense(heads, "q")(x)
+      k, v = jnp.unstack(dense((2, *heads), "kv")(context.astype(self.dtype)), axis=-3)
+    out = dot_product_attention(q, k, v, self.implementation)
+    return nn.DenseGeneral(
+        self.out_features or x.shape[-1], axis=(-2, -1), dtype=self.dtype,
+        param_dtype=jnp.float32, name="out",
+        kernel_init=nn.initializers.zeros if self.zero_init_out else nn.linear.default_kernel_init,
+    )(out)
+
+
+class FeedForward(nn.Module):
+  """Position-wise MLP: 'gelu' (ViT) or 'geglu' (Stable Diffusion's gated GELU), hidden = mult*d."""
+  mult: int = 4
+  kind: str = "gelu"
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    d = x.shape[-1]
+    dense = lambda feats, name: nn.Dense(feats, dtype=self.dtype, param_dtype=jnp.float32,
+                                         name=name)
+    if self.kind == "geglu":
+      h, gate = jnp.split(dense(2 * self.mult * d, "wi")(x), 2, axis=-1)
+      h = h * nn.gelu(gate, approximate=False)
+    elif self.kind == "gelu":
+      h = nn.gelu(dense(self.mult * d, "wi")(x), approximate=False)
+    else:
+      raise ValueError(f"feed-forward kind must be 'gelu' or 'geglu', got {self.kind!r}")
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    return dense(d, "wo")(h)
+
+
+class TransformerBlock(nn.Module):
+  """Pre-norm bidirectional transformer block (ViT): x + MHSA(LN x), then x + MLP(LN x)."""
+  num_heads: int
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  attention_impl: str = "auto"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"transformer width {width} is not divisible by {self.num_heads} heads")
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
+                                     name=name)
+    h = Attention(self.num_heads, width // self.num_heads, implementation=self.attention_impl,
+                  dtype=self.dtype, name="attn")(norm("norm1")(x))
+    x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = FeedForward(self.mlp_ratio, "gelu", self.dropout, self.dtype, name="mlp")(
+        norm("norm2")(x), deterministic)
+    return x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+
+class Transformer(nn.Module):
+  """A stack of `depth` pre-norm blocks and a final LayerNorm, optionally rematerialised."""
+  depth: int
+  num_heads: int
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  attention_impl: str = "auto"
+  remat: bool = False
+  remat_policy: str = ""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    block_cls = maybe_remat(TransformerBlock, self.remat, self.remat_policy, static_argnums=(2,))
+    for i in range(self.depth):
+      x = block_cls(self.num_heads, self.mlp_ratio, self.dropout, self.attention_impl,
+                    self.dtype, name=f"block{i}")(x, deterministic)
+    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
+                        name="norm")(x)
