@@ -209,14 +209,6 @@ def _profile_window(profile_steps) -> tuple[int, int]:
 
 
 # ====================================================================== CLI
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and samples.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 for multi-host runs "
-                                   "(or JAX_COORDINATOR_ADDRESS).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def main(argv):
@@ -226,5 +218,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program: importing this module defines none.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and samples.")
+  _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                     "host:port of process 0 for multi-host runs "
+                                     "(or JAX_COORDINATOR_ADDRESS).")
+  _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+  _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -19,12 +19,6 @@ from PIL import ImageDraw
 
 from imagebrush_jax.data import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).", lock_config=True)
-_NUM = flags.DEFINE_integer("num", 16, "Number of grids.")
-_OUT = flags.DEFINE_string("out", "grids.png", "Output PNG.")
-_SPLIT = flags.DEFINE_enum("split", "train", ["train", "eval"], "Training stream or eval set.")
-_COLUMNS = flags.DEFINE_integer("columns", 8, "Grids per row of the sheet.")
-_MIN_TILE = flags.DEFINE_integer("min_tile_px", 48, "Upscale (nearest) until a tile is this big.")
 
 _LABEL_PX = 14
 _GAP_PX = 6
@@ -102,5 +96,12 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program: importing this module defines none.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).", lock_config=True)
+  _NUM = flags.DEFINE_integer("num", 16, "Number of grids.")
+  _OUT = flags.DEFINE_string("out", "grids.png", "Output PNG.")
+  _SPLIT = flags.DEFINE_enum("split", "train", ["train", "eval"], "Training stream or eval set.")
+  _COLUMNS = flags.DEFINE_integer("columns", 8, "Grids per row of the sheet.")
+  _MIN_TILE = flags.DEFINE_integer("min_tile_px", 48, "Upscale (nearest) until a tile is this big.")
   flags.mark_flags_as_required(["config"])
   app.run(main)

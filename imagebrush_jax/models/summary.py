@@ -18,8 +18,6 @@ import numpy as np
 
 from imagebrush_jax.models import imagebrush as ib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
-
 
 def count(tree: Any) -> int:
   """Number of scalars in a pytree of arrays or ShapeDtypeStructs."""
@@ -49,4 +47,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program: importing this module defines none.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
   app.run(main)
