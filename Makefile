@@ -1,9 +1,11 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Each builds .venv from requirements.txt first (only when requirements change).
+# Each builds .venv from requirements.txt first (only when requirements change); `make test`
+# adds the test-only requirements-test.txt (CPU torch + diffusers / transformers references).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test venv bench clean
 
@@ -15,8 +17,25 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-test: $(STAMP)
+# Resolved together with requirements.txt, so the test packages never move a runtime pin.
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q tests
 
 clean:
 	rm -rf runs .pytest_cache
+
+# The CPU demo (README "Demo"): train configs/default.py into runs/demo with a progress line,
+# then evaluate on fresh grids and write runs/demo/{metrics.json, report.png, accuracy_curve.png}.
+# A finished runs/demo resumes at its last checkpoint (and stops at once); `make clean` restarts.
+DEMO_DIR ?= runs/demo
+DEMO_EVAL_GRIDS ?= 240
+
+demo: $(STAMP)
+	$(PY) -m imagebrush_jax.train --config configs/default.py --workdir $(DEMO_DIR)
+	$(PY) -m imagebrush_jax.evaluate --workdir $(DEMO_DIR) --num_examples $(DEMO_EVAL_GRIDS) \
+	  --output $(DEMO_DIR)/metrics.json --no_cycle
+	$(PY) -m imagebrush_jax.demo_report --workdir $(DEMO_DIR)

@@ -54,7 +54,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.in_channels = 3  # diffusion-space channels: 3 = pixels (now); 4 = a future f=8 KL latent
   c.model.latent_factor = 1  # pixels per diffusion-space cell side: 1 = pixel space, 8 = KL latent
-  c.model.target_cell_fill = "zeros"  # conditioning's target cell: zeros (SD inpainting) | query
+  # Conditioning's target cell: zeros (SD inpainting) | query (holds I) | query_dihedral (I plus
+  # its 7 flips/rotations/transposes as extra channels: geometric edits become per-pixel choices).
+  # The CPU demo uses query_dihedral: with zeros the UNet stays at chance for 12+ minutes (it must
+  # carry I across the grid and rearrange it); see the README's demo results.
+  c.model.target_cell_fill = "query_dihedral"
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.remat = False  # rematerialise each UNet/transformer block in the backward pass
   c.model.remat_policy = ""  # a jax.checkpoint_policies name; "" saves nothing
@@ -104,12 +108,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 0.00085  # linear / scaled_linear only
   c.diffusion.beta_end = 0.012
-  c.diffusion.prediction_type = "epsilon"  # epsilon | v
-  c.diffusion.known_cell_weight = 0.1  # loss weight of the known cells (the target cell has 1)
+  c.diffusion.prediction_type = "v"  # epsilon | v (v: the demo's; stable at high noise levels)
+  # Loss weight of the known cells (the target cell has 1); 0: all capacity on the edit.
+  c.diffusion.known_cell_weight = 0.0
 
   c.sampling = ml_collections.ConfigDict()
-  c.sampling.num_steps = 50  # DDIM steps
-  c.sampling.guidance_scale = 7.5  # classifier-free guidance on the prompt; 1.0 = none
+  c.sampling.num_steps = 10  # DDIM steps (the edits are near-deterministic: few steps suffice)
+  c.sampling.guidance_scale = 1.0  # classifier-free guidance on the prompt; 1.0 = none (paper 7.5)
   c.sampling.eta = 0.0  # 0 = deterministic DDIM; 1 = ancestral noise
   c.sampling.spacing = "trailing"  # leading | trailing | linspace
   c.sampling.clip_x0 = True  # clip predicted x0 to [-1, 1] (pixel space)
@@ -118,11 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- training (issue 4)
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # global batch, over all hosts and devices
-  c.train.num_steps = 3000  # length of the LR schedule and of the run
+  c.train.num_steps = 450  # length of the LR schedule and of the run (~20 min on 2 free cores)
   c.train.stop_at_step = -1  # stop early at this step (keeps the schedule); -1: num_steps
   c.train.learning_rate = 1e-3
   c.train.lr_schedule = "cosine"  # cosine | constant (both after linear warmup)
-  c.train.warmup_steps = 100
+  c.train.warmup_steps = 50
   c.train.end_lr_fraction = 0.05  # cosine ends at this fraction of learning_rate
   c.train.weight_decay = 0.01  # AdamW, on kernels only
   c.train.b1 = 0.9
@@ -132,10 +137,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1  # micro-batches per step (batch_size must divide by it)
   c.train.ema_decay = 0.999  # EMA of the parameters, used for sampling and evaluation
   c.train.ema_warmup = True  # decay = min(ema_decay, (1 + step) / (10 + step))
-  c.train.log_every = 50
-  c.train.eval_every = 500  # held-out loss and guided samples (PNG + TensorBoard)
+  c.train.log_every = 10
+  c.train.eval_every = 50  # held-out loss, samples (PNG + TensorBoard), accuracy and PSNR
   c.train.eval_at_end = True  # also evaluate after the last step
-  c.train.eval_num_grids = 64
+  c.train.eval_num_grids = 32
   c.train.sample_num_grids = 8
   # Fresh grids of the training tasks sampled at each eval for task-identification accuracy and
   # PSNR (WORKDIR/eval_metrics.jsonl); 0 disables. Sampled with config.sampling.
@@ -143,7 +148,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.profile_steps = ()  # (start, stop): jax.profiler trace into WORKDIR/profile
 
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every = 500  # steps between checkpoints (also at the end and on SIGTERM)
+  c.checkpoint.every = 100  # steps between checkpoints (also at the end and on SIGTERM)
   c.checkpoint.keep = 3  # the last N are kept ...
   c.checkpoint.keep_every = 0  # ... plus every step divisible by this (0: none)
   c.checkpoint.async_save = True

@@ -1,8 +1,10 @@
 """Paper scale (ImageBrush, Sun et al. 2023): 256-pixel tiles, SD-v1 UNet, ViT-B prompt encoder.
 
 Model, diffusion and sampling follow the paper; data and training shapes are filled in by their
-own blocks below. Diffusion runs in pixel space until the KL autoencoder lands (then
-model.in_channels = 4 and model.latent_factor = 8: a 64x64x4 latent grid for K = 1).
+own blocks below. Diffusion runs in the latent space of Stable Diffusion's frozen KL autoencoder
+(f = 8, 4 channels: a 64x64x4 latent grid for K = 1), converted once from its diffusers folder:
+  python -m imagebrush_jax.convert --from sd_vae --input sd-vae-ft-mse/ --output sd_vae.safetensors
+  ... --config.model.autoencoder.params=sd_vae.safetensors
 """
 import ml_collections
 
@@ -27,10 +29,15 @@ def get_config() -> ml_collections.ConfigDict:
   # END data
 
   # ---------------------------------------------------------------- model + diffusion
-  # Pixel space for now (3 channels, a 512x512 grid: it builds and counts, but self-attention at
-  # 512x512 is only practical in the f=8 latent): in_channels = 4 and latent_factor = 8 there.
-  c.model.in_channels = 3
-  c.model.latent_factor = 1
+  # The f=8 latent of SD's VAE (imagebrush_jax/latent.py): the UNet denoises 4-channel latents,
+  # each grid cell encoded on its own inside the train step; the prompt encoder sees pixels.
+  c.model.in_channels = 4
+  c.model.latent_factor = 8
+  c.model.autoencoder = ml_collections.ConfigDict()
+  c.model.autoencoder.params = ""  # the converted SD VAE file (required to train or sample)
+  c.model.autoencoder.scaling_factor = 0.18215  # SD's latent scale; 0 = the file's
+  c.model.autoencoder.sample_posterior = True  # training latents are posterior samples (LDM)
+  c.model.autoencoder.dtype = "float32"  # as SD's force_upcast; bfloat16 halves its cost
   c.model.dtype = "bfloat16"
   c.model.remat = True
   c.model.cfg_drop_rate = 0.05
@@ -46,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.unet.norm_groups = 32
 
   # EVA-02-B-sized ViT-B/16 backbone at 224 pixels; 5-layer, width-768 prompt transformer.
+  # vit_init: a converted ViT-B/16 file to start the backbone from (python -m
+  # imagebrush_jax.convert --from vit ...); "" = random.
+  c.model.prompt.vit_init = ""
   c.model.prompt.image_size = 224
   c.model.prompt.vit.patch_size = 16
   c.model.prompt.vit.width = 768
@@ -62,12 +72,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.beta_start = 0.00085
   c.diffusion.beta_end = 0.012
   c.diffusion.prediction_type = "epsilon"
+  # The paper's inpainting grid, not the CPU demo's shortcuts (configs/default.py).
+  c.diffusion.known_cell_weight = 0.1
+  c.model.target_cell_fill = "zeros"
 
   c.sampling.num_steps = 50
   c.sampling.guidance_scale = 7.5
   c.sampling.eta = 0.0
   c.sampling.spacing = "leading"  # as SD's DDIM
-  c.sampling.clip_x0 = True  # pixel space; set False in latent space
+  c.sampling.clip_x0 = False  # latents are not bounded to [-1, 1]
   # END model
 
   # ---------------------------------------------------------------- train

@@ -1,7 +1,14 @@
-"""Evaluation during training: loss on held-out grids and a few guided samples (EMA params),
-written to TensorBoard and as PNG files under WORKDIR/samples."""
+"""Evaluation during training: loss on held-out grids, a few guided samples (EMA params), and
+task-identification accuracy and PSNR on fresh grids of the training tasks.
+
+Written to TensorBoard, as PNG files under WORKDIR/samples, and (process 0) one line per eval in
+WORKDIR/eval_metrics.jsonl: {step, wall_s, accuracy, psnr, copy_psnr, ...}. Accuracy candidates
+are the training tasks that apply to an image alone (global tasks and their compositions; see
+metrics/task_accuracy.py); object tasks count in PSNR only.
+"""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from etils import epath
@@ -16,6 +23,7 @@ from imagebrush_jax import metric_writers
 from imagebrush_jax import parallel
 from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.metrics import task_accuracy
 from imagebrush_jax.models import imagebrush as ib
 
 EVAL_SEED_OFFSET = 1_000_003  # eval grids come from seeds no training index uses
@@ -63,6 +71,17 @@ class Evaluator:
       full = pipeline.make_eval_batches(config, num_grids=int(tc.sample_num_grids), seed=seed + 1,
                                         tasks=tasks)
       self.sample_batch = self._global(full, tc.sample_num_grids)[0]
+    # Accuracy / PSNR on fresh grids of the training tasks (seed + 2: scenes never trained on).
+    self.acc_batches, self.acc_tasks = [], ()
+    self.acc_candidates = task_accuracy.applicable_tasks(config.data.train_tasks)
+    if tc.get("accuracy_num_grids", 0):
+      vocab = pipeline.task_vocabulary(config)
+      host = pipeline.make_eval_batches(config, num_grids=int(tc.accuracy_num_grids),
+                                        seed=seed + 2, tasks=tuple(config.data.train_tasks))
+      self.acc_tasks = tuple(vocab[int(i)] for b in host for i in b["task_id"])
+      self.acc_batches = self._global(host, tc.accuracy_num_grids)
+    self.history = metric_writers.JsonlHistory(workdir / "eval_metrics.jsonl")
+    self._eval_seconds = 0.0
     loss_fn = task.loss_fn
     self._eval_loss = jax.jit(lambda p, b, r: loss_fn(p, b, r, False)[0])
 
@@ -80,17 +99,42 @@ class Evaluator:
     return out
 
   def run(self, step: int, state: dict) -> dict[str, float]:
+    start = time.perf_counter()
     params = state["ema_params"]
     key = jax.random.key(int(self.config.seed) + step)
     losses = [float(self._eval_loss(params, b, jax.random.fold_in(key, i)))
               for i, b in enumerate(self.loss_batches)]
     scalars = {f"eval/{self.split}_loss": float(np.mean(losses))}
+    record = {}
+    if self.acc_batches:
+      record = self._accuracy(params, key)
+      scalars.update({f"eval/{k}": v for k, v in record.items()})
     self.writer.write_scalars(step, scalars)
     metric_writers.log_line(f"eval at step {step}: " +
                             ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
     if self.sample_batch is not None:
       self._samples(step, params, key)
+    self._eval_seconds += time.perf_counter() - start
+    # wall_s counts from the evaluator's creation (after the state is initialised), evals included;
+    # eval_s is the part of it spent evaluating.
+    self.history.append(step, {**record, "eval_s": round(self._eval_seconds, 3),
+                               f"{self.split}_loss": scalars[f"eval/{self.split}_loss"]})
     return scalars
+
+  def _accuracy(self, params: Any, key: jax.Array) -> dict[str, float]:
+    """Samples the target cell of each accuracy grid -> accuracy, psnr, copy_psnr (uint8 space)."""
+    tile, k = self.config.data.tile_size, self.config.data.num_examples
+    generated, grids = [], []
+    for i, batch in enumerate(self.acc_batches):
+      out = self.task.extras["sample_fn"](params, batch, jax.random.fold_in(key, 10_000 + i))
+      generated.append(np.asarray(multihost_utils.process_allgather(
+          ib.unit_to_pixels(out["target"]), tiled=True)))
+      grids.append(np.asarray(multihost_utils.process_allgather(batch["grid"], tiled=True)))
+    grid = np.concatenate(grids)
+    _, _, query, truth = (np.asarray(x) for x in ib.split_cells(grid, k, tile))
+    res = task_accuracy.evaluate_edits(np.concatenate(generated), query, truth, self.acc_tasks,
+                                       self.acc_candidates)
+    return {k: res[k] for k in ("accuracy", "psnr", "copy_psnr")}
 
   def _samples(self, step: int, params: Any, key: jax.Array) -> None:
     out = self.task.extras["sample_fn"](params, self.sample_batch, key)

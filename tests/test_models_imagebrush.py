@@ -106,7 +106,8 @@ def tiny():
 
 def test_call_equals_encode_then_denoise_and_uses_the_prompt(tiny):
   config, model, params = tiny
-  inputs = ib.grid_to_model_inputs(_batch(b=2, tile=8), num_examples=1, tile_size=8)
+  inputs = ib.grid_to_model_inputs(_batch(b=2, tile=8), num_examples=1, tile_size=8,
+                                  target_cell_fill=config.model.target_cell_fill)
   t = jnp.array([10, 500], jnp.int32)
   x_t = jax.random.normal(jax.random.key(0), inputs.x0.shape)
   v = {"params": params}
@@ -152,3 +153,17 @@ def test_build_model_rejects_unknown_fill():
   config.model.target_cell_fill = "noise"
   with pytest.raises(ValueError, match="target_cell_fill"):
     ib.build_model(config)
+
+
+def test_make_conditioning_query_dihedral_stacks_the_query_views():
+  x0 = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  mask = jnp.zeros((2, 8, 8, 1)).at[:, 4:, 4:].set(1.0)
+  cond = np.asarray(ib.make_conditioning(x0, mask, "query_dihedral"))
+  assert cond.shape == (2, 8, 8, 3 * ib.NUM_DIHEDRAL_VIEWS)
+  q = np.asarray(x0)[:, 4:, :4]
+  np.testing.assert_array_equal(cond[..., :3], np.asarray(ib.make_conditioning(x0, mask, "query")))
+  np.testing.assert_array_equal(cond[:, 4:, 4:, 3:6], q[:, :, ::-1])  # hflip
+  np.testing.assert_array_equal(cond[:, 4:, 4:, 9:12], np.rot90(q, 1, axes=(1, 2)))  # rot90
+  assert not cond[:, :4, :, 3:].any() and not cond[:, :, :4, 3:].any()  # views only under I'
+  assert ib.conditioning_channels("query_dihedral", 4) == 32
+  assert ib.conditioning_channels("query", 4) == 4

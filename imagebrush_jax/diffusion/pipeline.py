@@ -4,7 +4,10 @@
     sample_fn = make_sample_fn(model, config)  # (params, batch, rng, **overrides) -> outputs
 
 `params` is the model's 'params' collection. Batches follow the data contract: grid and mask
-uint8 [B, (K+1)T, 2T, 3|1], box float32 [B, 4] (other keys are ignored).
+uint8 [B, (K+1)T, 2T, 3|1], box float32 [B, 4] (other keys are ignored). With
+config.model.latent_factor > 1 the UNet works on the latents of a frozen autoencoder whose
+parameters are params[latent.PARAMS_KEY] (see imagebrush_jax/latent.py); the prompt encoder still
+sees pixels.
 """
 from __future__ import annotations
 
@@ -15,18 +18,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from imagebrush_jax import latent
 from imagebrush_jax.diffusion import ddim
 from imagebrush_jax.diffusion import losses
 from imagebrush_jax.diffusion.schedules import make_schedule
 from imagebrush_jax.models import imagebrush as ib
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+_POSTERIOR_STREAM = 0x1A7E  # folded into the step's rng for posterior samples (latent space)
 
 
-def _inputs(batch: Mapping[str, Any], config: ml_collections.ConfigDict) -> ib.ModelInputs:
+def _inputs(batch: Mapping[str, Any], config: ml_collections.ConfigDict,
+            encode: Callable[[jax.Array], jax.Array] | None = None) -> ib.ModelInputs:
   return ib.grid_to_model_inputs(batch, num_examples=config.data.num_examples,
                                  tile_size=config.data.tile_size,
-                                 target_cell_fill=config.model.target_cell_fill)
+                                 target_cell_fill=config.model.target_cell_fill, encode=encode)
 
 
 def make_loss_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> LossFn:
@@ -39,10 +45,16 @@ def make_loss_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> Los
   schedule = make_schedule(config.diffusion)
   known_cell_weight = config.diffusion.known_cell_weight
   cfg_drop_rate = config.model.cfg_drop_rate
+  space = latent.from_config(config)
 
   def loss_fn(params: Any, batch: Mapping[str, Any], rng: jax.Array,
               train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-    inputs = _inputs(batch, config)
+    encode = None
+    if space is not None:  # latents of the frozen autoencoder, made here on device
+      params, ae_params = latent.split_params(params)
+      posterior_rng = jax.random.fold_in(rng, _POSTERIOR_STREAM) if train else None
+      encode = lambda grid: space.encode_grid(ae_params, grid, posterior_rng)
+    inputs = _inputs(batch, config, encode)
     rng_loss, rng_drop, rng_dropout = jax.random.split(rng, 3)
     b = inputs.x0.shape[0]
     if train:
@@ -77,17 +89,23 @@ def make_sample_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> C
   Unset keyword arguments come from `config.sampling`. The prompt is encoded once; the DDIM loop
   then runs the UNet on [conditional; unconditional] per step (guidance_scale == 1 skips the
   unconditional half). One compilation per (batch shape, num_steps, spacing), kept across calls.
-  Returns dict(grid=[B,H,W,C] the completed grid in diffusion space, target=[B,T,T,C] its target
-  cell, both in [-1, 1] for pixel space).
+  Returns dict(grid=[B,H,W,C] the completed grid in diffusion space, target=[B,T,T,3] its target
+  cell as pixels in [-1, 1]); in latent space target is the decoded latent target cell, which is
+  also returned as target_latent [B,T/f,T/f,C].
   """
   schedule = make_schedule(config.diffusion)
   denoise_fn = make_denoise_fn(model)
   num_examples = config.data.num_examples
   clip_x0 = bool(config.sampling.clip_x0)
+  space = latent.from_config(config)
 
   @functools.partial(jax.jit, static_argnames=("num_steps", "spacing", "guided"))
   def _sample(params, batch, rng, guidance_scale, eta, *, num_steps, spacing, guided):
-    inputs = _inputs(batch, config)
+    encode = ae_params = None
+    if space is not None:
+      params, ae_params = latent.split_params(params)
+      encode = lambda grid: space.encode_grid(ae_params, grid)
+    inputs = _inputs(batch, config, encode)
     variables = {"params": params}
     context = model.apply(variables, inputs.before, inputs.after, inputs.query, inputs.box,
                           method=ib.ImageBrush.encode_prompt)
@@ -99,7 +117,10 @@ def make_sample_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> C
     grid = ddim.ddim_sample(denoise_fn, params, cond, rng, schedule=schedule, known=inputs.x0,
                             mask=inputs.mask, num_steps=num_steps, guidance_scale=guidance_scale,
                             eta=eta, spacing=spacing, uncond=uncond, clip_x0=clip_x0)
-    return dict(grid=grid, target=ib.target_cell(grid, num_examples))
+    target = ib.target_cell(grid, num_examples)
+    if space is None:
+      return dict(grid=grid, target=target)
+    return dict(grid=grid, target=space.decode(ae_params, target), target_latent=target)
 
   def sample_fn(params: Any, batch: Mapping[str, Any], rng: jax.Array, *,
                 num_steps: int | None = None, guidance_scale: float | None = None,

@@ -18,7 +18,8 @@ import ml_collections
 from imagebrush_jax.models import prompt_encoder as prompt_lib
 from imagebrush_jax.models import unet as unet_lib
 
-TARGET_CELL_FILLS = ("zeros", "query")
+TARGET_CELL_FILLS = ("zeros", "query", "query_dihedral")
+NUM_DIHEDRAL_VIEWS = 8  # identity, 3 rotations, 2 flips, 2 transposes of a square cell
 
 
 # ---------------------------------------------------------------------------- grid geometry
@@ -69,16 +70,38 @@ def make_conditioning(x0: jax.Array, mask: jax.Array, target_cell_fill: str) -> 
   """The known grid for the UNet: masked cells blanked ('zeros', SD inpainting) or the query's.
 
   With 'query' the target cell holds the query cell I (its left neighbour), so the UNet starts from
-  the image it must edit instead of having to carry it across the grid.
+  the image it must edit instead of having to carry it across the grid. 'query_dihedral' also
+  stacks the query's 7 other dihedral views (flips, rotations, transposes; zero outside the target
+  cell) as extra channels [B, H, W, 8C]: an inductive bias that makes the geometric edits
+  (hflip, vflip, rot90) as local as the per-pixel ones, which the UNet then picks per the prompt.
   """
   if target_cell_fill == "zeros":
     return x0 * (1.0 - mask)
-  if target_cell_fill == "query":
+  if target_cell_fill in ("query", "query_dihedral"):
     tile = x0.shape[2] // 2
     shifted = jnp.roll(x0, tile, axis=2)  # column x holds column x - T: the query under I'.
-    return x0 * (1.0 - mask) + shifted * mask
+    base = x0 * (1.0 - mask) + shifted * mask
+    if target_cell_fill == "query":
+      return base
+  if target_cell_fill == "query_dihedral":
+    tile = x0.shape[2] // 2
+    views = [jnp.zeros_like(x0).at[:, -tile:, tile:].set(v)
+             for v in dihedral_views(x0[:, -tile:, :tile])]
+    return jnp.concatenate([base, *views], axis=-1)
   raise ValueError(f"model.target_cell_fill must be one of {TARGET_CELL_FILLS}, "
                    f"got {target_cell_fill!r}")
+
+
+def dihedral_views(cell: jax.Array) -> list[jax.Array]:
+  """The 7 non-identity dihedral views of square cells [B, T, T, C] (flips, rotations, transposes)."""
+  rot = lambda k: jnp.rot90(cell, k, axes=(1, 2))
+  return [cell[:, :, ::-1], cell[:, ::-1], rot(1), rot(2), rot(3), jnp.swapaxes(cell, 1, 2),
+          jnp.swapaxes(rot(2), 1, 2)]
+
+
+def conditioning_channels(target_cell_fill: str, channels: int) -> int:
+  """Channels of make_conditioning's output for a diffusion space of `channels` channels."""
+  return channels * NUM_DIHEDRAL_VIEWS if target_cell_fill == "query_dihedral" else channels
 
 
 @flax.struct.dataclass
@@ -86,7 +109,8 @@ class ModelInputs:
   """Everything the model needs from a batch; arrays, so it passes through jit.
 
   x0:    [B, H, W, C] the grid in diffusion space (the target cell is the training target).
-  cond:  [B, H, W, C] the known grid with the target cell blanked or filled (make_conditioning).
+  cond:  [B, H, W, C'] the known grid with the target cell blanked or filled (make_conditioning;
+         C' = 8C for 'query_dihedral', else C).
   mask:  [B, H, W, 1] float32, 1 on the cell to generate, at diffusion resolution.
   before, after: [B, K, T, T, 3] example pixels in [-1, 1]; query: [B, T, T, 3]; box: [B, 4].
   """
@@ -160,7 +184,7 @@ class ImageBrush(nn.Module):
     Args:
       x_t: [B, H, W, C] noisy grid in diffusion space.
       timesteps: [B] int32 diffusion steps.
-      cond: [B, H, W, C] known grid, target cell blanked or filled (make_conditioning).
+      cond: [B, H, W, C'] known grid, target cell blanked or filled (make_conditioning).
       mask: [B, H, W, 1] 1 on the cell to generate, at diffusion resolution.
       before, after: [B, K, T, T, 3] example pixels in [-1, 1]; query: [B, T, T, 3] pixels.
       box: [B, 4] normalised [x0, y0, x1, y1] in the query tile; [0, 0, 1, 1] = whole image.
@@ -194,8 +218,10 @@ def dummy_inputs(config: ml_collections.ConfigDict, batch_size: int = 1) -> dict
   t = tile // config.model.latent_factor
   c = config.model.in_channels
   grid = jnp.zeros((batch_size, (k + 1) * t, 2 * t, c), jnp.float32)
+  cond = jnp.zeros((*grid.shape[:3], conditioning_channels(config.model.target_cell_fill, c)),
+                   jnp.float32)
   return dict(
-      x_t=grid, timesteps=jnp.zeros((batch_size,), jnp.int32), cond=grid,
+      x_t=grid, timesteps=jnp.zeros((batch_size,), jnp.int32), cond=cond,
       mask=jnp.zeros((*grid.shape[:3], 1), jnp.float32),
       before=jnp.zeros((batch_size, k, tile, tile, 3), jnp.float32),
       after=jnp.zeros((batch_size, k, tile, tile, 3), jnp.float32),

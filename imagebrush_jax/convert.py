@@ -1,0 +1,84 @@
+"""Weight conversion CLI: public PyTorch weights -> a converted-params file.
+
+  python -m imagebrush_jax.convert --from sd_vae --input DIR --output vae.safetensors
+      DIR: a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors),
+      e.g. Stable Diffusion's `vae/`; the architecture follows its config.json.
+  python -m imagebrush_jax.convert --from vit --input FILE.safetensors --output vit.safetensors \
+      [--num_heads 12] [--lossy]
+      timm / Hugging Face ViT, SigLIP or CLIP vision weights -> the prompt encoder's ViT.
+
+The output is a safetensors file whose tensors are the Flax parameters under their '/'-joined
+paths (e.g. `encoder/conv_in/kernel`, HWIO / [in, out] layouts, float32) and whose header metadata
+holds `imagebrush_jax.kind` ('autoencoder_kl' | 'vit'), `imagebrush_jax.architecture` (JSON of the
+sizes), `imagebrush_jax.version` and `imagebrush_jax.source`; see converters/params_file.py. No
+pickle is read or written. The file is written atomically. Missing or unexpected keys and shape
+mismatches stop the conversion with one error that lists them. (An autoencoder trained here
+needs no conversion: `imagebrush_jax.train_autoencoder` exports this format itself.)
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from imagebrush_jax.converters import autoencoder_params
+from imagebrush_jax.converters import params_file
+from imagebrush_jax.converters import sd_vae
+from imagebrush_jax.converters import vit as vit_conv
+
+SOURCES = ("sd_vae", "vit")
+
+
+def convert_sd_vae(folder: str, output: str) -> list[str]:
+  params, arch = sd_vae.convert(folder)
+  autoencoder_params.save(output, params, arch, source=f"sd_vae:{os.path.abspath(folder)}")
+  n = params_file.flatten(params)
+  return [f"AutoencoderKL: block_out_channels={list(arch.block_out_channels)}, "
+          f"layers_per_block={arch.layers_per_block}, latent_channels={arch.latent_channels}, "
+          f"f={arch.downsample_factor}, scaling_factor={arch.scaling_factor}, {len(n)} tensors"]
+
+
+def convert_vit(path: str, output: str, num_heads: int | None, lossy: bool) -> list[str]:
+  result = vit_conv.convert(path, num_heads=num_heads, lossy=lossy)
+  vit_conv.save(output, result, source=f"vit:{os.path.abspath(path)}")
+  a = result.architecture
+  return result.notes + [
+      f"ViT: patch_size={a['patch_size']}, width={a['width']}, depth={a['depth']}, "
+      f"num_heads={a['num_heads']}, mlp_ratio={a['mlp_ratio']}, image_size={a['image_size']} "
+      f"(set config.model.prompt.vit.* and config.model.prompt.image_size to these)"]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  source, path, output = _FROM.value, _INPUT.value, _OUTPUT.value
+  if os.path.abspath(path) == os.path.abspath(output):
+    raise app.UsageError("--output must differ from --input")
+  try:
+    if source == "sd_vae":
+      notes = convert_sd_vae(path, output)
+    else:
+      notes = convert_vit(path, output, _NUM_HEADS.value, _LOSSY.value)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  for line in notes:
+    print(line)
+  print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+  # Flags are defined only when run as a program: importing this module defines none.
+  _FROM = flags.DEFINE_enum("from", None, SOURCES, "What --input is.")
+  _INPUT = flags.DEFINE_string("input", None, "Input folder or file.")
+  _OUTPUT = flags.DEFINE_string("output", None, "Output .safetensors file.")
+  _NUM_HEADS = flags.DEFINE_integer("num_heads", None,
+                                    "vit: attention heads (default: from config.json next to the "
+                                    "input).")
+  _LOSSY = flags.DEFINE_bool("lossy", False,
+                             "vit: drop what the target ViT cannot represent (class token, "
+                             "pre-norm, query biases, non-exact GELU) instead of failing.")
+  flags.mark_flags_as_required(["from", "input", "output"])
+  app.run(main)

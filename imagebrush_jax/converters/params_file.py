@@ -1,0 +1,188 @@
+"""Parameter files: reading any safetensors file, and this project's converted-params format.
+
+A converted-params file is a plain safetensors file (no pickle, memory-mappable, readable by any
+safetensors library):
+
+  tensors   one per Flax parameter, named by its '/'-joined path in the 'params' tree, e.g.
+            `encoder/down_blocks_0/resnets_0/conv1/kernel` (layout HWIO / [in, out], float32);
+  metadata  the safetensors header's string map:
+              imagebrush_jax.kind          'autoencoder_kl' | 'vit'
+              imagebrush_jax.architecture  JSON of the sizes the module is built from
+              imagebrush_jax.version       format version, '1'
+              imagebrush_jax.source        where the weights came from (free text)
+
+`save` writes atomically (temporary name, then rename); `load` checks the kind and version and
+names the file in every error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any, Mapping
+
+import ml_dtypes
+import numpy as np
+
+from imagebrush_jax import files
+
+FORMAT_VERSION = "1"
+KIND_KEY = "imagebrush_jax.kind"
+ARCH_KEY = "imagebrush_jax.architecture"
+VERSION_KEY = "imagebrush_jax.version"
+SOURCE_KEY = "imagebrush_jax.source"
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+class ParamsFileError(ValueError):
+  """A parameter file cannot be read, or is not what the caller expects; names the file."""
+
+
+# ---------------------------------------------------------------------------- any safetensors
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """All tensors of a safetensors file as numpy arrays (memory-mapped), and its metadata.
+
+  Reads the format directly (8-byte header length, JSON header, raw little-endian data), so
+  bfloat16 files load too (as ml_dtypes.bfloat16) and nothing needs torch.
+  """
+  path = os.fspath(path)
+  try:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+      head = f.read(8)
+      if len(head) != 8:
+        raise ParamsFileError(f"{path}: too short to be a safetensors file ({size} bytes)")
+      (header_len,) = struct.unpack("<Q", head)
+      if header_len > size - 8:
+        raise ParamsFileError(f"{path}: not a safetensors file (header length {header_len} "
+                              f"exceeds the file size {size})")
+      header = json.loads(f.read(header_len))
+  except OSError as e:
+    raise ParamsFileError(f"cannot read {path}: {e}") from e
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ParamsFileError(f"{path}: not a safetensors file (bad JSON header: {e})") from e
+  if not isinstance(header, dict):
+    raise ParamsFileError(f"{path}: not a safetensors file (header is not a JSON object)")
+  metadata = header.pop("__metadata__", None) or {}
+  body = size - 8 - header_len
+  data = (np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len) if body
+          else np.zeros((0,), np.uint8))
+  tensors = {}
+  for name, info in header.items():
+    try:
+      dtype = _DTYPES[info["dtype"]]
+      shape = tuple(int(s) for s in info["shape"])
+      start, end = (int(o) for o in info["data_offsets"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise ParamsFileError(f"{path}: tensor {name!r} has an unreadable header entry {info!r} "
+                            f"(unsupported dtype or missing field)") from e
+    count = int(np.prod(shape, dtype=np.int64))
+    if end - start != count * np.dtype(dtype).itemsize or end > data.size:
+      raise ParamsFileError(f"{path}: tensor {name!r} of shape {shape} {info['dtype']} does not "
+                            f"fit its byte range [{start}, {end}) (truncated file?)")
+    tensors[name] = data[start:end].view(dtype).reshape(shape)
+  return tensors, dict(metadata)
+
+
+# ---------------------------------------------------------------------------- converted params
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested dict -> {'a/b/c': leaf}."""
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, name + "/"))
+    else:
+      flat[name] = value
+  return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{'a/b/c': leaf} -> nested dict."""
+  tree: dict[str, Any] = {}
+  for name, value in flat.items():
+    node = tree
+    *parents, leaf = name.split("/")
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+def save(path: str | os.PathLike, params: Mapping[str, Any], *, kind: str,
+         architecture: Mapping[str, Any], source: str = "") -> None:
+  """Writes a 'params' tree as a converted-params file (float32), atomically."""
+  tensors = {name: np.ascontiguousarray(np.asarray(value, np.float32))
+             for name, value in flatten(params).items()}
+  metadata = {KIND_KEY: kind, ARCH_KEY: json.dumps(dict(architecture), sort_keys=True),
+              VERSION_KEY: FORMAT_VERSION, SOURCE_KEY: source}
+  from safetensors.numpy import save as st_save  # pylint: disable=g-import-not-at-top
+  files.write_bytes_atomic(path, st_save(tensors, metadata=metadata))
+
+
+def load(path: str | os.PathLike, kind: str) -> tuple[dict[str, Any], dict[str, Any],
+                                                       dict[str, str]]:
+  """(params tree of float32 numpy arrays, architecture dict, metadata) of a converted file."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ParamsFileError(f"parameter file {path} does not exist")
+  tensors, metadata = read_safetensors(path)
+  found = metadata.get(KIND_KEY)
+  if found is None:
+    raise ParamsFileError(
+        f"{path}: no '{KIND_KEY}' in its metadata, so it is not a converted-params file; make "
+        f"one with `python -m imagebrush_jax.convert` (raw diffusers / timm files go in as "
+        f"--input there)")
+  if found != kind:
+    raise ParamsFileError(f"{path}: holds a {found!r} model, not a {kind!r} one")
+  if metadata.get(VERSION_KEY) != FORMAT_VERSION:
+    raise ParamsFileError(f"{path}: format version {metadata.get(VERSION_KEY)!r}; this code "
+                          f"reads version {FORMAT_VERSION!r}")
+  try:
+    arch = json.loads(metadata[ARCH_KEY])
+  except (KeyError, json.JSONDecodeError) as e:
+    raise ParamsFileError(f"{path}: unreadable '{ARCH_KEY}' metadata: {e}") from e
+  params = unflatten({k: np.asarray(v, np.float32) for k, v in tensors.items()})
+  return params, arch, metadata
+
+
+def check_tree(params: Mapping[str, Any], expected: Mapping[str, Any], what: str) -> None:
+  """Raises ParamsFileError listing missing / unexpected / reshaped arrays of `params`.
+
+  `expected` is a tree of arrays or ShapeDtypeStructs (e.g. from jax.eval_shape).
+  """
+  have = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
+  want = {k: tuple(v.shape) for k, v in flatten(expected).items()}
+  message = describe_differences(have, want, "file", "model")
+  if message:
+    raise ParamsFileError(f"{what} does not fit the model:\n{message}")
+
+
+def describe_differences(have: Mapping[str, tuple], want: Mapping[str, tuple], have_name: str,
+                         want_name: str, limit: int = 20) -> str:
+  """Lines listing names missing from `have`, extra in it, and of another shape ('' if none)."""
+  missing = sorted(set(want) - set(have))
+  extra = sorted(set(have) - set(want))
+  reshaped = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+  lines = []
+  for title, keys, fmt in (
+      (f"missing (the {want_name} needs them)", missing, lambda k: f"{k} {list(want[k])}"),
+      (f"unexpected (the {want_name} has no place for them)", extra,
+       lambda k: f"{k} {list(have[k])}"),
+      (f"wrong shape ({have_name} vs {want_name})", reshaped,
+       lambda k: f"{k} {list(have[k])} vs {list(want[k])}")):
+    if keys:
+      lines.append(f"  {len(keys)} {title}:")
+      lines.extend(f"    {fmt(k)}" for k in keys[:limit])
+      if len(keys) > limit:
+        lines.append(f"    ... and {len(keys) - limit} more")
+  return "\n".join(lines)

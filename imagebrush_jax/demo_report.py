@@ -1,0 +1,140 @@
+"""The demo's report: one sample per training task and the accuracy-vs-minutes curve.
+
+  python -m imagebrush_jax.demo_report --workdir runs/demo [--metrics metrics.json]
+
+Writes WORKDIR/report.png (a row per training task: E, E', I, generated, ground truth, on fresh
+grids never trained on) and WORKDIR/accuracy_curve.png (task-identification accuracy and PSNR
+against training minutes, from WORKDIR/eval_metrics.jsonl). With --metrics, also writes a small
+metrics JSON of its own (accuracy, psnr, copy_psnr on --num_grids fresh grids of the training
+tasks); `python -m imagebrush_jax.evaluate` writes the full one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+from etils import epath
+import jax
+import numpy as np
+
+from imagebrush_jax import files
+from imagebrush_jax import periodic_eval
+from imagebrush_jax import run_loading
+from imagebrush_jax.data import pipeline
+from imagebrush_jax.diffusion import pipeline as diffusion_pipeline
+from imagebrush_jax.metrics import task_accuracy
+from imagebrush_jax.models import imagebrush as ib
+
+REPORT_SEED = periodic_eval.EVAL_SEED_OFFSET + 7  # fresh scenes, none seen in training
+
+
+def read_jsonl(path) -> list[dict]:
+  path = epath.Path(path)
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curve(records: Sequence[dict], out_path, title: str = "") -> bool:
+  """Accuracy and PSNR (and the copy baseline) against minutes; False if nothing to plot."""
+  records = [r for r in records if "accuracy" in r]
+  if not records:
+    return False
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  minutes = [r["wall_s"] / 60 for r in records]
+  fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+  ax.plot(minutes, [r["accuracy"] for r in records], "o-", color="C0", label="task accuracy")
+  ax.axhline(0.9, color="C0", ls=":", lw=1)
+  ax.set_xlabel("training minutes (2-core CPU, evals included)")
+  ax.set_ylabel("task-identification accuracy", color="C0")
+  ax.set_ylim(0, 1.02)
+  ax2 = ax.twinx()
+  ax2.plot(minutes, [r["psnr"] for r in records], "s-", color="C1", ms=3, label="PSNR")
+  ax2.plot(minutes, [r["copy_psnr"] for r in records], "--", color="C7", label="copy PSNR")
+  ax2.set_ylabel("PSNR (dB)", color="C1")
+  lines = ax.get_lines()[:1] + ax2.get_lines()
+  ax.legend(lines, [l.get_label() for l in lines], loc="lower right", fontsize=8)
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  buf = epath.Path(out_path)
+  tmp = buf.parent / f".{buf.name}.tmp.png"
+  fig.savefig(str(tmp))
+  plt.close(fig)
+  tmp.rename(buf)
+  return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m imagebrush_jax.demo_report",
+                              description=__doc__.split("\n\n")[0])
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--metrics", default="", help="also write this metrics JSON (relative: WORKDIR)")
+  p.add_argument("--num_grids", type=int, default=240, help="grids for --metrics")
+  p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of report.png")
+  args = p.parse_args(argv)
+  workdir = epath.Path(args.workdir)
+  try:
+    run = run_loading.load_run(str(workdir))
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  config = run.config
+  names = tuple(config.data.train_tasks)
+  sample_fn = diffusion_pipeline.make_sample_fn(run.model, config)
+  params = jax.device_put(run.params)
+  k, tile = config.data.num_examples, config.data.tile_size
+
+  # report.png: one fresh grid per training task.
+  batch = pipeline.make_eval_batches(config, num_grids=len(names), seed=REPORT_SEED, tasks=names,
+                                     batch_size=len(names))[0]
+  out = sample_fn(params, batch, jax.random.key(0))
+  generated = np.asarray(ib.unit_to_pixels(out["target"]))
+  sheet = periodic_eval.sample_sheet(np.asarray(batch["grid"]), generated, k)
+  sheet = np.repeat(np.repeat(sheet, args.scale, 0), args.scale, 1)
+  files.save_png_atomic(workdir / "report.png", sheet)
+  columns = "E, E', " * k + "I, generated, ground truth"
+  print(f"wrote {workdir / 'report.png'}: rows {', '.join(names)}; columns {columns} "
+        f"(step {run.step})", flush=True)
+
+  if plot_curve(read_jsonl(workdir / "eval_metrics.jsonl"), workdir / "accuracy_curve.png",
+                f"{workdir.name}: {len(names)} training tasks, fresh grids"):
+    print(f"wrote {workdir / 'accuracy_curve.png'}", flush=True)
+
+  if args.metrics:
+    start = time.perf_counter()
+    vocab = pipeline.task_vocabulary(config)
+    gens, grids, task_names = [], [], []
+    for i, b in enumerate(pipeline.make_eval_batches(config, num_grids=args.num_grids,
+                                                     seed=REPORT_SEED + 1, tasks=names)):
+      o = sample_fn(params, b, jax.random.fold_in(jax.random.key(1), i))
+      gens.append(np.asarray(ib.unit_to_pixels(o["target"])))
+      grids.append(np.asarray(b["grid"]))
+      task_names += [vocab[int(t)] for t in b["task_id"]]
+    _, _, query, truth = (np.asarray(x) for x in ib.split_cells(np.concatenate(grids), k, tile))
+    gen = np.concatenate(gens)
+    res = task_accuracy.evaluate_edits(gen, query, truth, task_names,
+                                       task_accuracy.applicable_tasks(names))
+    per_task = {}
+    for n in names:
+      sel = np.array([t == n for t in task_names])
+      per_task[n] = task_accuracy.evaluate_edits(gen[sel], query[sel], truth[sel], [n] * sel.sum(),
+                                                 task_accuracy.applicable_tasks(names))
+    metrics = dict(step=run.step, num_grids=args.num_grids, **res, per_task=per_task,
+                   num_steps=int(config.sampling.num_steps),
+                   guidance_scale=float(config.sampling.guidance_scale),
+                   seconds=round(time.perf_counter() - start, 1))
+    path = epath.Path(args.metrics)
+    path = path if path.is_absolute() or "/" in args.metrics else workdir / path
+    files.write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps({k: metrics[k] for k in ("step", "accuracy", "psnr", "copy_psnr")}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
