@@ -2,7 +2,10 @@
 against the same step in pixel space at the same output size, side by side in one run.
 
   python benchmarks/autoencoder.py [--config configs/latent_tiny.py] [--ae_config \
-      configs/autoencoder_tiny.py] [--image_size 256] [--batch 8] [--steps 10] [--config.x=y ...]
+      configs/autoencoder_tiny.py] [--image_size 256] [--batch 8] [--steps 3] [--config.x=y ...]
+
+On 2 CPU cores use --config.train.batch_size=8: the pixel twin's self-attention over the 64x64
+pixel grid takes tens of seconds a step there.
 
 --config is a latent ImageBrush config; its pixel twin is the same config with latent_factor 1
 and 3 channels (same tiles, same UNet widths: the UNet then runs on a grid latent_factor times
@@ -45,8 +48,8 @@ _AE_CONFIG = config_flags.DEFINE_config_file("ae_config", "configs/autoencoder_t
                                              "Autoencoder config (its arch block is used).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Encode/decode image size; 0 = tile size.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Images per encode / decode call.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed calls per measurement (after warm-up).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Alternating rounds; the median is reported.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed calls per measurement (after warm-up).")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Rounds per measurement; the median is reported.")
 
 
 def _seconds(fn, *args, n: int) -> float:

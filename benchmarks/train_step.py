@@ -88,7 +88,7 @@ def main(argv):
   peak = PEAK_FLOPS.get(device.device_kind, {}).get(config.model.dtype)
   result = {
       "benchmark": "train_step",
-      "config": os.path.basename(flags.FLAGS["config"].value or ""),
+      "config": os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]) or ""),
       "device": device.device_kind, "num_devices": jax.device_count(),
       "batch_size": config.train.batch_size, "dtype": config.model.dtype,
       "step_s_pipeline": round(t_fed, 5), "step_s_constant": round(t_const, 5),

@@ -89,6 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.prompt.box_fourier_freqs = 8
   c.model.prompt.dropout = 0.0
   c.model.prompt.attention_impl = "auto"
+  c.model.prompt.vit_init = ""  # a converted ViT (python -m imagebrush_jax.convert --from vit)
   c.model.prompt.vit = ml_collections.ConfigDict()  # backbone shared by E, E' and I
   c.model.prompt.vit.patch_size = 4
   c.model.prompt.vit.width = 128

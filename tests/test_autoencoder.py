@@ -12,7 +12,6 @@ from PIL import Image
 import pytest
 
 from configs import autoencoder_tiny
-from imagebrush_jax import autoencode
 from imagebrush_jax import train_autoencoder
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.data import tiles
@@ -154,12 +153,11 @@ def test_tiny_autoencoder_trains_and_psnr_rises(tmp_path, capsys):
     sheet = np.asarray(Image.open(workdir / "reconstructions" / f"step_{step:07d}.png"))
     assert sheet.shape == (2 * 16 + 2, 4 * 18 - 2, 3)
   # The export holds the EMA parameters and the measured latent scale.
-  params, arch = autoencoder_params.load(workdir / "autoencoder.safetensors")
+  _, arch = autoencoder_params.load(workdir / "autoencoder.safetensors")
   assert arch.block_out_channels == (16, 32) and arch.scaling_factor != 1.0
 
 
 def test_autoencode_cli_round_trips_an_image(tmp_path):
-  model = ae.build(SMALL)
   params = random_params(SMALL)
   params_path = tmp_path / "ae.safetensors"
   autoencoder_params.save(params_path, params, SMALL, source="test")

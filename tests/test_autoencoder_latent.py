@@ -14,7 +14,6 @@ from imagebrush_jax import latent
 from imagebrush_jax import train_state
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.data import pipeline
-from imagebrush_jax.models import autoencoder as ae
 from tests.test_autoencoder import SMALL
 from tests.test_autoencoder import random_params
 
