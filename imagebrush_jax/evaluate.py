@@ -33,7 +33,7 @@ from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.metrics import cycle
 from imagebrush_jax.metrics import fid as fid_lib
 from imagebrush_jax.metrics import image_quality
-from imagebrush_jax.metrics import task_id
+from imagebrush_jax.metrics import task_accuracy
 
 DEFAULT_SEED = 1_000_003
 Generate = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -41,11 +41,6 @@ Generate = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 def _is_global(name: str) -> bool:
   return tasks_lib.is_known(name) and tasks_lib.get_task(name).is_global
-
-
-def task_candidates(query: np.ndarray, names: Sequence[str]) -> np.ndarray:
-  """Each named global task applied to each query: uint8 [N, M, T, T, 3]."""
-  return np.stack([np.stack([tasks_lib.apply_global_task(n, q) for n in names]) for q in query])
 
 
 def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_examples: int,
@@ -79,10 +74,10 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
   identifiable = np.array([t in global_names for t in true_names])
   if identifiable.any() and len(global_names) > 1:
     idx = np.flatnonzero(identifiable)
-    cand = task_candidates(query[idx], global_names)
+    cand = task_accuracy.candidate_outputs(query[idx], global_names)
     true_index = np.array([global_names.index(true_names[i]) for i in idx])
-    correct[idx] = task_id.task_identification(gen[idx], cand, true_index)
-    chance[idx] = task_id.chance_accuracy(cand, true_index)
+    correct[idx] = task_accuracy.task_identification_correct(gen[idx], cand, true_index)
+    chance[idx] = task_accuracy.chance_accuracy(cand, true_index)
 
   def mean_or_none(x):
     x = x[~np.isnan(x)]

@@ -13,7 +13,7 @@ from imagebrush_jax.data import tasks as tasks_lib
 from imagebrush_jax.metrics import cycle
 from imagebrush_jax.metrics import fid as fid_lib
 from imagebrush_jax.metrics import image_quality
-from imagebrush_jax.metrics import task_id
+from imagebrush_jax.metrics import task_accuracy
 
 from _tiny_run import tiny_workdir  # pylint: disable=g-bad-import-order
 
@@ -56,8 +56,8 @@ def test_task_identification_ties_count_as_correct():
   gen = np.zeros((1, 2, 2, 3), np.uint8)
   cand = np.stack([np.zeros((3, 2, 2, 3), np.uint8)])
   cand[0, 2] = 255
-  assert task_id.task_identification(gen, cand, np.array([1]))[0]
-  np.testing.assert_allclose(task_id.chance_accuracy(cand, np.array([1])), [2 / 3])
+  assert task_accuracy.task_identification_correct(gen, cand, np.array([1]))[0]
+  np.testing.assert_allclose(task_accuracy.chance_accuracy(cand, np.array([1])), [2 / 3])
 
 
 SELF_INVERSE = ("hflip", "vflip", "invert", "swap_red_blue", "hflip+invert")

@@ -56,6 +56,16 @@ def task_identification_accuracy(generated, candidates, true_index) -> float:
   return float(np.mean(task_identification_correct(generated, candidates, true_index)))
 
 
+def chance_accuracy(candidates, true_index) -> np.ndarray:
+  """Per sample, the accuracy of a uniformly random pick among the candidates: (candidates equal
+  to the true one) / (number of candidates), since equal images tie with the true one."""
+  c = np.asarray(candidates)
+  n, m = c.shape[:2]
+  true = c[np.arange(n), np.asarray(true_index)][:, None]
+  same = np.all(c.reshape(n, m, -1) == true.reshape(n, 1, -1), axis=-1)
+  return same.sum(axis=1) / m
+
+
 def psnr_per_image(a, b, max_val: float = 255.0) -> np.ndarray:
   """PSNR in dB of each image pair [B] (identical images: MAX_PSNR_DB)."""
   a, b = _float(a), _float(b)
