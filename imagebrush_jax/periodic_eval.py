@@ -71,6 +71,7 @@ class Evaluator:
       full = pipeline.make_eval_batches(config, num_grids=int(tc.sample_num_grids), seed=seed + 1,
                                         tasks=tasks)
       self.sample_batch = self._global(full, tc.sample_num_grids)[0]
+      self.sample_grid = np.asarray(full[0]["grid"])  # every host built it in full
     # Accuracy / PSNR on fresh grids of the training tasks (seed + 2: scenes never trained on).
     self.acc_batches, self.acc_tasks = [], ()
     self.acc_candidates = task_accuracy.applicable_tasks(config.data.train_tasks)
@@ -80,6 +81,7 @@ class Evaluator:
                                         seed=seed + 2, tasks=tuple(config.data.train_tasks))
       self.acc_tasks = tuple(vocab[int(i)] for b in host for i in b["task_id"])
       self.acc_batches = self._global(host, tc.accuracy_num_grids)
+      self.acc_grid = np.concatenate([np.asarray(b["grid"]) for b in host])
     self.history = metric_writers.JsonlHistory(workdir / "eval_metrics.jsonl")
     self._eval_seconds = 0.0
     loss_fn = task.loss_fn
@@ -124,14 +126,12 @@ class Evaluator:
   def _accuracy(self, params: Any, key: jax.Array) -> dict[str, float]:
     """Samples the target cell of each accuracy grid -> accuracy, psnr, copy_psnr (uint8 space)."""
     tile, k = self.config.data.tile_size, self.config.data.num_examples
-    generated, grids = [], []
+    generated = []
     for i, batch in enumerate(self.acc_batches):
       out = self.task.extras["sample_fn"](params, batch, jax.random.fold_in(key, 10_000 + i))
       generated.append(np.asarray(multihost_utils.process_allgather(
           ib.unit_to_pixels(out["target"]), tiled=True)))
-      grids.append(np.asarray(multihost_utils.process_allgather(batch["grid"], tiled=True)))
-    grid = np.concatenate(grids)
-    _, _, query, truth = (np.asarray(x) for x in ib.split_cells(grid, k, tile))
+    _, _, query, truth = (np.asarray(x) for x in ib.split_cells(self.acc_grid, k, tile))
     res = task_accuracy.evaluate_edits(np.concatenate(generated), query, truth, self.acc_tasks,
                                        self.acc_candidates)
     return {k: res[k] for k in ("accuracy", "psnr", "copy_psnr")}
@@ -139,9 +139,8 @@ class Evaluator:
   def _samples(self, step: int, params: Any, key: jax.Array) -> None:
     out = self.task.extras["sample_fn"](params, self.sample_batch, key)
     generated = multihost_utils.process_allgather(ib.unit_to_pixels(out["target"]), tiled=True)
-    grid = multihost_utils.process_allgather(self.sample_batch["grid"], tiled=True)
     if jax.process_index() != 0:
       return
-    sheet = sample_sheet(np.asarray(grid), np.asarray(generated), self.config.data.num_examples)
+    sheet = sample_sheet(self.sample_grid, np.asarray(generated), self.config.data.num_examples)
     files.save_png_atomic(self.workdir / "samples" / f"step_{step:07d}.png", sheet)
     self.writer.write_images(step, {"samples": sheet})
