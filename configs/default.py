@@ -82,9 +82,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.unet.dropout = 0.0
   c.model.unet.attention_impl = "auto"  # auto (cuDNN on GPU in bf16, else einsum) | einsum | xla
   c.model.unet.conv_impl = "auto"  # auto (matmul kernel gradient on CPU, else xla) | xla
+  # The mean prompt token joins the timestep embedding, so every ResBlock sees the task ...
+  c.model.unet.pooled_prompt = False
+  c.model.unet.scale_shift_norm = False  # ... and can gate channels with it (ADM scale-shift)
 
   c.model.prompt = ml_collections.ConfigDict()
   c.model.prompt.image_size = 0  # resize prompt tiles to this before the ViT; 0 = tile size
+  # How the ViT sees an example pair: separate (E and E' apart, the paper's) | concat (one
+  # 6-channel image) | concat_dihedral (E' with the 8 dihedral views of E, 27 channels).
+  c.model.prompt.pair_input = "separate"
+  c.model.prompt.pair_stats = False  # a token per pair: colour correlation of E' with views of E
   c.model.prompt.max_examples = 8  # size of the example-index embedding
   c.model.prompt.box_fourier_freqs = 8
   c.model.prompt.dropout = 0.0

@@ -114,3 +114,70 @@ def test_resize_to_image_size_and_errors():
   before4, after4, query4, box4 = _prompt(b=1, k=4)
   with pytest.raises(ValueError, match="max_examples"):
     jax.eval_shape(lambda: _encoder().init(jax.random.key(0), before4, after4, query4, box4))
+
+
+def test_paired_prompt_images_stack_each_pair_on_channels():
+  before, after, query, _ = _prompt(b=2, k=2, tile=4)
+  images, roles = pe.prompt_images(before, after, query, "concat")
+  assert images.shape == (2, 3, 4, 4, 6) and roles == [pe.ROLE_BEFORE] * 2 + [pe.ROLE_QUERY]
+  np.testing.assert_array_equal(images[:, :2, ..., :3], before)
+  np.testing.assert_array_equal(images[:, :2, ..., 3:], after)
+  np.testing.assert_array_equal(images[:, 2, ..., :3], query)
+  assert not np.asarray(images[:, 2, ..., 3:]).any()  # the query's missing channels are zero
+
+  images, roles = pe.prompt_images(before, after, query, "concat_dihedral")
+  assert images.shape == (2, 3, 4, 4, 27)
+  np.testing.assert_array_equal(images[:, :2, ..., :3], after)
+  np.testing.assert_array_equal(images[:, :2, ..., 3:6], before)
+  np.testing.assert_array_equal(images[:, :2, ..., 6:9], before[:, :, :, ::-1])  # hflip(E)
+  assert not np.asarray(images[:, 2, ..., 3:]).any()
+
+  images, roles = pe.prompt_images(before, after, query, "separate")
+  assert images.shape == (2, 5, 4, 4, 3) and roles == [0, 0, 1, 1, 2]
+  with pytest.raises(ValueError, match="model.prompt.pair_input"):
+    pe.prompt_images(before, after, query, "stacked")
+
+
+@pytest.mark.parametrize("pair_input", ["concat", "concat_dihedral"])
+def test_paired_encoder_tokens_see_both_images_of_a_pair(pair_input):
+  enc = _encoder(pair_input=pair_input)
+  before, after, query, box = _prompt(b=2, k=2)
+  params = random_params(enc, before, after, query, box)
+  fn = jax.jit(lambda *a: enc.apply({"params": params}, *a))
+  base = fn(before, after, query, box)
+  assert base.shape == (2, 3 * 4 + 1, 24)  # (K + 1) images of 4 patches, and the box token
+  for changed in (fn(before.at[:, 1].multiply(-1), after, query, box),
+                  fn(before, after.at[:, 1].multiply(-1), query, box),
+                  fn(before, after, -query, box)):
+    assert np.abs(np.asarray(changed - base)).max() > 1e-3
+
+
+def test_pair_statistics_find_the_view_and_colour_map_of_an_edit():
+  rng = np.random.default_rng(1)
+  before = rng.uniform(-1, 1, (2, 1, 16, 16, 3)).astype(np.float32)
+  # E' = vflip(E) with red and blue swapped, then inverted: view 2 (up-down flip) correlates
+  # with E' as minus the red/blue permutation; every other view barely correlates.
+  after = -before[:, :, ::-1, :, ::-1]
+  stats = np.asarray(pe.pair_statistics(jnp.asarray(before), jnp.asarray(after)))
+  assert stats.shape == (2, 1, 8 * 9 + 12)
+  corr = stats[..., :72].reshape(2, 1, 8, 3, 3)
+  swap = np.eye(3, dtype=bool)[::-1]  # the red/blue permutation
+  np.testing.assert_allclose(corr[:, 0, 2][:, swap], -1.0, atol=1e-3)
+  assert np.abs(corr[:, 0, 2][:, ~swap]).max() < 0.3  # independent random channels
+  others = np.delete(corr, 2, axis=2)
+  assert np.abs(others).max() < 0.5
+  np.testing.assert_allclose(stats[..., 72:75], before.mean(axis=(2, 3)), atol=1e-6)
+  np.testing.assert_allclose(stats[..., 78:81], after.mean(axis=(2, 3)), atol=1e-6)
+
+
+def test_pair_stats_token_follows_the_image_tokens():
+  enc = _encoder(pair_input="concat", pair_stats=True)
+  before, after, query, box = _prompt(b=2, k=2)
+  params = random_params(enc, before, after, query, box)
+  fn = jax.jit(lambda *a: enc.apply({"params": params}, *a))
+  base = fn(before, after, query, box)
+  assert base.shape == (2, 3 * 4 + 2 + 1, 24)  # (K + 1) images x 4 patches, K stats, the box
+  assert params["stats_fc1"]["kernel"].shape == (84, 24)
+  # Flipping E'_1 keeps its pixels but not its correlation with E_1: the tokens change.
+  assert np.abs(np.asarray(fn(before, after.at[:, 1].set(after[:, 1, :, ::-1]), query, box)
+                           - base)).max() > 1e-3

@@ -129,3 +129,26 @@ def test_matmul_grad_conv_equals_xla_conv(kernel, stride):
   np.testing.assert_allclose(v1, v2, rtol=1e-5)
   np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(dw1, dw2, rtol=1e-4, atol=1e-5)
+
+
+def test_pooled_prompt_reaches_the_output_without_attention():
+  # No attention anywhere: only the pooled prompt in the timestep embedding carries the context.
+  kw = dict(out_channels=3, channels=(16, 32), attention=("none", "none"), mid_attention="none",
+            norm_groups=8)
+  x, t, ctx = _inputs(hw=8)
+  for scale_shift in (False, True):
+    unet = unet_lib.UNet(pooled_prompt=True, scale_shift_norm=scale_shift, **kw)
+    params = random_params(unet, x, t, ctx)
+    assert params["prompt_emb"]["kernel"].shape == (24, 64)
+    width = 32 if scale_shift else 16  # scale and shift, or the additive embedding alone
+    assert params["down0_res0"]["temb"]["kernel"].shape == (64, width)
+    apply = jax.jit(lambda p, c: unet.apply({"params": p}, x, t, c))
+    out = apply(params, ctx)
+    assert np.abs(np.asarray(apply(params, ctx + 1.0) - out)).max() > 1e-3
+    # The mean is what counts: permuting the tokens changes nothing.
+    np.testing.assert_allclose(apply(params, ctx[:, ::-1]), out, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="pooled_prompt needs context"):
+    jax.eval_shape(lambda: unet.init(jax.random.key(0), x, t, None))
+  plain = unet_lib.UNet(**kw)
+  params = random_params(plain, x, t, None)
+  assert "prompt_emb" not in params

@@ -17,9 +17,9 @@ import ml_collections
 
 from imagebrush_jax.models import prompt_encoder as prompt_lib
 from imagebrush_jax.models import unet as unet_lib
+from imagebrush_jax.models.dihedral import NUM_DIHEDRAL_VIEWS, dihedral_views
 
 TARGET_CELL_FILLS = ("zeros", "query", "query_dihedral")
-NUM_DIHEDRAL_VIEWS = 8  # identity, 3 rotations, 2 flips, 2 transposes of a square cell
 
 
 # ---------------------------------------------------------------------------- grid geometry
@@ -90,13 +90,6 @@ def make_conditioning(x0: jax.Array, mask: jax.Array, target_cell_fill: str) -> 
     return jnp.concatenate([base, *views], axis=-1)
   raise ValueError(f"model.target_cell_fill must be one of {TARGET_CELL_FILLS}, "
                    f"got {target_cell_fill!r}")
-
-
-def dihedral_views(cell: jax.Array) -> list[jax.Array]:
-  """The 7 non-identity dihedral views of square cells [B, T, T, C] (flips, rotations, transposes)."""
-  rot = lambda k: jnp.rot90(cell, k, axes=(1, 2))
-  return [cell[:, :, ::-1], cell[:, ::-1], rot(1), rot(2), rot(3), jnp.swapaxes(cell, 1, 2),
-          jnp.swapaxes(rot(2), 1, 2)]
 
 
 def conditioning_channels(target_cell_fill: str, channels: int) -> int:

@@ -1,7 +1,15 @@
 """Visual prompt encoder: a shared ViT over E_k, E'_k and I, role and box tokens, a mixer.
 
 tokens = Mixer([ViT(E_k) + role_before + index_k ; ViT(E'_k) + role_after + index_k ;
-                ViT(I) + role_query ; MLP(Fourier(box))])
+                ViT(I) + role_query ; MLP(Fourier(box))])          (pair_input 'separate', paper)
+With pair_input 'concat' the ViT reads each example pair as one image, E_k and E'_k stacked on
+channels (ViT([E_k, E'_k]) + role_before + index_k), so the first layer already compares them
+pixel by pixel; 'concat_dihedral' stacks E'_k with all 8 dihedral views of E_k, so geometric edits
+are as visible as per-pixel ones. The query is zero-padded to the same channels in both.
+With pair_stats, one more token per pair carries the colour correlation between E'_k and each
+dihedral view of E_k (pair_statistics): a global edit that is a flip/rotation followed by a colour
+map shows as one view whose correlation matrix is that map, a signal the ViT would have to learn
+to compute.
 The output tokens [B, (2K+1)*P + 1, width] feed the UNet's cross-attention. For classifier-free
 guidance, rows with `drop_prompt` get the learned null token in every position instead (one token
 broadcast: cross-attention over identical keys equals attention to that one token, so the null
@@ -15,9 +23,34 @@ import jax.numpy as jnp
 import ml_collections
 
 from imagebrush_jax.models import layers
+from imagebrush_jax.models.dihedral import dihedral_views, stack_dihedral
 
 WHOLE_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0)
 ROLE_BEFORE, ROLE_AFTER, ROLE_QUERY = 0, 1, 2
+PAIR_INPUTS = ("separate", "concat", "concat_dihedral")
+
+
+def prompt_images(before: jax.Array, after: jax.Array, query: jax.Array,
+                  pair_input: str) -> tuple[jax.Array, list[int]]:
+  """The ViT's input images [B, N, S, S, C] and each one's role, per `pair_input`.
+
+  separate: N = 2K+1 images (E_1..E_K, E'_1..E'_K, I), C = 3.
+  concat: N = K+1 ([E_k, E'_k] per pair, then [I, 0]), C = 6.
+  concat_dihedral: N = K+1 ([E'_k, 8 dihedral views of E_k], then [I, 0]), C = 27.
+  """
+  k = before.shape[1]
+  if pair_input == "separate":
+    return (jnp.concatenate([before, after, query[:, None]], axis=1),
+            [ROLE_BEFORE] * k + [ROLE_AFTER] * k + [ROLE_QUERY])
+  if pair_input == "concat":
+    pairs = jnp.concatenate([before, after], axis=-1)
+  elif pair_input == "concat_dihedral":
+    pairs = jnp.concatenate([after, stack_dihedral(before)], axis=-1)
+  else:
+    raise ValueError(f"model.prompt.pair_input must be one of {PAIR_INPUTS}, got {pair_input!r}")
+  pad = jnp.zeros((*query.shape[:-1], pairs.shape[-1] - query.shape[-1]), query.dtype)
+  padded_query = jnp.concatenate([query, pad], axis=-1)[:, None]
+  return jnp.concatenate([pairs, padded_query], axis=1), [ROLE_BEFORE] * k + [ROLE_QUERY]
 
 
 class ViT(nn.Module):
@@ -74,6 +107,27 @@ def drop_boxes(box: jax.Array, rng: jax.Array, rate: float) -> jax.Array:
   return jnp.where(drop, jnp.asarray(WHOLE_IMAGE_BOX, box.dtype), box)
 
 
+def pair_statistics(before: jax.Array, after: jax.Array, eps: float = 1e-4) -> jax.Array:
+  """Colour statistics of each example pair: [B, K, S, S, 3] x 2 -> [B, K, 8*9 + 12].
+
+  For each of the 8 dihedral views V of E: the 3x3 correlation between the standardised channels
+  of V(E) and E' (mean over pixels); then the channel means and standard deviations of E and E'.
+  """
+  def standardise(x):
+    mean = x.mean(axis=(-3, -2), keepdims=True)
+    std = jnp.sqrt(x.var(axis=(-3, -2), keepdims=True) + eps)
+    return (x - mean) / std, mean[..., 0, 0, :], std[..., 0, 0, :]
+
+  views = jnp.stack([before, *dihedral_views(before)], axis=2)  # [B, K, 8, S, S, 3]
+  z_views, _, _ = standardise(views)
+  z_after, mean_after, std_after = standardise(after)
+  _, mean_before, std_before = standardise(before)
+  pixels = before.shape[-3] * before.shape[-2]
+  corr = jnp.einsum("bkvhwc,bkhwd->bkvcd", z_views, z_after) / pixels
+  return jnp.concatenate([corr.reshape(*corr.shape[:2], -1), mean_before, std_before,
+                          mean_after, std_after], axis=-1)
+
+
 class PromptEncoder(nn.Module):
   """Encodes (examples before [B,K,S,S,3], after [B,K,S,S,3], query [B,S,S,3], box [B,4]) to tokens.
 
@@ -90,6 +144,8 @@ class PromptEncoder(nn.Module):
   box_fourier_freqs: int = 8
   box_drop_rate: float = 0.0
   image_size: int = 0
+  pair_input: str = "separate"
+  pair_stats: bool = False
   dropout: float = 0.0
   attention_impl: str = "auto"
   remat: bool = False
@@ -111,23 +167,30 @@ class PromptEncoder(nn.Module):
                        f"query {query.shape}")
     if k > self.max_examples:
       raise ValueError(f"{k} examples exceed model.prompt.max_examples={self.max_examples}")
-    # One backbone pass over all 2K+1 images: [B, 2K+1, S, S, 3] -> [B, 2K+1, P, D_vit].
-    images = jnp.concatenate([before, after, query[:, None]], axis=1)
-    feats = self.vit(self._resize(images.reshape(b * (2 * k + 1), *images.shape[2:])),
-                     deterministic)
-    feats = feats.reshape(b, 2 * k + 1, *feats.shape[1:])
+    # One backbone pass over all N images: [B, N, S, S, C] -> [B, N, P, D_vit].
+    images, roles = prompt_images(before, after, query, self.pair_input)
+    n = images.shape[1]
+    feats = self.vit(self._resize(images.reshape(b * n, *images.shape[2:])), deterministic)
+    feats = feats.reshape(b, n, *feats.shape[1:])
     x = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32, name="proj")(feats)
 
-    roles = jnp.array([ROLE_BEFORE] * k + [ROLE_AFTER] * k + [ROLE_QUERY])
     role_emb = nn.Embed(3, self.width, embedding_init=nn.initializers.normal(0.02),
-                        param_dtype=jnp.float32, name="role_embed")(roles)
-    # Example index k for E_k and E'_k; the query gets none (a zero row).
+                        param_dtype=jnp.float32, name="role_embed")(jnp.array(roles))
+    # Example index k for E_k and E'_k (or their pair image); the query gets none (a zero row).
     index_table = nn.Embed(self.max_examples, self.width,
                            embedding_init=nn.initializers.normal(0.02), param_dtype=jnp.float32,
                            name="index_embed")(jnp.arange(k))
-    index_emb = jnp.concatenate([index_table, index_table, jnp.zeros((1, self.width))], axis=0)
+    index_rows = [index_table] * ((n - 1) // k)  # 2 for separate, 1 for paired
+    index_emb = jnp.concatenate([*index_rows, jnp.zeros((1, self.width))], axis=0)
     x = x + (role_emb + index_emb).astype(self.dtype)[None, :, None, :]
     x = x.reshape(b, -1, self.width)
+
+    if self.pair_stats:  # one token per pair, after the image tokens
+      stats = pair_statistics(before.astype(jnp.float32), after.astype(jnp.float32))
+      h = nn.gelu(nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                           name="stats_fc1")(stats.astype(self.dtype)))
+      h = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32, name="stats_fc2")(h)
+      x = jnp.concatenate([x, h + index_table.astype(self.dtype)[None]], axis=1)
 
     if not deterministic and self.box_drop_rate > 0:
       box = drop_boxes(box, self.make_rng("dropout"), self.box_drop_rate)
@@ -161,5 +224,7 @@ def prompt_encoder_from_config(cfg: ml_collections.ConfigDict, dtype: str, remat
       vit=vit, width=cfg.mixer.width, depth=cfg.mixer.depth, num_heads=cfg.mixer.num_heads,
       mlp_ratio=cfg.mixer.mlp_ratio, max_examples=cfg.max_examples,
       box_fourier_freqs=cfg.box_fourier_freqs, box_drop_rate=box_drop_rate,
-      image_size=cfg.image_size, dropout=cfg.dropout, attention_impl=cfg.attention_impl,
-      remat=remat, remat_policy=remat_policy, dtype=compute_dtype)
+      image_size=cfg.image_size, pair_input=cfg.get("pair_input", "separate"),
+      pair_stats=cfg.get("pair_stats", False),
+      dropout=cfg.dropout, attention_impl=cfg.attention_impl, remat=remat,
+      remat_policy=remat_policy, dtype=compute_dtype)

@@ -103,22 +103,30 @@ def _group_norm(groups: int, dtype, name: str) -> nn.GroupNorm:
 class ResBlock(nn.Module):
   """GroupNorm-SiLU-Conv twice, the timestep embedding added in between (LDM/SD ResBlock).
 
-  The second conv starts at zero (LDM), so each block starts as the identity (1x1 skip if the
-  channel count changes).
+  With `scale_shift` the embedding instead scales and shifts the second GroupNorm's output
+  (ADM's use_scale_shift_norm): a per-sample gain on every channel, which lets a conditioning
+  vector in the embedding switch features on and off. The second conv starts at zero (LDM), so
+  each block starts as the identity (1x1 skip if the channel count changes).
   """
   features: int
   norm_groups: int = 32
   dropout: float = 0.0
   conv_impl: str = "auto"
+  scale_shift: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array, deterministic: bool = True) -> jax.Array:
     h = nn.silu(_group_norm(self.norm_groups, self.dtype, "norm1")(x))
     h = Conv(self.features, impl=self.conv_impl, dtype=self.dtype, name="conv1")(h)
-    h = h + nn.Dense(self.features, dtype=self.dtype, param_dtype=jnp.float32,
-                     name="temb")(nn.silu(temb))[:, None, None, :]
-    h = nn.silu(_group_norm(self.norm_groups, self.dtype, "norm2")(h))
+    emb = nn.Dense(self.features * (2 if self.scale_shift else 1), dtype=self.dtype,
+                   param_dtype=jnp.float32, name="temb")(nn.silu(temb))[:, None, None, :]
+    if self.scale_shift:
+      scale, shift = jnp.split(emb, 2, axis=-1)
+      h = _group_norm(self.norm_groups, self.dtype, "norm2")(h) * (1 + scale) + shift
+      h = nn.silu(h)
+    else:
+      h = nn.silu(_group_norm(self.norm_groups, self.dtype, "norm2")(h + emb))
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = Conv(self.features, zero_init=True, impl=self.conv_impl, dtype=self.dtype,
              name="conv2")(h)
@@ -221,6 +229,9 @@ class UNet(nn.Module):
     conv_impl: 'auto' | 'xla' | 'matmul_grad' (see Conv).
     remat: rematerialise each ResBlock and SpatialTransformer in the backward pass.
     remat_policy: name of a jax.checkpoint_policies entry ('' saves nothing).
+    pooled_prompt: also add the mean of the context tokens (through a Dense) to the timestep
+      embedding, so every ResBlock, not only the attention layers, sees the prompt.
+    scale_shift_norm: the embedding scales and shifts the ResBlocks' features (ResBlock).
     dtype: compute dtype; parameters are float32.
   """
   out_channels: int
@@ -237,6 +248,8 @@ class UNet(nn.Module):
   conv_impl: str = "auto"
   remat: bool = False
   remat_policy: str = ""
+  pooled_prompt: bool = False
+  scale_shift_norm: bool = False
   dtype: jnp.dtype = jnp.float32
 
   def _check(self) -> None:
@@ -264,7 +277,8 @@ class UNet(nn.Module):
       context = context.astype(self.dtype)
 
     def res(ch, name):
-      return res_cls(ch, self.norm_groups, self.dropout, self.conv_impl, self.dtype, name=name)
+      return res_cls(ch, self.norm_groups, self.dropout, self.conv_impl, self.scale_shift_norm,
+                     self.dtype, name=name)
 
     def spatial(kind, ch, name):
       return attn_cls(kind, self._heads(ch), self.transformer_depth, self.norm_groups,
@@ -275,6 +289,11 @@ class UNet(nn.Module):
     temb = nn.Dense(temb_dim, dtype=self.dtype, param_dtype=jnp.float32, name="temb1")(temb)
     temb = nn.Dense(temb_dim, dtype=self.dtype, param_dtype=jnp.float32,
                     name="temb2")(nn.silu(temb))
+    if self.pooled_prompt:
+      if context is None:
+        raise ValueError("model.unet.pooled_prompt needs context tokens, got None")
+      temb = temb + nn.Dense(temb_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                             name="prompt_emb")(context.mean(axis=1))
 
     h = Conv(self.channels[0], impl=self.conv_impl, dtype=self.dtype, name="conv_in")(x)
     skips = [h]
@@ -327,5 +346,7 @@ def unet_from_config(cfg: ml_collections.ConfigDict, out_channels: int, dtype: s
       conv_impl=cfg.conv_impl,
       remat=remat,
       remat_policy=remat_policy,
+      pooled_prompt=cfg.get("pooled_prompt", False),
+      scale_shift_norm=cfg.get("scale_shift_norm", False),
       dtype=layers.resolve_dtype(dtype),
   )
