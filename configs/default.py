@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   # The CPU demo uses query_dihedral: with zeros the UNet stays at chance for 12+ minutes (it must
   # carry I across the grid and rearrange it); see the README's demo results.
   c.model.target_cell_fill = "query_dihedral"
+  # The prompt drafts the target cell as a per-sample linear map of the conditioning (the
+  # query's dihedral views -> any flip/rotation plus colour map); the UNet reads the draft.
+  c.model.edit_proposal = False
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.remat = False  # rematerialise each UNet/transformer block in the backward pass
   c.model.remat_policy = ""  # a jax.checkpoint_policies name; "" saves nothing

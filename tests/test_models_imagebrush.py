@@ -167,3 +167,44 @@ def test_make_conditioning_query_dihedral_stacks_the_query_views():
   assert not cond[:, :4, :, 3:].any() and not cond[:, :, :4, 3:].any()  # views only under I'
   assert ib.conditioning_channels("query_dihedral", 4) == 32
   assert ib.conditioning_channels("query", 4) == 4
+
+
+def test_edit_proposal_applies_the_prompted_linear_map_on_the_target_cell():
+  x0 = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  mask = jnp.zeros((2, 8, 8, 1)).at[:, 4:, 4:].set(1.0)
+  cond = ib.make_conditioning(x0, mask, "query_dihedral")  # 24 channels
+  context = jnp.asarray(np.random.default_rng(2).standard_normal((2, 5, 16)), jnp.float32)
+  head = ib.EditProposal(out_channels=3)
+  params = jax.eval_shape(lambda: head.init(jax.random.key(0), cond, mask, context))["params"]
+  assert params["weights"]["kernel"].shape == (16, 25 * 3)
+  # Weights that ignore the prompt and pick view 1 (hflip) with red and blue swapped, plus 0.5.
+  bias = np.zeros((25, 3), np.float32)
+  bias[3 + np.arange(3), [2, 1, 0]] = 1.0
+  bias[24] = 0.5
+  params = {"weights": {"kernel": jnp.zeros((16, 75)), "bias": jnp.asarray(bias.reshape(-1))}}
+  draft = np.asarray(head.apply({"params": params}, cond, mask, context))
+  q = np.asarray(x0)[:, 4:, :4]
+  np.testing.assert_allclose(draft[:, 4:, 4:], q[:, :, ::-1, ::-1] + 0.5, atol=1e-6)
+  assert not draft[:, :4].any() and not draft[:, :, :4].any()  # zero off the target cell
+
+
+def test_edit_proposal_carries_the_prompt_into_an_attention_free_unet():
+  config = tiny_test.get_config()
+  config.model.target_cell_fill = "query_dihedral"
+  config.model.edit_proposal = True
+  config.model.unet.attention = ("none",) * len(config.model.unet.channels)
+  config.model.unet.mid_attention = "none"
+  model = ib.build_model(config)
+  inputs = ib.grid_to_model_inputs(_batch(tile=config.data.tile_size), num_examples=1,
+                                   tile_size=config.data.tile_size,
+                                   target_cell_fill="query_dihedral")
+  params = random_params(ib.param_shapes(model, config))
+  conv_in = params["unet"]["conv_in"]["kernel"]
+  assert conv_in.shape[2] == 3 + 24 + 3 + 1  # x_t, conditioning, the draft, the mask
+  context = model.apply({"params": params}, inputs.before, inputs.after, inputs.query, inputs.box,
+                        method=ib.ImageBrush.encode_prompt)
+  x_t = jnp.zeros_like(inputs.x0)
+  t = jnp.full((2,), 500, jnp.int32)
+  denoise = lambda ctx: np.asarray(model.apply({"params": params}, x_t, t, inputs.cond,
+                                               inputs.mask, ctx, method=ib.ImageBrush.denoise))
+  assert np.abs(denoise(context) - denoise(context + 1.0)).max() > 1e-3

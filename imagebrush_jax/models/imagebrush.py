@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from imagebrush_jax.models import layers
 from imagebrush_jax.models import prompt_encoder as prompt_lib
 from imagebrush_jax.models import unet as unet_lib
 from imagebrush_jax.models.dihedral import NUM_DIHEDRAL_VIEWS, dihedral_views
@@ -143,14 +144,38 @@ def grid_to_model_inputs(batch: Mapping[str, Any], *, num_examples: int, tile_si
 # ---------------------------------------------------------------------------- the model
 
 
+class EditProposal(nn.Module):
+  """A per-sample linear map of each pixel's conditioning, its weights read from the prompt.
+
+  The mean prompt token gives a [C' + 1, C] matrix (and bias) per sample, applied to every pixel
+  of `cond` and kept on the target cell: with 'query_dihedral' conditioning that spans every
+  dihedral view of the query followed by any affine colour map, so a global edit recognised by
+  the prompt encoder reaches the UNet's input as a ready draft instead of a gating pattern the
+  UNet must learn. Local edits still come from the UNet, which may ignore the draft.
+  """
+  out_channels: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, cond: jax.Array, mask: jax.Array, context: jax.Array) -> jax.Array:
+    b, c = cond.shape[0], cond.shape[-1]
+    weights = nn.Dense(self.out_channels * (c + 1), param_dtype=jnp.float32,
+                       name="weights")(context.mean(axis=1).astype(jnp.float32))
+    weights = weights.reshape(b, c + 1, self.out_channels)
+    draft = jnp.einsum("bhwc,bco->bhwo", cond.astype(jnp.float32), weights[:, :c])
+    return ((draft + weights[:, c][:, None, None]) * mask).astype(self.dtype)
+
+
 class ImageBrush(nn.Module):
   """Exemplar-based editing denoiser: UNet([x_t, cond, mask], t, PromptEncoder(E, E', I, box)).
 
   The prompt does not depend on the timestep, so samplers call `encode_prompt` once and
-  `denoise` at every step; `__call__` chains the two (training).
+  `denoise` at every step; `__call__` chains the two (training). With `edit_proposal` the UNet
+  also reads EditProposal's draft of the target cell as extra input channels.
   """
   unet: unet_lib.UNet
   prompt_encoder: prompt_lib.PromptEncoder
+  edit_proposal: EditProposal | None = None
 
   def encode_prompt(self, before: jax.Array, after: jax.Array, query: jax.Array,
                     box: jax.Array, drop_prompt: jax.Array | None = None,
@@ -166,7 +191,10 @@ class ImageBrush(nn.Module):
   def denoise(self, x_t: jax.Array, timesteps: jax.Array, cond: jax.Array, mask: jax.Array,
               context: jax.Array, train: bool = False) -> jax.Array:
     """The UNet on [x_t, cond, mask] (channel concat) -> prediction [B, H, W, C], float32."""
-    x = jnp.concatenate([x_t, cond, mask.astype(x_t.dtype)], axis=-1)
+    inputs = [x_t, cond]
+    if self.edit_proposal is not None:
+      inputs.append(self.edit_proposal(cond, mask, context).astype(x_t.dtype))
+    x = jnp.concatenate([*inputs, mask.astype(x_t.dtype)], axis=-1)
     return self.unet(x, timesteps, context, deterministic=not train).astype(jnp.float32)
 
   def __call__(self, x_t: jax.Array, timesteps: jax.Array, cond: jax.Array, mask: jax.Array,
@@ -199,7 +227,9 @@ def build_model(config: ml_collections.ConfigDict) -> ImageBrush:
   return ImageBrush(
       unet=unet_lib.unet_from_config(m.unet, m.in_channels, m.dtype, m.remat, m.remat_policy),
       prompt_encoder=prompt_lib.prompt_encoder_from_config(
-          m.prompt, m.dtype, m.remat, m.remat_policy, m.box_drop_rate))
+          m.prompt, m.dtype, m.remat, m.remat_policy, m.box_drop_rate),
+      edit_proposal=(EditProposal(m.in_channels, layers.resolve_dtype(m.dtype))
+                     if m.get("edit_proposal", False) else None))
 
 
 def dummy_inputs(config: ml_collections.ConfigDict, batch_size: int = 1) -> dict[str, jax.Array]:
