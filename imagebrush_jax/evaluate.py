@@ -45,11 +45,13 @@ def _is_global(name: str) -> bool:
 
 def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_examples: int,
                      task_vocabulary: Sequence[str], generate: Generate,
-                     edit: cycle.Editor | None, distance: fid_lib.SetDistance
-                     ) -> dict:
+                     edit: cycle.Editor | None, distance: fid_lib.SetDistance,
+                     train_tasks: Sequence[str] = ()) -> dict:
   """Metrics of `generate` (batch -> I' uint8 [B, T, T, 3]) on evaluation batches.
 
   `edit` (before, after, query -> uint8), used by the cycle metrics; None skips them.
+  With `train_tasks`, "train_tasks_metrics" repeats accuracy / PSNR / copy PSNR over the grids
+  of those tasks alone (fresh quadruplets of the trained tasks, without held-out compositions).
   """
   cells = collections.defaultdict(list)
   for batch in batches:
@@ -90,6 +92,7 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
                       "psnr": float(image_quality.psnr(gen[sel], truth[sel]).mean())}
   psnr = image_quality.psnr(gen, truth)
   ssim = image_quality.ssim(gen, truth)
+  copy_psnr = image_quality.psnr(query, truth)
   metrics = {
       "num_examples": int(n),
       "accuracy": mean_or_none(correct),
@@ -97,11 +100,16 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
       "accuracy_tasks": global_names,
       "psnr": float(psnr.mean()),
       "ssim": float(ssim.mean()),
-      "copy_psnr": float(image_quality.psnr(query, truth).mean()),
+      "copy_psnr": float(copy_psnr.mean()),
       "copy_ssim": float(image_quality.ssim(query, truth).mean()),
       "per_task": per_task,
       "distance": distance.name,
   }
+  trained = np.array([t in train_tasks for t in true_names])
+  if trained.any():
+    metrics["train_tasks_metrics"] = {
+        "count": int(trained.sum()), "accuracy": mean_or_none(correct[trained]),
+        "psnr": float(psnr[trained].mean()), "copy_psnr": float(copy_psnr[trained].mean())}
   if edit is not None:
     metrics.update(cycle.cycle_metrics(edit, data["example_before"], data["example_after"],
                                        query, gen, distance))
@@ -141,7 +149,8 @@ def evaluate_run(workdir: str, *, num_examples: int, seed: int = DEFAULT_SEED,
   metrics = evaluate_batches(batches, num_examples=int(config.data.num_examples),
                              task_vocabulary=data_pipeline.task_vocabulary(config),
                              generate=generate, edit=edit if cycle_metrics else None,
-                             distance=make_distance(inception_weights))
+                             distance=make_distance(inception_weights),
+                             train_tasks=tuple(config.data.train_tasks))
   metrics.update(step=run.step, workdir=str(workdir), seed=seed,
                  train_tasks=list(config.data.train_tasks),
                  heldout_tasks=list(config.data.heldout_tasks),

@@ -42,6 +42,27 @@ def test_ground_truth_scores_accuracy_one(batches):
   assert all(t["accuracy"] == 1.0 for t in m["per_task"].values())
 
 
+def test_train_task_metrics_leave_out_the_heldout_compositions(batches):
+  config, bs = batches
+  vocab = data_pipeline.task_vocabulary(config)
+  train = tuple(config.data.train_tasks)
+
+  def truth_on_trained_tasks(b):  # exact on trained tasks, a copy of I on held-out ones
+    parts = grid_lib.split_grid(b["grid"], config.data.num_examples)
+    trained = np.array([vocab[i] in train for i in b["task_id"]])[:, None, None, None]
+    return np.where(trained, parts["query_after"], parts["query_before"])
+
+  m = evaluate.evaluate_batches(
+      bs, num_examples=config.data.num_examples, task_vocabulary=vocab,
+      generate=truth_on_trained_tasks, edit=None, distance=fid_lib.PixelDistance(),
+      train_tasks=train)
+  sub = m["train_tasks_metrics"]
+  names = [vocab[i] for b in bs for i in b["task_id"]]
+  assert sub["count"] == sum(n in train for n in names) < len(names)
+  assert sub["accuracy"] == 1.0 and sub["psnr"] == 100.0 and sub["copy_psnr"] < 100.0
+  assert m["accuracy"] < 1.0  # the held-out rows were copies
+
+
 def test_random_images_score_near_chance(batches):
   config, bs = batches
   rng = np.random.default_rng(0)
