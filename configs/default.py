@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.target_cell_fill = "query_dihedral"
   # The prompt drafts the target cell as a per-sample linear map of the conditioning (the
   # query's dihedral views -> any flip/rotation plus colour map); the UNet reads the draft.
-  c.model.edit_proposal = False
+  c.model.edit_proposal = True
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.remat = False  # rematerialise each UNet/transformer block in the backward pass
   c.model.remat_policy = ""  # a jax.checkpoint_policies name; "" saves nothing
@@ -94,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   # How the ViT sees an example pair: separate (E and E' apart, the paper's) | concat (one
   # 6-channel image) | concat_dihedral (E' with the 8 dihedral views of E, 27 channels).
   c.model.prompt.pair_input = "separate"
-  c.model.prompt.pair_stats = False  # a token per pair: colour correlation of E' with views of E
+  c.model.prompt.pair_stats = True  # a token per pair: colour correlation of E' with views of E
   c.model.prompt.max_examples = 8  # size of the example-index embedding
   c.model.prompt.box_fourier_freqs = 8
   c.model.prompt.dropout = 0.0
@@ -134,7 +134,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- training (issue 4)
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # global batch, over all hosts and devices
-  c.train.num_steps = 450  # length of the LR schedule and of the run (~20 min on 2 free cores)
+  c.train.num_steps = 250  # length of the LR schedule and of the run (~12 min on 2 free cores)
   c.train.stop_at_step = -1  # stop early at this step (keeps the schedule); -1: num_steps
   c.train.learning_rate = 1e-3
   c.train.lr_schedule = "cosine"  # cosine | constant (both after linear warmup)
@@ -149,7 +149,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.999  # EMA of the parameters, used for sampling and evaluation
   c.train.ema_warmup = True  # decay = min(ema_decay, (1 + step) / (10 + step))
   c.train.log_every = 10
-  c.train.eval_every = 50  # held-out loss, samples (PNG + TensorBoard), accuracy and PSNR
+  c.train.eval_every = 25  # held-out loss, samples (PNG + TensorBoard), accuracy and PSNR
   c.train.eval_at_end = True  # also evaluate after the last step
   c.train.eval_num_grids = 32
   c.train.sample_num_grids = 8

@@ -75,6 +75,11 @@ def get_config() -> ml_collections.ConfigDict:
   # The paper's inpainting grid, not the CPU demo's shortcuts (configs/default.py).
   c.diffusion.known_cell_weight = 0.1
   c.model.target_cell_fill = "zeros"
+  c.model.edit_proposal = False
+  c.model.unet.pooled_prompt = False
+  c.model.unet.scale_shift_norm = False
+  c.model.prompt.pair_input = "separate"
+  c.model.prompt.pair_stats = False
 
   c.sampling.num_steps = 50
   c.sampling.guidance_scale = 7.5

@@ -153,6 +153,11 @@ def test_build_model_rejects_unknown_fill():
   config.model.target_cell_fill = "noise"
   with pytest.raises(ValueError, match="target_cell_fill"):
     ib.build_model(config)
+  config = tiny_test.get_config()
+  config.model.target_cell_fill = "zeros"
+  config.model.edit_proposal = True
+  with pytest.raises(ValueError, match="model.edit_proposal"):
+    ib.build_model(config)
 
 
 def test_make_conditioning_query_dihedral_stacks_the_query_views():

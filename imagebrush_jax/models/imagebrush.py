@@ -224,6 +224,9 @@ def build_model(config: ml_collections.ConfigDict) -> ImageBrush:
   if m.target_cell_fill not in TARGET_CELL_FILLS:
     raise ValueError(f"model.target_cell_fill must be one of {TARGET_CELL_FILLS}, "
                      f"got {m.target_cell_fill!r}")
+  if m.get("edit_proposal", False) and m.target_cell_fill == "zeros":
+    raise ValueError("model.edit_proposal maps the query in the target cell's conditioning: it "
+                     "needs model.target_cell_fill 'query' or 'query_dihedral', not 'zeros'")
   return ImageBrush(
       unet=unet_lib.unet_from_config(m.unet, m.in_channels, m.dtype, m.remat, m.remat_policy),
       prompt_encoder=prompt_lib.prompt_encoder_from_config(
