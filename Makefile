@@ -35,7 +35,7 @@ DEMO_DIR ?= runs/demo
 DEMO_EVAL_GRIDS ?= 240
 
 demo: $(STAMP)
-	$(PY) -m imagebrush_jax.train --config configs/default.py --workdir $(DEMO_DIR)
+	$(PY) -m imagebrush_jax.train --config configs/default.py --workdir $(DEMO_DIR) --verbosity=-1
 	$(PY) -m imagebrush_jax.evaluate --workdir $(DEMO_DIR) --num_examples $(DEMO_EVAL_GRIDS) \
 	  --output $(DEMO_DIR)/metrics.json --no_cycle
 	$(PY) -m imagebrush_jax.demo_report --workdir $(DEMO_DIR)

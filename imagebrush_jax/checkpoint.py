@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any
 
 from absl import logging
+
 from etils import epath
 import grain
 import jax
@@ -56,11 +58,19 @@ def describe_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], limit: 
   return "\n".join(lines)
 
 
+def checkpoint_dir(workdir: str) -> epath.Path:
+  """WORKDIR/checkpoints, made absolute for local paths (orbax refuses relative ones)."""
+  path = epath.Path(workdir)
+  if "://" not in str(workdir):
+    path = epath.Path(os.path.abspath(workdir))
+  return path / "checkpoints"
+
+
 class Checkpointer:
   """Saves and restores (state, data iterator, config) under WORKDIR/checkpoints."""
 
   def __init__(self, workdir: str, ckpt_config: ml_collections.ConfigDict):
-    self.directory = epath.Path(workdir) / "checkpoints"
+    self.directory = checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(ckpt_config.keep),
         keep_period=int(ckpt_config.keep_every) or None,
@@ -180,7 +190,7 @@ def load_arrays(workdir: str, step: int | None = None) -> tuple[int, dict]:
   For tools that read a finished run (inference, evaluation, tests) without building
   the optimizer; the trainer itself restores onto its mesh with Checkpointer.restore.
   """
-  directory = epath.Path(workdir) / "checkpoints"
+  directory = checkpoint_dir(workdir)
   if not directory.exists():
     raise FileNotFoundError(f"no checkpoints in {directory}")
   manager = ocp.CheckpointManager(directory, item_names=(STATE,),
