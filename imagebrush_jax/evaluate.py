@@ -193,8 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   files.write_text_atomic(args.output, json.dumps(metrics, indent=2) + "\n")
   print(json.dumps({k: metrics[k] for k in ("step", "num_examples", "accuracy", "psnr", "ssim",
-                                            "copy_psnr", "copy_ssim", "distance")
-                    + (("prompt_fidelity", "image_fidelity") if not args.no_cycle else ())}))
+                                            "copy_psnr", "copy_ssim", "distance",
+                                            "train_tasks_metrics", "heldout_accuracy")
+                    + (("prompt_fidelity", "image_fidelity") if not args.no_cycle else ())
+                    if k in metrics}))
   return 0
 
 
