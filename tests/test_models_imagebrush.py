@@ -142,7 +142,8 @@ def test_configs_build_with_float32_params(config_module):
   shapes = ib.param_shapes(ib.build_model(config), config)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))
   counts = summary.param_counts(config)
-  assert counts["total"] == counts["unet"] + counts["prompt_encoder"]
+  assert counts["total"] == counts["unet"] + counts["prompt_encoder"] + counts["edit_proposal"]
+  assert (counts["edit_proposal"] > 0) == bool(config.model.edit_proposal)
   if config_module is paper_256:
     assert 80e6 < counts["prompt_vit"] < 90e6  # ViT-B/16 size
     assert 800e6 < counts["unet"] < 900e6  # SD v1 UNet size

@@ -25,13 +25,14 @@ def count(tree: Any) -> int:
 
 
 def param_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """Parameter counts: total, UNet, prompt encoder and its ViT / mixer / other parts."""
+  """Parameter counts: total, UNet, prompt encoder (ViT / mixer / other), edit proposal head."""
   shapes = ib.param_shapes(ib.build_model(config), config)
   prompt = shapes["prompt_encoder"]
   vit, mixer = count(prompt["vit"]), count(prompt["mixer"])
   return dict(total=count(shapes), unet=count(shapes["unet"]), prompt_encoder=count(prompt),
               prompt_vit=vit, prompt_mixer=mixer,
-              prompt_other=count(prompt) - vit - mixer)
+              prompt_other=count(prompt) - vit - mixer,
+              edit_proposal=count(shapes.get("edit_proposal", {})))
 
 
 def main(argv: list[str]) -> None:
