@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.eval_every = 1000
   c.train.eval_num_grids = 8
-  c.train.sample_num_grids = 4
+  c.train.sample_num_grids = 8  # the accuracy grids' shape: one sampler compilation
   c.train.accuracy_num_grids = 8  # task accuracy / PSNR grids per eval
   # The suite's loss thresholds assume epsilon prediction on the whole grid (the demo: v, 0).
   c.diffusion.prediction_type = "epsilon"

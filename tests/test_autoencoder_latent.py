@@ -100,8 +100,9 @@ def test_training_keeps_the_autoencoder_frozen_and_samples_decode(ae_file):
   task = imagebrush_task.build(config)
   state = jax.jit(task.init_state)(jax.random.key(0))
   frozen = autoencoder_params.load(ae_file)[0]
-  assert set(state["params"]) == {"unet", "prompt_encoder", latent.PARAMS_KEY}
-  # The UNet input is 4-channel latents (x_t, and cond in one or more views) and the mask.
+  assert config.model.edit_proposal  # inherited from the demo: it drafts latents too
+  assert set(state["params"]) == {"unet", "prompt_encoder", "edit_proposal", latent.PARAMS_KEY}
+  # The UNet input is 4-channel latents (x_t, cond in one or more views, the draft) and the mask.
   assert state["params"]["unet"]["conv_in"]["kernel"].shape[2] % 4 == 1
   batch = pipeline.make_eval_batches(config, num_grids=4, seed=5, batch_size=4)[0]
   batch = {k: batch[k] for k in ("grid", "mask", "box", "task_id")}
