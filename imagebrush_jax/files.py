@@ -10,12 +10,20 @@ import numpy as np
 from PIL import Image
 
 
+def _default_file_mode() -> int:
+  """0o666 less the process umask: the mode open() would give a new file (mkstemp gives 0o600)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
   try:
+    os.fchmod(fd, _default_file_mode())
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
