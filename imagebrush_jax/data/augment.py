@@ -13,7 +13,7 @@ from PIL import Image
 
 from imagebrush_jax.data import tasks as tasks_lib
 
-_RESAMPLE = {
+RESAMPLE = {  # resize method names -> PIL filters (also used by inference)
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -54,7 +54,7 @@ def resize(image: np.ndarray, size: int, method: str) -> np.ndarray:
   """Squashes an image to size x size (no-op when it already is); normalised boxes still hold."""
   if image.shape[:2] == (size, size):
     return image
-  resized = Image.fromarray(image).resize((size, size), _RESAMPLE[method])
+  resized = Image.fromarray(image).resize((size, size), RESAMPLE[method])
   return np.asarray(resized, dtype=np.uint8)
 
 

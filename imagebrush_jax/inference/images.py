@@ -13,13 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-}
+from imagebrush_jax.data.augment import RESAMPLE
 
 
 class ImageLoadError(ValueError):
@@ -65,9 +59,9 @@ def resize(image: np.ndarray, width: int, height: int, method: str = "bicubic") 
   """uint8 [H, W, 3] -> uint8 [height, width, 3] (no-op when the size already matches)."""
   if image.shape[:2] == (height, width):
     return image
-  if method not in _RESAMPLE:
-    raise ValueError(f"resize method must be one of {sorted(_RESAMPLE)}, got {method!r}")
-  return np.asarray(Image.fromarray(image).resize((width, height), _RESAMPLE[method]))
+  if method not in RESAMPLE:
+    raise ValueError(f"resize method must be one of {sorted(RESAMPLE)}, got {method!r}")
+  return np.asarray(Image.fromarray(image).resize((width, height), RESAMPLE[method]))
 
 
 def to_tile(image: np.ndarray, tile_size: int, method: str = "bicubic") -> np.ndarray:
