@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from imagebrush_jax import parallel
+from imagebrush_jax import shape_diff
 
 STATE, DATA, CONFIG = "state", "data", "config"
 
@@ -41,21 +42,9 @@ def _flat_shapes(tree: Any) -> dict[str, tuple]:
 
 def describe_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], limit: int = 12) -> str:
   """Human-readable list of missing / unexpected / reshaped arrays between two trees."""
-  missing = sorted(set(wanted) - set(saved))
-  extra = sorted(set(saved) - set(wanted))
-  reshaped = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
-  lines = []
-  for title, keys, fmt in (
-      ("in the config but not the checkpoint", missing, lambda k: f"{k} {wanted[k]}"),
-      ("in the checkpoint but not the config", extra, lambda k: f"{k} {saved[k]}"),
-      ("different shape (checkpoint vs config)", reshaped,
-       lambda k: f"{k} {saved[k]} vs {wanted[k]}")):
-    if keys:
-      lines.append(f"  {len(keys)} {title}:")
-      lines.extend(f"    {fmt(k)}" for k in keys[:limit])
-      if len(keys) > limit:
-        lines.append(f"    ... and {len(keys) - limit} more")
-  return "\n".join(lines)
+  return shape_diff.describe(saved, wanted, ("in the config but not the checkpoint",
+                                             "in the checkpoint but not the config",
+                                             "different shape (checkpoint vs config)"), limit)
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:

@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from imagebrush_jax import files
+from imagebrush_jax import shape_diff
 
 FORMAT_VERSION = "1"
 KIND_KEY = "imagebrush_jax.kind"
@@ -170,19 +171,8 @@ def check_tree(params: Mapping[str, Any], expected: Mapping[str, Any], what: str
 def describe_differences(have: Mapping[str, tuple], want: Mapping[str, tuple], have_name: str,
                          want_name: str, limit: int = 20) -> str:
   """Lines listing names missing from `have`, extra in it, and of another shape ('' if none)."""
-  missing = sorted(set(want) - set(have))
-  extra = sorted(set(have) - set(want))
-  reshaped = sorted(k for k in set(have) & set(want) if have[k] != want[k])
-  lines = []
-  for title, keys, fmt in (
-      (f"missing (the {want_name} needs them)", missing, lambda k: f"{k} {list(want[k])}"),
-      (f"unexpected (the {want_name} has no place for them)", extra,
-       lambda k: f"{k} {list(have[k])}"),
-      (f"wrong shape ({have_name} vs {want_name})", reshaped,
-       lambda k: f"{k} {list(have[k])} vs {list(want[k])}")):
-    if keys:
-      lines.append(f"  {len(keys)} {title}:")
-      lines.extend(f"    {fmt(k)}" for k in keys[:limit])
-      if len(keys) > limit:
-        lines.append(f"    ... and {len(keys) - limit} more")
-  return "\n".join(lines)
+  return shape_diff.describe(
+      {k: list(v) for k, v in have.items()}, {k: list(v) for k, v in want.items()},
+      (f"missing (the {want_name} needs them)",
+       f"unexpected (the {want_name} has no place for them)",
+       f"wrong shape ({have_name} vs {want_name})"), limit)
