@@ -58,9 +58,9 @@ def main(argv):
   config = _CONFIG.value
   mesh = parallel.make_mesh(config.mesh)
   task = imagebrush_task.build(config)
-  abstract = jax.eval_shape(task.init_state, jax.random.key(0))
-  shardings = parallel.tree_shardings(abstract, mesh, config.sharding)
-  state = jax.jit(task.init_state, out_shardings=shardings)(jax.random.key(0))
+  _, shardings = train_state.state_shapes_and_shardings(task, mesh, config.sharding,
+                                                        jax.random.key(0))
+  state = train_state.init_sharded_state(task, shardings, jax.random.key(0))
   step = train_state.jit_train_step(task, mesh, shardings)
 
   it = pipeline.make_train_iterator(config)

@@ -100,8 +100,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
 
   # ------------------------------------------------------------ model, optimizer, state
   task = build_task(config)
-  abstract_state = jax.eval_shape(task.init_state, jax.random.key(config.seed))
-  state_shardings = parallel.tree_shardings(abstract_state, mesh, config.sharding)
+  abstract_state, state_shardings = train_state.state_shapes_and_shardings(
+      task, mesh, config.sharding, jax.random.key(config.seed))
   train_step = train_state.jit_train_step(task, mesh, state_shardings)
   num_params = ckpt_lib.param_count(abstract_state["params"])
   metric_writers.log_line(f"model: {num_params / 1e6:.2f}M parameters")
@@ -118,7 +118,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
     state = checkpointer.restore(latest, target, train_iter)
     metric_writers.log_line(f"resumed from step {latest} in {checkpointer.directory}")
   else:
-    state = jax.jit(task.init_state, out_shardings=state_shardings)(jax.random.key(config.seed))
+    state = train_state.init_sharded_state(task, state_shardings, jax.random.key(config.seed))
   first_step = int(jax.device_get(state["step"]))
 
   # ------------------------------------------------------------ logging and hooks

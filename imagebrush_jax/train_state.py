@@ -135,6 +135,18 @@ def make_train_step(task: Trainable) -> Callable[[State, dict], tuple[State, dic
   return step_fn
 
 
+def state_shapes_and_shardings(task: Trainable, mesh: Mesh, sharding_config: Any,
+                               rng: jax.Array) -> tuple[Any, Any]:
+  """(abstract state, its shardings on `mesh` per config.sharding), without allocating."""
+  abstract = jax.eval_shape(task.init_state, rng)
+  return abstract, parallel.tree_shardings(abstract, mesh, sharding_config)
+
+
+def init_sharded_state(task: Trainable, shardings: Any, rng: jax.Array) -> Any:
+  """A fresh train state, initialised under jit straight onto `shardings`."""
+  return jax.jit(task.init_state, out_shardings=shardings)(rng)
+
+
 def jit_train_step(task: Trainable, mesh: Mesh, state_shardings: Any):
   """The step jitted with explicit shardings; the old state's buffers are donated."""
   return jax.jit(make_train_step(task),
