@@ -10,10 +10,11 @@ With pair_stats, one more token per pair carries the colour correlation between 
 dihedral view of E_k (pair_statistics): a global edit that is a flip/rotation followed by a colour
 map shows as one view whose correlation matrix is that map, a signal the ViT would have to learn
 to compute.
-The output tokens [B, (2K+1)*P + 1, width] feed the UNet's cross-attention. For classifier-free
-guidance, rows with `drop_prompt` get the learned null token in every position instead (one token
-broadcast: cross-attention over identical keys equals attention to that one token, so the null
-prompt batches with any K and any token count).
+The output tokens [B, N*P (+ K with pair_stats) + 1, width], N = 2K+1 images ('separate') or
+K+1 (paired), feed the UNet's cross-attention. For classifier-free guidance, rows with
+`drop_prompt` get the learned null token in every position instead (one token broadcast:
+cross-attention over identical keys equals attention to that one token, so the null prompt
+batches with any K and any token count).
 """
 from __future__ import annotations
 
@@ -119,9 +120,9 @@ def pair_statistics(before: jax.Array, after: jax.Array, eps: float = 1e-4) -> j
     return (x - mean) / std, mean[..., 0, 0, :], std[..., 0, 0, :]
 
   views = jnp.stack([before, *dihedral_views(before)], axis=2)  # [B, K, 8, S, S, 3]
-  z_views, _, _ = standardise(views)
+  z_views, mean_views, std_views = standardise(views)
   z_after, mean_after, std_after = standardise(after)
-  _, mean_before, std_before = standardise(before)
+  mean_before, std_before = mean_views[:, :, 0], std_views[:, :, 0]  # view 0 is E itself
   pixels = before.shape[-3] * before.shape[-2]
   corr = jnp.einsum("bkvhwc,bkhwd->bkvcd", z_views, z_after) / pixels
   return jnp.concatenate([corr.reshape(*corr.shape[:2], -1), mean_before, std_before,
