@@ -1,4 +1,5 @@
-"""DDIM: timesteps, one step vs NumPy, exact recovery, guidance, the jitted vs a Python loop."""
+"""DDIM: timesteps, one step vs NumPy, exact recovery, guidance, the jitted vs a Python loop, and
+whole trajectories against diffusers' PyTorch DDIMScheduler."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -116,13 +117,21 @@ def test_guidance_scale_one_equals_unguided():
   assert float(jnp.abs(stronger - plain).max()) > 1e-3
 
 
+def _sampler_noise(rng, shape, num_steps):
+  """The float64 initial noise and per-step noises that ddim_sample draws from `rng`."""
+  rng_init, rng_steps = jax.random.split(rng)
+  z = np.asarray(jax.random.normal(rng_init, shape), np.float64)
+  noises = [np.asarray(jax.random.normal(jax.random.fold_in(rng_steps, i), shape), np.float64)
+            for i in range(num_steps)]
+  return z, noises
+
+
 def _reference_sample(apply_fn, params, cond, uncond, rng, schedule, known, mask, num_steps,
                       scale, eta, spacing, clip):
   """A plain Python loop over the steps, the update in NumPy (same random draws as the sampler)."""
   alphas = np.asarray(schedule.alphas_cumprod, np.float64)
   ts = ddim.ddim_timesteps(1000, num_steps, spacing)
-  rng_init, rng_steps = jax.random.split(rng)
-  z = np.asarray(jax.random.normal(rng_init, known.shape), np.float64)
+  z, noises = _sampler_noise(rng, known.shape, num_steps)
   known, mask = np.asarray(known, np.float64), np.asarray(mask, np.float64)
   known_at = lambda a: np.sqrt(a) * known + np.sqrt(1 - a) * z
   x = mask * z + (1 - mask) * known_at(alphas[ts[0]])
@@ -134,8 +143,7 @@ def _reference_sample(apply_fn, params, cond, uncond, rng, schedule, known, mask
     out_c = np.asarray(apply_fn(params, xj, tb, cond), np.float64)
     out_u = np.asarray(apply_fn(params, xj, tb, uncond), np.float64)
     out = out_u + scale * (out_c - out_u)
-    noise = np.asarray(jax.random.normal(jax.random.fold_in(rng_steps, i), known.shape))
-    x_prev = _np_step(out, x, a_t, a_prev, eta, noise, schedule.prediction_type, clip)
+    x_prev = _np_step(out, x, a_t, a_prev, eta, noises[i], schedule.prediction_type, clip)
     x = mask * x_prev + (1 - mask) * known_at(a_prev)
   return x
 
@@ -176,3 +184,136 @@ def test_deterministic_per_key_and_compiled_once():
   ddim.ddim_sample(counting_apply, params, cond, jax.random.key(1), guidance_scale=2.0,
                    eta=0.5, **{**kw, "num_steps": 3})
   assert len(traces) == 2
+
+
+# ------------------------------------------------------- against diffusers' PyTorch DDIMScheduler
+
+DIFFUSERS_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear",
+                       "cosine": "squaredcos_cap_v2"}
+DIFFUSERS_PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}
+
+
+def _diffusers():
+  pytest.importorskip("torch")
+  return pytest.importorskip("diffusers")
+
+
+def _diffusers_scheduler(name, prediction_type, spacing, clip):
+  """diffusers' DDIMScheduler configured to our semantics: no timestep offset ('leading' starts at
+  0), the last step goes to alpha_bar = 1, clipping x0 to [-1, 1] (no dynamic thresholding)."""
+  import torch
+  scheduler = _diffusers().DDIMScheduler(
+      num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+      beta_schedule=DIFFUSERS_SCHEDULES[name],
+      prediction_type=DIFFUSERS_PREDICTION_TYPES[prediction_type], timestep_spacing=spacing,
+      steps_offset=0, set_alpha_to_one=True, clip_sample=clip, clip_sample_range=1.0,
+      thresholding=False)
+  scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)  # its values, float64 math
+  return scheduler
+
+
+def _fake_model(xp, x, t, a, prediction_type):
+  """A denoiser stand-in, one formula for NumPy, JAX and torch (`xp`); t, a broadcast against x.
+
+  It guesses x0 = 1.5 tanh(x + sin(t / 97)) (past [-1, 1] in places, so clipping acts) and
+  returns the epsilon or v that this implies at x, plus a term on which the two parameterisations
+  disagree.
+  """
+  g = 1.5 * xp.tanh(x + xp.sin(t / 97.0))
+  eps = (x - xp.sqrt(a) * g) / xp.sqrt(1.0 - a) + 0.1 * xp.sqrt(a) * xp.cos(3.0 * x)
+  return eps if prediction_type == "epsilon" else xp.sqrt(a) * eps - xp.sqrt(1.0 - a) * g
+
+
+_RECORDED = []
+
+
+def _recording_apply(prediction_type):
+  """The fake model as an ApplyFn for ddim_sample; it records each step's (t, x_t) on the host."""
+
+  def apply_fn(params, x_t, t, cond):
+    del cond
+    jax.debug.callback(lambda t, x: _RECORDED.append((int(t[0]), np.asarray(x, np.float64))),
+                       t, x_t)
+    b = (slice(None), None, None, None)
+    return _fake_model(jnp, x_t, t[b], params["alphas"][t][b], prediction_type)
+
+  return apply_fn
+
+
+_RECORDING_APPLY = {p: _recording_apply(p) for p in DIFFUSERS_PREDICTION_TYPES}  # compiled once
+SAMPLER_CASES = (("leading", "epsilon"), ("trailing", "v"))
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_timesteps_match_diffusers(spacing):
+  scheduler = _diffusers().DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing,
+                                         steps_offset=0)
+  for n in (1, 3, 7, 10, 50, 999, 1000):
+    scheduler.set_timesteps(n)
+    np.testing.assert_array_equal(ddim.ddim_timesteps(1000, n, spacing), scheduler.timesteps)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v"])
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine"])
+def test_trajectory_matches_diffusers(name, spacing, prediction_type):
+  """Every x_t of a 10-step run equals diffusers' DDIMScheduler.step's, for eta 0 and 1 (the same
+  noise, as variance_noise) and with and without clipping.
+
+  Our clip_x0 recomputes epsilon from the clipped x0, which is diffusers' clip_sample with
+  use_clipped_model_output=True. diffusers steps from t to t - T // N, ours to the next visited
+  timestep: the same here, since N divides T (see ddim.ddim_alphas). diffusers keeps its own
+  float32 alphas_cumprod, so schedules are compared too. Our update is checked in float64
+  (ddim_step under x64), and the jitted float32 sampler as used, step by step, both to 1e-5. The
+  sampler, compiled per (prediction type, spacing, clip), runs for two of those: epsilon with
+  'leading' and v with 'trailing', clipped. ('trailing' epsilon starts at t = 999, where the
+  cosine schedule's alpha_bar ~ 2e-9 and x0 = (x - sqrt(1 - a) eps) / sqrt(a) loses ~1e-3 to
+  float32 rounding in any float32 implementation.)
+  """
+  import torch
+  num_steps, shape = 10, (2, 4, 4, 3)
+  schedule = _schedule(prediction_type, name)
+  table = np.asarray(schedule.alphas_cumprod, np.float64)  # the fake model's (fixed) alphas
+  ts, alpha_t, alpha_prev = (np.asarray(v) for v in ddim.ddim_alphas(schedule, num_steps,
+                                                                      spacing))
+  rng = jax.random.key(11)
+  z, noises = _sampler_noise(rng, shape, num_steps)
+  for eta in (0.0, 1.0):
+    for clip in (False, True):
+      scheduler = _diffusers_scheduler(name, prediction_type, spacing, clip)
+      scheduler.set_timesteps(num_steps)
+      np.testing.assert_array_equal(ts, scheduler.timesteps)
+      ref = [torch.from_numpy(z)]
+      for i, t in enumerate(ts.tolist()):
+        out = _fake_model(torch, ref[-1], torch.tensor(float(t), dtype=torch.float64),
+                          torch.tensor(table[t]), prediction_type)
+        ref.append(scheduler.step(out, t, ref[-1], eta=eta, use_clipped_model_output=clip,
+                                  variance_noise=torch.from_numpy(noises[i])).prev_sample)
+      ref = np.stack([x.numpy() for x in ref])
+      assert ref.dtype == np.float64
+
+      ours = [z]
+      with jax.enable_x64(True):
+        for i, t in enumerate(ts.tolist()):
+          out = _fake_model(np, ours[-1], float(t), table[t], prediction_type)
+          x_prev, _ = ddim.ddim_step(
+              jnp.asarray(out), jnp.asarray(ours[-1]), np.float64(alpha_t[i]),
+              np.float64(alpha_prev[i]), eta, jnp.asarray(noises[i]),
+              prediction_type=prediction_type, clip_x0=clip)
+          ours.append(np.asarray(x_prev))
+      ours = np.stack(ours)
+      assert ours.dtype == np.float64
+      np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5, err_msg=f"eta={eta} clip={clip}")
+
+      if not clip or (spacing, prediction_type) not in SAMPLER_CASES:
+        continue
+      _RECORDED.clear()
+      final = ddim.ddim_sample(
+          _RECORDING_APPLY[prediction_type], dict(alphas=schedule.alphas_cumprod), {}, rng,
+          schedule=schedule, known=jnp.zeros(shape), mask=jnp.ones(shape[:-1] + (1,)),
+          num_steps=num_steps, eta=eta, spacing=spacing, clip_x0=clip)
+      jax.effects_barrier()
+      recorded = sorted(_RECORDED, key=lambda r: -r[0])
+      assert [r[0] for r in recorded] == ts.tolist()
+      sampled = np.stack([x for _, x in recorded] + [np.asarray(final, np.float64)])
+      np.testing.assert_allclose(sampled, ref, rtol=0, atol=1e-5, err_msg=f"eta={eta} clip={clip}")

@@ -1,4 +1,4 @@
-"""Schedules against their closed forms; forward process and parameterisations."""
+"""Schedules against their closed forms and diffusers'; forward process and parameterisations."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -40,6 +40,23 @@ def test_cosine_closed_form():
                              (f(t + 1) / f(0))[unclipped], rtol=1e-4, atol=1e-7)
   assert float(s.betas.max()) <= 0.999 + 1e-7
   assert s.num_timesteps == 1000
+
+
+@pytest.mark.parametrize("name,diffusers_name", [
+    ("linear", "linear"), ("scaled_linear", "scaled_linear"), ("cosine", "squaredcos_cap_v2")])
+def test_matches_diffusers(name, diffusers_name):
+  """The betas and alphas_cumprod of diffusers' schedulers (its cosine is 'squaredcos_cap_v2').
+
+  diffusers multiplies the cumulative product out in float32, ours in float64 (rounded once), so
+  alphas_cumprod agree to its float32 drift, ~1e-6 relative.
+  """
+  pytest.importorskip("torch")
+  diffusers = pytest.importorskip("diffusers")
+  ref = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+                                beta_schedule=diffusers_name)
+  s = schedules.make_schedule(_config(name))
+  np.testing.assert_allclose(s.betas, ref.betas.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(s.alphas_cumprod, ref.alphas_cumprod.numpy(), rtol=2e-6, atol=1e-9)
 
 
 def test_errors_and_pytree():

@@ -25,9 +25,10 @@ ApplyFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
 def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str) -> np.ndarray:
   """The descending int32 timesteps of an N-step sampler (the spacings of diffusers' DDIM).
 
-  'leading': 0, s, 2s, ... with s = T // N (SD's default; never visits t = T - 1).
-  'trailing': T - 1, T - 1 - T/N, ... (starts at the noisiest step; 'Common Diffusion Noise
-  Schedules and Sample Steps are Flawed', Lin et al. 2023). 'linspace': N points from 0 to T - 1.
+  'leading': 0, s, 2s, ... with s = T // N (diffusers' 'leading' with steps_offset=0; never visits
+  t = T - 1). 'trailing': T - 1, T - 1 - T/N, ... (starts at the noisiest step; 'Common Diffusion
+  Noise Schedules and Sample Steps are Flawed', Lin et al. 2023). 'linspace': N points from 0 to
+  T - 1.
   """
   if not 1 <= num_steps <= num_train_timesteps:
     raise ValueError(f"sampling.num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
@@ -42,6 +43,25 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str) -> np
   return np.sort(ts.astype(np.int32))[::-1].copy()
 
 
+def ddim_alphas(schedule: Schedule, num_steps: int,
+                spacing: str) -> tuple[np.ndarray, jax.Array, jax.Array]:
+  """(timesteps [N], alpha_bar at each [N], alpha_bar of the step's target [N]) of a DDIM run.
+
+  Step i goes from timesteps[i] to the next visited timestep, timesteps[i + 1]; the last step goes
+  to alpha_bar = 1 (clean data), so it returns its predicted x0 itself. diffusers' DDIMScheduler
+  (with set_alpha_to_one=True) instead goes to t - T // N: the same timestep for 'leading', and for
+  'trailing' when N divides T, but not for 'linspace' (or 'trailing' otherwise), where its target
+  is not the timestep it visits next.
+  """
+  ts = ddim_timesteps(schedule.num_timesteps, num_steps, spacing)
+  ts_prev = np.append(ts[1:], -1)
+  alphas = schedule.alphas_cumprod
+  alpha_t = alphas[jnp.asarray(ts)]
+  alpha_prev = jnp.where(jnp.asarray(ts_prev) >= 0, alphas[jnp.asarray(np.maximum(ts_prev, 0))],
+                         1.0)
+  return ts, alpha_t, alpha_prev
+
+
 def ddim_step(model_out: jax.Array, x_t: jax.Array, alpha_t: jax.Array, alpha_prev: jax.Array,
               eta: jax.Array | float, noise: jax.Array, *, prediction_type: str,
               clip_x0: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -49,14 +69,20 @@ def ddim_step(model_out: jax.Array, x_t: jax.Array, alpha_t: jax.Array, alpha_pr
 
   sigma = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
   x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma * noise
-  With clip_x0, x0 is clipped to [-1, 1] and eps recomputed from it (as in guided-diffusion).
+  With clip_x0, x0 is clipped to [-1, 1] and eps recomputed from it (as in guided-diffusion;
+  diffusers' clip_sample=True with use_clipped_model_output=True).
   """
   x0, eps = gaussian.x0_and_eps(prediction_type, model_out, x_t, alpha_t)
   if clip_x0:
     x0 = jnp.clip(x0, -1.0, 1.0)
     eps = gaussian.eps_from_x0(x0, x_t, alpha_t)
   sigma = eta * jnp.sqrt((1.0 - alpha_prev) / (1.0 - alpha_t) * (1.0 - alpha_t / alpha_prev))
-  direction = jnp.sqrt(jnp.maximum(1.0 - alpha_prev - sigma**2, 0.0)) * eps
+  # 1 - a_prev - sigma^2, factored so that no terms of order 1 cancel: with eta = 1 and
+  # a_t << a_prev (the first 'trailing' step of the cosine schedule) it is ~1e-7, which the
+  # plain difference would lose to float32 rounding.
+  direction_var = (1.0 - alpha_prev) / (1.0 - alpha_t) * (
+      (1.0 - eta**2) + alpha_t * (eta**2 / alpha_prev - 1.0))
+  direction = jnp.sqrt(jnp.maximum(direction_var, 0.0)) * eps
   return jnp.sqrt(alpha_prev) * x0 + direction + sigma * noise, x0
 
 
@@ -95,13 +121,7 @@ def ddim_sample(apply_fn: ApplyFn, params: Any, cond: Any, rng: jax.Array, *,
   Returns:
     [B,H,W,C] float32 sample: generated where mask = 1, `known` elsewhere.
   """
-  ts = ddim_timesteps(schedule.num_timesteps, num_steps, spacing)
-  ts_prev = np.append(ts[1:], -1)
-  alphas = schedule.alphas_cumprod
-  alpha_t = alphas[jnp.asarray(ts)]
-  # The last step goes to alpha = 1 (clean data), so it returns the predicted x0 itself.
-  alpha_prev = jnp.where(jnp.asarray(ts_prev) >= 0, alphas[jnp.asarray(np.maximum(ts_prev, 0))],
-                         1.0)
+  ts, alpha_t, alpha_prev = ddim_alphas(schedule, num_steps, spacing)
   known = known.astype(jnp.float32)
   mask = mask.astype(jnp.float32)
   batch = known.shape[0]
