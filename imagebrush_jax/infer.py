@@ -9,11 +9,24 @@ Batch edit from a JSON-lines manifest (see inference/manifest.py for the row for
   python -m imagebrush_jax.infer --workdir DIR --manifest rows.jsonl --output_dir OUT \
       [--batch_size 32]
 
+Every image becomes a tile as the run's evaluation tiles did (data.augment.TileSpec): resized
+(squashed) to config.data.tile_size * crop_scale pixels a side with config.data.resize_method,
+then the centred tile is cropped, so a crop_scale above 1 trims a thin border of each input
+(round(tile_size * (crop_scale - 1) / 2) render pixels a side). A --box / "box" (query pixels)
+is mapped onto the tile the same way. The generated tile is resized back to the query's size
+with the same resize method: it shows the query's centre region, border trimmed, stretched to
+the full size.
+
 Rows are loaded in a background thread while the device samples, batched to one fixed shape
 (the last batch padded, so one compilation serves the whole run) and sharded over this host's
 devices. Outputs are written atomically; rows whose output exists are skipped, so a rerun
-finishes what an interrupted run left. Bad rows go to OUT/errors.jsonl as
-{"line": N, "error": "..."} while the others proceed; the exit status is 1 if any row failed.
+finishes what an interrupted run left. A row whose inputs fail (missing, corrupt, truncated or
+oversized image, decompression bomb, wrong number of pairs, bad box, bad JSON) goes to
+OUT/errors.jsonl as {"line": N, "error": "..."} while the others proceed.
+
+Exit status: 0 on success; 1 when a batch run finished but some rows failed; 2 for usage,
+input and config errors (a bad argument, an unreadable single-edit image, a missing manifest,
+workdir or checkpoint), printed as one line "error: ..." naming the file or key.
 """
 from __future__ import annotations
 
@@ -30,8 +43,10 @@ from typing import Callable, Iterable, Sequence
 import jax
 import numpy as np
 
+from imagebrush_jax import checkpoint as ckpt_lib
 from imagebrush_jax import files
 from imagebrush_jax import run_loading
+from imagebrush_jax.data import augment
 from imagebrush_jax.data import grid as grid_lib
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.inference import images
@@ -47,25 +62,48 @@ class LoadedRow:
   size: tuple[int, int]  # the query's (width, height), the output size
 
 
-def load_row(row: manifest_lib.Row, *, num_examples: int, tile_size: int,
-             resize_method: str = "bicubic") -> LoadedRow:
-  """Reads, validates and tiles one row's images; raises ValueError naming the problem."""
+def tile_spec(config) -> augment.TileSpec:
+  """How the run made its tiles (config.data.tile_size, crop_scale, resize_method)."""
+  return augment.TileSpec.from_config(config.data)
+
+
+def load_row(row: manifest_lib.Row, *, num_examples: int, spec: augment.TileSpec) -> LoadedRow:
+  """Reads, validates and tiles one row's images; raises ValueError naming the problem.
+
+  Tiles are made as the run's evaluation tiles are (`spec`: resize to the render size, centred
+  crop, no flip), and the box is mapped the same way; a box wholly inside the trimmed border
+  is an error.
+  """
   if len(row.examples) != num_examples:
     raise ValueError(f"{len(row.examples)} example pair(s) given, but the model was trained "
                      f"with data.num_examples = {num_examples}")
   query = images.load_rgb(row.query)
   height, width = query.shape[:2]
-  box = None if row.box is None else images.normalize_box(row.box, width, height)
-  pairs = [(images.to_tile(images.load_rgb(b), tile_size, resize_method),
-            images.to_tile(images.load_rgb(a), tile_size, resize_method))
+  box = None
+  if row.box is not None:
+    try:
+      box = spec.box_to_tile(images.normalize_box(row.box, width, height))
+    except ValueError as e:
+      raise ValueError(f"query {row.query}: {e}") from e
+    if box is None:
+      raise ValueError(
+          f"box {list(row.box)} of {row.query} lies wholly in the border that the centred "
+          f"crop trims ({spec.margin} of every {spec.render_size} pixels on each side)")
+  pairs = [(spec.to_tile(images.load_rgb(b)), spec.to_tile(images.load_rgb(a)))
            for b, a in row.examples]
-  grid = grid_lib.assemble_grid(pairs, images.to_tile(query, tile_size, resize_method), box=box)
+  grid = grid_lib.assemble_grid(pairs, spec.to_tile(query), box=box)
   return LoadedRow(row=row, grid=grid, size=(width, height))
 
 
 def write_output(loaded: LoadedRow, cell: np.ndarray, resize_method: str = "bicubic") -> None:
+  """Writes the generated cell resized to the query's size (the cell shows the centred crop,
+  so the trimmed border is stretched back in, not kept from the query)."""
   width, height = loaded.size
   files.save_png_atomic(loaded.row.output, images.resize(cell, width, height, resize_method))
+
+
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split()) or type(error).__name__
 
 
 # ---------------------------------------------------------------------------- batch inference
@@ -91,8 +129,12 @@ _DONE = object()
 
 
 def _loader(items: Iterable, out: queue.Queue, *, batch_size: int, num_examples: int,
-            tile_size: int, skip_existing: bool, stats: dict) -> None:
-  """Background thread: rows -> ('error', line, msg) | ('batch', [LoadedRow]) on `out`."""
+            spec: augment.TileSpec, skip_existing: bool, stats: dict) -> None:
+  """Background thread: rows -> ('error', line, msg) | ('batch', [LoadedRow]) on `out`.
+
+  A row's own failures (its images, sizes or box: ValueError, ImageLoadError included, or
+  OSError) become its error; anything else stops the job as ('fatal', exception).
+  """
   try:
     pending: list[LoadedRow] = []
     for item in items:
@@ -103,9 +145,9 @@ def _loader(items: Iterable, out: queue.Queue, *, batch_size: int, num_examples:
         stats["skipped"] += 1
         continue
       try:
-        pending.append(load_row(item, num_examples=num_examples, tile_size=tile_size))
+        pending.append(load_row(item, num_examples=num_examples, spec=spec))
       except (ValueError, OSError) as e:
-        out.put(("error", item.line, str(e)))
+        out.put(("error", item.line, _one_line(e)))
         continue
       if len(pending) == batch_size:
         out.put(("batch", pending))
@@ -125,6 +167,7 @@ def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, s
 
   Returns counts {done, skipped, failed}. Batch i is sampled with fold_in(key(seed), i).
   """
+  spec = tile_spec(editor.config)
   errors = _ErrorLog(errors_path)
   errors.flush()  # a rerun starts a fresh error list
   stats = {"done": 0, "skipped": 0, "failed": 0}
@@ -132,7 +175,7 @@ def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, s
   thread = threading.Thread(
       target=_loader, args=(items, q),
       kwargs=dict(batch_size=editor.batch_size, num_examples=editor.num_examples,
-                  tile_size=editor.tile_size, skip_existing=skip_existing, stats=stats),
+                  spec=spec, skip_existing=skip_existing, stats=stats),
       daemon=True, name="imagebrush-infer-loader")
   thread.start()
   key = jax.random.key(seed)
@@ -156,10 +199,10 @@ def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, s
     batch_index += 1
     for loaded, cell in zip(rows, cells):
       try:
-        write_output(loaded, cell)
+        write_output(loaded, cell, spec.resize_method)
         stats["done"] += 1
       except OSError as e:
-        message = f"cannot write {loaded.row.output}: {e}"
+        message = f"cannot write {loaded.row.output}: {_one_line(e)}"
         log(f"line {loaded.row.line}: {message}")
         errors.add(loaded.row.line, message)
         stats["failed"] += 1
@@ -222,13 +265,18 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     p.error(f"--batch_size must be positive, got {args.batch_size}")
 
 
+def _fail(message: str) -> int:
+  """An input or config error: one line on stderr, exit status 2 (as for usage errors)."""
+  print(f"error: {message}", file=sys.stderr)
+  return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   p = _parser()
   args = p.parse_args(argv)
   _check_args(p, args)
   if args.manifest and not os.path.isfile(args.manifest):
-    print(f"error: manifest not found: {args.manifest}", file=sys.stderr)
-    return 1
+    return _fail(f"manifest not found: {args.manifest}")
   single_row = None
   if not args.manifest:
     try:
@@ -239,28 +287,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         line=0, examples=tuple(zip(args.before, args.after)), query=args.query,
         output=os.path.abspath(args.output), box=box)
 
-  run = run_loading.load_run(args.workdir, args.step, use_ema=not args.raw_params)
+  try:  # the messages name the folder, the checkpoint or the parameter that is wrong
+    run = run_loading.load_run(args.workdir, args.step, use_ema=not args.raw_params)
+  except (FileNotFoundError, ValueError, ckpt_lib.CheckpointCorruptError) as e:
+    return _fail(str(e))
+  except KeyError as e:
+    return _fail(str(e.args[0]) if e.args else repr(e))
+  try:
+    spec = tile_spec(run.config)
+  except ValueError as e:
+    return _fail(f"the run config of {args.workdir}: {e}")
   print(f"loaded {args.workdir} step {run.step} "
         f"({'raw' if args.raw_params else 'EMA'} parameters)", file=sys.stderr)
 
   if single_row is not None:
     try:
-      loaded = load_row(single_row, num_examples=int(run.config.data.num_examples),
-                        tile_size=int(run.config.data.tile_size))
+      loaded = load_row(single_row, num_examples=int(run.config.data.num_examples), spec=spec)
     except (ValueError, OSError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 1
+      return _fail(_one_line(e))
     editor = editor_lib.Editor(run, batch_size=1, num_steps=args.steps,
                                guidance_scale=args.guidance, eta=args.eta)
     batch = {k: v[None] for k, v in loaded.grid.items()}
     cell = editor.edit_grids(batch, jax.random.key(args.seed))[0]
-    write_output(loaded, cell)
+    try:
+      write_output(loaded, cell, spec.resize_method)
+    except OSError as e:
+      return _fail(f"cannot write {args.output}: {_one_line(e)}")
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
   editor = editor_lib.Editor(run, batch_size=args.batch_size, num_steps=args.steps,
                              guidance_scale=args.guidance, eta=args.eta)
-  os.makedirs(args.output_dir, exist_ok=True)
+  try:
+    os.makedirs(args.output_dir, exist_ok=True)
+  except OSError as e:
+    return _fail(f"cannot create --output_dir {args.output_dir}: {_one_line(e)}")
   stats = edit_rows(editor, manifest_lib.read_manifest(args.manifest, args.output_dir),
                     os.path.join(args.output_dir, ERRORS_FILE), seed=args.seed,
                     skip_existing=not args.no_skip,

@@ -2,6 +2,7 @@
 odd image modes."""
 import json
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -61,6 +62,26 @@ def test_load_rgb_modes(image_dir):
     images.load_rgb(str(image_dir / "missing.png"))
 
 
+def test_load_rgb_turns_every_decoding_failure_into_an_error_naming_the_file(
+    image_dir, tmp_path, monkeypatch):
+  png = (image_dir / "a.png").read_bytes()
+  (tmp_path / "truncated.png").write_bytes(png[:len(png) // 2])
+  (tmp_path / "text.png").write_text("hello")
+  (tmp_path / "folder.png").mkdir()
+  for name in ("truncated.png", "text.png", "folder.png"):
+    with pytest.raises(images.ImageLoadError, match=name):
+      images.load_rgb(str(tmp_path / name))
+  # a.png has 600 pixels: a bomb above twice the limit, a warning above the limit.
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250)
+  with pytest.raises(images.ImageLoadError, match="a.png.*too large"):
+    images.load_rgb(str(image_dir / "a.png"))
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with pytest.raises(images.ImageLoadError, match="a.png.*too large"):
+      images.load_rgb(str(image_dir / "a.png"))
+
+
 def test_rgba_composited_over_white(tmp_path):
   Image.new("RGBA", (3, 3), (10, 20, 30, 0)).save(tmp_path / "t.png")
   assert np.all(images.load_rgb(str(tmp_path / "t.png")) == 255)
@@ -105,14 +126,44 @@ def test_single_edit_keeps_query_size(workdir, image_dir, tmp_path):
   rc = infer.main(["--workdir", workdir, "--before", str(image_dir / "a.png"),
                    "--after", str(image_dir / "b.png"), "--query", str(image_dir / "gray.png"),
                    "--output", str(bad), "--box", "0,0,50,5", "--steps", "2"])
-  assert rc == 1 and not bad.exists()
+  assert rc == 2 and not bad.exists()
+
+
+def _error_line(capsys) -> str:
+  """The one stderr line an input or config error prints."""
+  lines = [l for l in capsys.readouterr().err.splitlines() if not l.startswith("loaded ")]
+  assert len(lines) == 1 and lines[0].startswith("error: "), lines
+  return lines[0]
 
 
 def test_single_edit_needs_the_trained_number_of_pairs(workdir, image_dir, tmp_path, capsys):
   a, b = str(image_dir / "a.png"), str(image_dir / "b.png")
   rc = infer.main(["--workdir", workdir, "--before", a, "--after", b, "--before", a,
                    "--after", b, "--query", a, "--output", str(tmp_path / "o.png")])
-  assert rc == 1 and "num_examples" in capsys.readouterr().err
+  assert rc == 2 and "num_examples" in _error_line(capsys)
+
+
+def test_cli_input_errors_are_one_line_and_exit_2(workdir, image_dir, tmp_path, capsys,
+                                                  monkeypatch):
+  a, b = str(image_dir / "a.png"), str(image_dir / "b.png")
+  out = tmp_path / "o.png"
+  single = ["--before", a, "--after", b, "--output", str(out), "--steps", "2"]
+  for query in ("corrupt.png", "missing.png"):
+    rc = infer.main(["--workdir", workdir, "--query", str(image_dir / query)] + single)
+    assert rc == 2 and query in _error_line(capsys) and not out.exists()
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250)  # a.png (600 pixels) is now a bomb
+  rc = infer.main(["--workdir", workdir, "--query", a] + single)
+  assert rc == 2 and "a.png" in _error_line(capsys) and not out.exists()
+  monkeypatch.undo()
+  missing = str(tmp_path / "no_such_run")
+  rc = infer.main(["--workdir", missing, "--query", a] + single)
+  assert rc == 2 and missing in _error_line(capsys)
+  (tmp_path / "empty_run").mkdir()
+  rc = infer.main(["--workdir", str(tmp_path / "empty_run"), "--query", a] + single)
+  assert rc == 2 and "empty_run" in _error_line(capsys)
+  rc = infer.main(["--workdir", workdir, "--manifest", str(tmp_path / "rows.jsonl"),
+                   "--output_dir", str(tmp_path / "out")])
+  assert rc == 2 and "rows.jsonl" in _error_line(capsys)
 
 
 def _write_manifest(path, rows):
@@ -171,6 +222,29 @@ def test_manifest_batches_errors_and_rerun(workdir, image_dir, tmp_path):
   rc = infer.main(["--workdir", workdir, "--manifest", str(manifest), "--output_dir",
                    str(tmp_path / "out2"), "--batch_size", "4", "--steps", "2"])
   assert rc == 0 and (tmp_path / "out2" / "errors.jsonl").read_text() == ""
+
+
+def test_a_decompression_bomb_fails_its_row_only(workdir, image_dir, tmp_path, monkeypatch):
+  Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "huge.png")
+  ex = [{"before": str(image_dir / "a.png"), "after": str(image_dir / "b.png")}]
+  manifest = tmp_path / "rows.jsonl"
+  _write_manifest(manifest, [
+      {"examples": ex, "query": str(image_dir / "a.png"), "output": "r1.png"},
+      {"examples": ex, "query": "huge.png", "output": "r2.png"},  # 10,000 pixels: a bomb
+      {"examples": [{"before": "huge.png", "after": str(image_dir / "b.png")}],
+       "query": str(image_dir / "b.png"), "output": "r3.png"},  # a bomb among the examples
+      {"examples": ex, "query": str(image_dir / "gray.png"), "output": "r4.png"},
+  ])
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # bombs above 2,000 pixels
+  out = tmp_path / "out"
+  editor = editor_lib.Editor(run_loading.load_run(workdir), batch_size=4, num_steps=2)
+  stats = infer.edit_rows(editor, manifest_lib.read_manifest(str(manifest), str(out)),
+                          str(out / "errors.jsonl"), log=lambda m: None)
+  assert stats == {"done": 2, "skipped": 0, "failed": 2}
+  errors = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]
+  assert [e["line"] for e in errors] == [2, 3]
+  assert all("huge.png" in e["error"] and "\n" not in e["error"] for e in errors)
+  assert (out / "r1.png").exists() and (out / "r4.png").exists()
 
 
 def test_cli_usage_errors(image_dir):

@@ -1,8 +1,9 @@
 """The per-grid steps of the pipeline, as grain transforms.
 
   index -> SampleEpisode -> Episode (task, K+1 distinct pairs, crop/flip), from (seed, index)
-        -> LoadPairs     -> decoded pairs, resized to render_size
+        -> LoadPairs     -> decoded pairs, resized to render_size (augment.TileSpec.render)
         -> AugmentCells  -> the same crop and flip on every cell, and on the query box
+                            (TileSpec.crop / box_to_tile; inference tiles with the same TileSpec)
         -> AssembleGrid  -> {grid, mask, box, task_id} (see grid.py)
 
 Everything random is drawn in SampleEpisode from np.random.default_rng([seed, stream, index]), so
@@ -64,7 +65,7 @@ class LoadPairs(grain.transforms.Map):
   """Episode -> (episode, images [K+1, 2, S, S, 3], query box): decodes and resizes to S."""
 
   def __init__(self, source: sources.PairSource, opts: options_lib.DataOptions):
-    self.source, self.size, self.method = source, opts.render_size, opts.resize_method
+    self.source, self.spec = source, augment.TileSpec.from_options(opts)
 
   def map(self, episode: Episode) -> tuple[Episode, np.ndarray, np.ndarray | None]:
     pairs = [self.source[index] for index in episode.pair_indices]
@@ -72,23 +73,23 @@ class LoadPairs(grain.transforms.Map):
       if pair.task != episode.task:
         raise ValueError(f"pair {pair.pair_id!r} (index {index}) is of task {pair.task!r}, "
                          f"not {episode.task!r}: the source's task index is inconsistent")
-    images = np.stack([[augment.resize(p.before, self.size, self.method),
-                        augment.resize(p.after, self.size, self.method)] for p in pairs])
+    images = np.stack([[self.spec.render(p.before), self.spec.render(p.after)] for p in pairs])
     return episode, images, pairs[-1].box  # the box of the query pair
 
 
 class AugmentCells(grain.transforms.Map):
-  """Crops (and maybe flips) every cell alike to tile_size; moves the query box along."""
+  """Crops (and maybe flips) every cell alike to tile_size; moves the query box along (the
+  whole tile when the box is dropped or falls outside the crop)."""
 
   def __init__(self, opts: options_lib.DataOptions):
-    self.tile, self.size = opts.tile_size, opts.render_size
+    self.spec = augment.TileSpec.from_options(opts)
 
   def map(self, element):
     episode, images, box = element
     aug = episode.augmentation
-    tiles = np.stack([[augment.apply(img, aug, self.tile) for img in pair] for pair in images])
-    box = augment.apply_to_box(box if episode.keep_box else None, aug, self.size, self.tile)
-    return episode, tiles, box
+    tiles = np.stack([[self.spec.crop(img, aug) for img in pair] for pair in images])
+    box = self.spec.box_to_tile(box, aug) if box is not None and episode.keep_box else None
+    return episode, tiles, augment.WHOLE_TILE.copy() if box is None else box
 
 
 class AssembleGrid(grain.transforms.Map):

@@ -1,9 +1,11 @@
-"""Reading user images of any mode, bit depth, orientation and size into model tiles, and
-mapping the generated tile back to the query's size.
+"""Reading user images of any mode, bit depth and orientation, and mapping the generated tile
+back to the query's size.
 
-Every image is read with its EXIF orientation applied (what a viewer shows), converted to RGB
-uint8 (alpha composited over white; 16-bit and float images scaled to 8 bits), and resized to
-the square model tile. Boxes are given in the (oriented) query's pixel coordinates.
+Every image is read with its EXIF orientation applied (what a viewer shows) and converted to RGB
+uint8 (alpha composited over white; 16-bit and float images scaled to 8 bits). Tiles are then
+made exactly as in training (data.augment.TileSpec: resized to the run's render size with its
+resize method, centred tile crop). Boxes are given in the (oriented) query's pixel coordinates.
+Any failure to decode a file, a decompression bomb included, is an ImageLoadError naming it.
 """
 from __future__ import annotations
 
@@ -40,7 +42,12 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
 
 
 def load_rgb(path: str) -> np.ndarray:
-  """uint8 [H, W, 3] as displayed (EXIF orientation applied), from any PIL-readable file."""
+  """uint8 [H, W, 3] as displayed (EXIF orientation applied), from any PIL-readable file.
+
+  Every failure that belongs to the file (missing, unreadable, corrupt or truncated, an unknown
+  format, more pixels than PIL.Image.MAX_IMAGE_PIXELS allows, out of memory while decoding) is
+  an ImageLoadError naming `path`, so callers can reject one input and go on.
+  """
   try:
     with Image.open(path) as img:
       img.load()
@@ -48,8 +55,18 @@ def load_rgb(path: str) -> np.ndarray:
       image = _to_rgb_uint8(img)
   except FileNotFoundError as e:
     raise ImageLoadError(f"image not found: {path}") from e
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise ImageLoadError(f"cannot read image {path}: {e}") from e
+  except IsADirectoryError as e:
+    raise ImageLoadError(f"image path is a folder: {path}") from e
+  except Image.DecompressionBombError as e:
+    raise ImageLoadError(f"image {path} is too large to decode safely: {e}") from e
+  except Image.DecompressionBombWarning as e:  # raised when warnings are errors
+    raise ImageLoadError(f"image {path} is too large to decode safely: {e}") from e
+  except UnidentifiedImageError as e:
+    raise ImageLoadError(f"cannot read image {path}: not an image format PIL knows") from e
+  except MemoryError as e:
+    raise ImageLoadError(f"image {path} does not fit in memory when decoded") from e
+  except Exception as e:  # pylint: disable=broad-except  # PIL's decoders raise many types
+    raise ImageLoadError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
   if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
     raise ImageLoadError(f"image {path} decodes to an unusable array of shape {image.shape}")
   return np.ascontiguousarray(image)
@@ -62,12 +79,6 @@ def resize(image: np.ndarray, width: int, height: int, method: str = "bicubic") 
   if method not in RESAMPLE:
     raise ValueError(f"resize method must be one of {sorted(RESAMPLE)}, got {method!r}")
   return np.asarray(Image.fromarray(image).resize((width, height), RESAMPLE[method]))
-
-
-def to_tile(image: np.ndarray, tile_size: int, method: str = "bicubic") -> np.ndarray:
-  """Any-size image -> the square model tile (aspect ratio is not kept; the output is resized
-  back to the query's size, so a consistent stretch is undone)."""
-  return resize(image, tile_size, tile_size, method)
 
 
 def normalize_box(box: Sequence[float], width: int, height: int) -> np.ndarray:
