@@ -31,11 +31,13 @@ clean:
 # The CPU demo (README "Demo"): train configs/default.py into runs/demo with a progress line,
 # then evaluate on fresh grids and write runs/demo/{metrics.json, report.png, accuracy_curve.png}.
 # A finished runs/demo resumes at its last checkpoint (and stops at once); `make clean` restarts.
+# DEMO_FLAGS: extra --config.key=value overrides of the training run (the tests make it tiny).
 DEMO_DIR ?= runs/demo
 DEMO_EVAL_GRIDS ?= 240
+DEMO_FLAGS ?=
 
 demo: $(STAMP)
-	$(PY) -m imagebrush_jax.train --config configs/default.py --workdir $(DEMO_DIR) --verbosity=-1
+	$(PY) -m imagebrush_jax.train --config configs/default.py --workdir $(DEMO_DIR) $(DEMO_FLAGS)
 	$(PY) -m imagebrush_jax.evaluate --workdir $(DEMO_DIR) --num_examples $(DEMO_EVAL_GRIDS) \
 	  --output $(DEMO_DIR)/metrics.json --no_cycle
 	$(PY) -m imagebrush_jax.demo_report --workdir $(DEMO_DIR)

@@ -80,7 +80,7 @@ def _log(text: str) -> None:
 
 
 def _step_time(config, batch, steps: int, repeats: int, name: str) -> list[float]:
-  task = imagebrush_task.build(config)
+  task = imagebrush_task.build(config, latent.load(config))
   state = jax.jit(task.init_state)(jax.random.key(0))
   step = jax.jit(train_state.make_train_step(task), donate_argnums=(0,))
   start = time.perf_counter()
@@ -107,8 +107,8 @@ def main(argv):
   with tempfile.TemporaryDirectory() as folder:
     config.unlock()
     config.model.autoencoder.params = _autoencoder_file(config, _AE_CONFIG.value, folder)
-    space = latent.from_config(config)
-    ae_params = jax.tree.map(jnp.asarray, space.load_params())
+    space, ae_params = latent.load(config)
+    ae_params = jax.tree.map(jnp.asarray, ae_params)
     size = _IMAGE_SIZE.value or int(config.data.tile_size)
     images = jax.random.uniform(jax.random.key(1), (_BATCH.value, size, size, 3), jnp.float32,
                                 -1.0, 1.0)

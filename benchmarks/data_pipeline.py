@@ -59,11 +59,12 @@ def consumer_grids_per_s(config: Any, *, steps: int = 10) -> float:
   """Grids/s that the real train step (train_state.jit_train_step) consumes on config's batch."""
   import jax  # pylint: disable=g-import-not-at-top
   from imagebrush_jax import imagebrush_task  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax import latent  # pylint: disable=g-import-not-at-top
   from imagebrush_jax import parallel  # pylint: disable=g-import-not-at-top
   from imagebrush_jax import train_state  # pylint: disable=g-import-not-at-top
 
   mesh = parallel.make_mesh(config.mesh)
-  task = imagebrush_task.build(config)
+  task = imagebrush_task.build(config, latent.load(config))
   _, shardings = train_state.state_shapes_and_shardings(task, mesh, config.sharding,
                                                         jax.random.key(0))
   state = train_state.init_sharded_state(task, shardings, jax.random.key(0))

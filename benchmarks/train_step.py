@@ -23,6 +23,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from imagebrush_jax import imagebrush_task  # pylint: disable=g-import-not-at-top
+from imagebrush_jax import latent
 from imagebrush_jax import parallel
 from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
@@ -57,7 +58,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   mesh = parallel.make_mesh(config.mesh)
-  task = imagebrush_task.build(config)
+  task = imagebrush_task.build(config, latent.load(config))
   _, shardings = train_state.state_shapes_and_shardings(task, mesh, config.sharding,
                                                         jax.random.key(0))
   state = train_state.init_sharded_state(task, shardings, jax.random.key(0))

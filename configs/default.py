@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  # ---------------------------------------------------------------- data (issue 2)
+  # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # synthetic | folder | tfds
   c.data.tile_size = 16  # pixels per grid cell (before any latent encoding)
@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Folder source: ROOT/<task>/<pair_id>_before.<ext>, <pair_id>_after.<ext>, boxes.json.
   c.data.folder_root = ""
   c.data.folder_check_images = True  # open every image header when the folder is indexed
+  # Folder / TFDS pairs held out for evaluation, per task, by a hash of task/pair_id (at least
+  # num_examples + 1 per task; never trained on). 0: evaluate on training pairs. Synthetic
+  # evaluation draws fresh scenes from another seed instead.
+  c.data.eval_fraction = 0.1
   # TFDS source: array_record shards written by `python -m imagebrush_jax.data.tfds_builder`.
   c.data.tfds_name = "image_brush_pairs/synthetic"  # image_brush_pairs/{folder,synthetic}
   c.data.tfds_dir = ""  # data_dir; "" = TFDS's default (~/tensorflow_datasets)
@@ -50,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.eval_batch_size = 32  # grids per batch from make_eval_batches
   # END data
 
-  # ---------------------------------------------------------------- model (issue 3)
+  # ---------------------------------------------------------------- model
   c.model = ml_collections.ConfigDict()
   c.model.in_channels = 3  # diffusion-space channels: 3 = pixels (now); 4 = a future f=8 KL latent
   c.model.latent_factor = 1  # pixels per diffusion-space cell side: 1 = pixel space, 8 = KL latent
@@ -113,7 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.prompt.mixer.mlp_ratio = 4
   # END model
 
-  # ---------------------------------------------------------------- diffusion + sampling (issue 3)
+  # ---------------------------------------------------------------- diffusion + sampling
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "cosine"  # linear | scaled_linear (SD) | cosine (suits small pixel grids)
   c.diffusion.num_timesteps = 1000
@@ -131,7 +135,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.clip_x0 = True  # clip predicted x0 to [-1, 1] (pixel space)
   # END diffusion
 
-  # ---------------------------------------------------------------- training (issue 4)
+  # ---------------------------------------------------------------- training
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # global batch, over all hosts and devices
   c.train.num_steps = 250  # length of the LR schedule and of the run (~12 min on 2 free cores)
@@ -149,6 +153,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.999  # EMA of the parameters, used for sampling and evaluation
   c.train.ema_warmup = True  # decay = min(ema_decay, (1 + step) / (10 + step))
   c.train.log_every = 10
+  # Multi-host runs agree on a SIGTERM (one collective) every this many steps and at every
+  # checkpoint step; a single process stops at the next step boundary.
+  c.train.stop_check_every = 10
   c.train.eval_every = 25  # held-out loss, samples (PNG + TensorBoard), accuracy and PSNR
   c.train.eval_at_end = True  # also evaluate after the last step
   c.train.eval_num_grids = 32
@@ -163,6 +170,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3  # the last N are kept ...
   c.checkpoint.keep_every = 0  # ... plus every step divisible by this (0: none)
   c.checkpoint.async_save = True
+  # Resume from this step instead of the latest (e.g. past a damaged checkpoint); newer
+  # checkpoints are moved to WORKDIR/checkpoints_set_aside. For one start only: every start
+  # with it goes back to that step. -1: the latest.
+  c.checkpoint.restore_step = -1
 
   # Mesh ('data', 'fsdp'): -1 fills an axis with the remaining devices.
   c.mesh = ml_collections.ConfigDict()

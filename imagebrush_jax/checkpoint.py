@@ -3,7 +3,10 @@ iterator state (so resume is data-exact) and the config, saved asynchronously.
 
 Layout: WORKDIR/checkpoints/<step>/{state, data, config}. Orbax writes each step to a
 temporary folder and renames it when complete, so an interrupted save never leaves a
-half-written checkpoint behind.
+half-written checkpoint behind: the next start resumes from the last complete one, and
+the trainer removes the leftover temporary folder. A checkpoint that cannot be read is
+refused with its step and the config.checkpoint.restore_step that resumes from the one
+before it.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from absl import logging
 from etils import epath
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -56,15 +60,21 @@ def checkpoint_dir(workdir: str) -> epath.Path:
 
 
 class Checkpointer:
-  """Saves and restores (state, data iterator, config) under WORKDIR/checkpoints."""
+  """Saves and restores (state, data iterator, config) under WORKDIR/checkpoints.
 
-  def __init__(self, workdir: str, ckpt_config: ml_collections.ConfigDict):
+  remove_partial_saves: delete the temporary folders of saves that never completed (a
+  killed run's); only the trainer may, since a reader could race a running trainer's save.
+  """
+
+  def __init__(self, workdir: str, ckpt_config: ml_collections.ConfigDict, *,
+               remove_partial_saves: bool = False):
     self.directory = checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(ckpt_config.keep),
         keep_period=int(ckpt_config.keep_every) or None,
         enable_async_checkpointing=bool(ckpt_config.get("async_save", True)),
         create=True,
+        cleanup_tmp_directories=remove_partial_saves,
     )
     self.manager = ocp.CheckpointManager(
         self.directory,
@@ -82,7 +92,33 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    return sorted(self.manager.all_steps())
+
+  @property
+  def set_aside_directory(self) -> epath.Path:
+    return self.directory.parent / "checkpoints_set_aside"
+
+  def set_aside_after(self, step: int) -> list[int]:
+    """Moves the checkpoints newer than `step` to WORKDIR/checkpoints_set_aside/<step>.
+
+    Used when a run resumes from an earlier step on purpose: the newer ones would block
+    the saves of the steps trained again and be resumed from by the next start. They are
+    moved, not deleted, in case they are wanted back.
+    """
+    newer = [s for s in self.all_steps() if s > step]
+    if newer and jax.process_index() == 0:
+      self.set_aside_directory.mkdir(parents=True, exist_ok=True)
+      for s in newer:
+        dest, n = self.set_aside_directory / str(s), 1
+        while dest.exists():  # set aside before: keep both
+          dest, n = self.set_aside_directory / f"{s}.{n}", n + 1
+        (self.directory / str(s)).rename(dest)
+        logging.info("checkpoint: moved step %d to %s", s, dest)
+    if newer:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("imagebrush_checkpoint_set_aside")
+      self.manager.reload()
+    return newer
 
   # ---------------------------------------------------------------- save
   def save(self, step: int, state: Any, data_iterator: Any | None,
@@ -107,13 +143,32 @@ class Checkpointer:
     self.manager.close()
 
   # ---------------------------------------------------------------- restore
+  def _corrupt(self, step: int, what: str, cause: Exception | None = None
+               ) -> CheckpointCorruptError:
+    """The error for an unreadable checkpoint: its step, path, and how to resume before it."""
+    earlier = [s for s in self.all_steps() if s < step]
+    if earlier:
+      hint = (f"To resume from the checkpoint before it, pass "
+              f"--config.checkpoint.restore_step={earlier[-1]} (newer checkpoints are set "
+              f"aside in {self.set_aside_directory}).")
+    else:
+      hint = (f"There is no earlier checkpoint: move {self.directory / str(step)} away to "
+              f"start from scratch.")
+    reason = ""
+    if cause is not None:  # the first line, without tensorstore's long spec dumps
+      text = str(cause).splitlines()[0] if str(cause) else ""
+      reason = f" ({type(cause).__name__}: {text[:300]}{'...' if len(text) > 300 else ''})"
+    return CheckpointCorruptError(
+        f"checkpoint step {step} in {self.directory / str(step)} is damaged or unreadable: "
+        f"{what}{reason}\n"
+        f"{hint}")
+
   def saved_config(self, step: int) -> dict:
-    path = self.directory / str(step) / CONFIG
     try:
       return self.manager.restore(step, args=ocp.args.Composite(
           **{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointCorruptError(f"cannot read the config of checkpoint {path}: {e}") from e
+      raise self._corrupt(step, "its config cannot be read", e) from e
 
   def check_compatible(self, step: int, abstract_state: Any) -> None:
     """Refuses a checkpoint whose arrays differ in name or shape from the config's."""
@@ -121,9 +176,9 @@ class Checkpointer:
     try:
       meta = self.manager.item_metadata(step)[STATE]
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointCorruptError(f"cannot read checkpoint metadata in {path}: {e}") from e
+      raise self._corrupt(step, "its metadata cannot be read", e) from e
     if meta is None:
-      raise CheckpointCorruptError(f"checkpoint {path} has no '{STATE}' item")
+      raise self._corrupt(step, f"it has no '{STATE}' item")
     tree = getattr(meta, "tree", meta)
     saved = _flat_shapes(tree)
     wanted = _flat_shapes(abstract_state)
@@ -146,21 +201,21 @@ class Checkpointer:
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointCorruptError(f"cannot restore checkpoint {path}: {e}") from e
-    _check_finite(restored[STATE], path)
+      raise self._corrupt(step, "its arrays cannot be read", e) from e
+    bad = _non_finite(restored[STATE])
+    if bad:
+      raise self._corrupt(step, f"it holds NaN or inf values in {', '.join(bad[:8])}")
     logging.info("checkpoint: restored step %d from %s", step, path)
     return restored[STATE]
 
 
-def _check_finite(state: Any, path) -> None:
-  """A damaged checkpoint can decode to NaN/inf; refuse it instead of training on it."""
+def _non_finite(state: Any) -> list[str]:
+  """Names of the float arrays holding NaN or inf: a damaged checkpoint can decode to them."""
   floats = {parallel.path_name(k): v for k, v in jax.tree_util.tree_flatten_with_path(state)[0]
             if hasattr(v, "dtype") and jax.numpy.issubdtype(v.dtype, jax.numpy.floating)}
-  finite = jax.jit(lambda t: {k: jax.numpy.all(jax.numpy.isfinite(v)) for k, v in t.items()})(floats)
-  bad = [k for k, ok in finite.items() if not bool(ok)]
-  if bad:
-    raise CheckpointCorruptError(
-        f"checkpoint {path}: NaN or inf values in {', '.join(bad[:8])}")
+  finite = jax.jit(lambda t: {k: jax.numpy.all(jax.numpy.isfinite(v))
+                              for k, v in t.items()})(floats)
+  return [k for k, ok in finite.items() if not bool(ok)]
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

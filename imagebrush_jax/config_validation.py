@@ -61,11 +61,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _in_range(config, "train.b2", 0.0, 1.0)
   _in_range(config, "train.grad_clip_norm", 0.0, float("inf"))
   _in_range(config, "train.ema_decay", 0.0, 1.0)
-  for key in ("log_every", "eval_every", "eval_num_grids", "sample_num_grids"):
+  for key in ("log_every", "stop_check_every", "eval_every", "eval_num_grids",
+              "sample_num_grids"):
     _positive_int(config, f"train.{key}", allow_zero=key.endswith("grids"))
   _positive_int(config, "checkpoint.every")
   _positive_int(config, "checkpoint.keep")
   _positive_int(config, "checkpoint.keep_every", allow_zero=True)
+  restore = _require(config, "checkpoint.restore_step")
+  if isinstance(restore, bool) or not isinstance(restore, int) or restore < -1:
+    raise ConfigError(f"config.checkpoint.restore_step must be -1 (the latest checkpoint) or a "
+                      f"saved step >= 0, got {restore!r}")
   for axis in ("data", "fsdp"):
     value = _require(config, f"mesh.{axis}")
     if not isinstance(value, int) or (value != -1 and value < 1):

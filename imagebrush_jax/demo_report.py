@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   config = run.config
   names = tuple(config.data.train_tasks)
-  sample_fn = diffusion_pipeline.make_sample_fn(run.model, config)
+  sample_fn = diffusion_pipeline.make_sample_fn(run.model, config, run.space)
   params = jax.device_put(run.params)
   k, tile = config.data.num_examples, config.data.tile_size
 

@@ -1,14 +1,18 @@
-"""Evaluate a trained run on held-out synthetic quadruplets and write metrics.json.
+"""Evaluate a trained run on held-out grids and write metrics.json.
 
   python -m imagebrush_jax.evaluate --workdir DIR --num_examples 256 --output metrics.json \
       [--seed 1000003] [--steps N] [--guidance S] [--inception_weights pt_inception.safetensors]
 
-Grids come from a fresh seed (scenes never trained on), over config.data.train_tasks and the
-held-out compositions config.data.heldout_tasks, in turn. Metrics:
+Grids cover config.data.train_tasks and config.data.heldout_tasks in turn: synthetic ones from a
+fresh seed (scenes never trained on), stored ones (folder, tfds) from the pairs held out of
+training (config.data.eval_fraction). Metrics, for tasks of any name:
+  psnr, ssim      generated I' vs the ground truth; copy_psnr / copy_ssim for returning I itself
+  edit_success    within the pixels where the true I' differs from I, the output is closer to I'
+                  than to I (metrics/image_quality.py)
   accuracy        task identification: the generated I' is at least as close (pixel MSE) to the
                   true task's output on I as to every other global task's (ties count as
-                  correct); per task too, and the chance level of a random pick
-  psnr, ssim      generated I' vs the ground truth; copy_psnr / copy_ssim for returning I itself
+                  correct); per task too, and the chance level of a random pick; only for
+                  tasks that have candidates (the built-in global tasks)
   prompt_fidelity dist(E', edit(E | I -> I')), image_fidelity dist(I, edit(I' | E' -> E)), with
                   dist = pixel MSE in [0, 1], or FID when --inception_weights is given
 """
@@ -24,6 +28,7 @@ from typing import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from imagebrush_jax import cli
 from imagebrush_jax import files
 from imagebrush_jax import run_loading
 from imagebrush_jax.data import grid as grid_lib
@@ -85,11 +90,14 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
     x = x[~np.isnan(x)]
     return float(x.mean()) if x.size else None
 
+  success = image_quality.edit_success(gen, query, truth)
   per_task = {}
   for name in dict.fromkeys(true_names):
     sel = np.array([t == name for t in true_names])
     per_task[name] = {"count": int(sel.sum()), "accuracy": mean_or_none(correct[sel]),
-                      "psnr": float(image_quality.psnr(gen[sel], truth[sel]).mean())}
+                      "psnr": float(image_quality.psnr(gen[sel], truth[sel]).mean()),
+                      "copy_psnr": float(image_quality.psnr(query[sel], truth[sel]).mean()),
+                      "edit_success": mean_or_none(success[sel])}
   psnr = image_quality.psnr(gen, truth)
   ssim = image_quality.ssim(gen, truth)
   copy_psnr = image_quality.psnr(query, truth)
@@ -102,6 +110,7 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
       "ssim": float(ssim.mean()),
       "copy_psnr": float(copy_psnr.mean()),
       "copy_ssim": float(image_quality.ssim(query, truth).mean()),
+      "edit_success": mean_or_none(success),
       "per_task": per_task,
       "distance": distance.name,
   }
@@ -109,7 +118,8 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
   if trained.any():
     metrics["train_tasks_metrics"] = {
         "count": int(trained.sum()), "accuracy": mean_or_none(correct[trained]),
-        "psnr": float(psnr[trained].mean()), "copy_psnr": float(copy_psnr[trained].mean())}
+        "psnr": float(psnr[trained].mean()), "copy_psnr": float(copy_psnr[trained].mean()),
+        "edit_success": mean_or_none(success[trained])}
   if edit is not None:
     metrics.update(cycle.cycle_metrics(edit, data["example_before"], data["example_after"],
                                        query, gen, distance))
@@ -188,12 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                            guidance_scale=args.guidance,
                            inception_weights=args.inception_weights,
                            cycle_metrics=not args.no_cycle)
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except cli.USER_ERRORS as e:  # pylint: disable=catching-non-exception
+    return cli.report(e)
   files.write_text_atomic(args.output, json.dumps(metrics, indent=2) + "\n")
   print(json.dumps({k: metrics[k] for k in ("step", "num_examples", "accuracy", "psnr", "ssim",
-                                            "copy_psnr", "copy_ssim", "distance",
+                                            "copy_psnr", "copy_ssim", "edit_success", "distance",
                                             "train_tasks_metrics", "heldout_accuracy")
                     + (("prompt_fidelity", "image_fidelity") if not args.no_cycle else ())
                     if k in metrics}))

@@ -1,8 +1,8 @@
 """ImageBrush as a Trainable for the generic loop: model, diffusion loss, optimizer, sampler.
 
 In latent space (config.model.latent_factor > 1) the parameters also hold the frozen autoencoder
-(params[latent.PARAMS_KEY], loaded from config.model.autoencoder.params), which the optimizer
-leaves unchanged; see latent.py. config.model.prompt.vit_init, if set, names a converted ViT file
+(params[latent.PARAMS_KEY], read once from config.model.autoencoder.params by latent.load and
+handed to `build`), which the optimizer leaves unchanged; see latent.py. config.model.prompt.vit_init, if set, names a converted ViT file
 (python -m imagebrush_jax.convert --from vit) that initialises the prompt encoder's backbone.
 """
 from __future__ import annotations
@@ -19,14 +19,15 @@ from imagebrush_jax.diffusion import pipeline as diffusion_pipeline
 from imagebrush_jax.models import imagebrush as ib
 
 
-def build(config: ml_collections.ConfigDict) -> train_state.Trainable:
+def build(config: ml_collections.ConfigDict,
+          autoencoder: tuple[latent.LatentSpace, dict] | None = None) -> train_state.Trainable:
+  """The Trainable of `config`; `autoencoder` = latent.load(config) in latent space."""
   model = ib.build_model(config)
   optimizer, schedule = train_state.make_optimizer(config.train)
-  space = latent.from_config(config)
-  frozen = None
+  space, frozen = autoencoder if autoencoder is not None else (None, None)
+  latent.check_space(config, space)
   if space is not None:
     optimizer = latent.freeze(optimizer)
-    frozen = space.load_params()
   vit_init = config.model.prompt.get("vit_init", "")
   vit_start = None
   if vit_init:
@@ -45,11 +46,11 @@ def build(config: ml_collections.ConfigDict) -> train_state.Trainable:
 
   return train_state.Trainable(
       init_params=init_params,
-      loss_fn=diffusion_pipeline.make_loss_fn(model, config),
+      loss_fn=diffusion_pipeline.make_loss_fn(model, config, space),
       optimizer=optimizer,
       lr_schedule=schedule,
       train_config=config.train,
       seed=int(config.seed),
       model=model,
-      extras={"sample_fn": diffusion_pipeline.make_sample_fn(model, config)},
+      extras={"sample_fn": diffusion_pipeline.make_sample_fn(model, config, space)},
   )

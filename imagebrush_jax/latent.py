@@ -17,12 +17,15 @@ step and sampler.
 The frozen autoencoder's parameters travel with the model's: `params[PARAMS_KEY]` next to
 `unet` and `prompt_encoder`, loaded from config.model.autoencoder.params when the state is
 initialised, never updated (`freeze` zeroes their updates, and the loss stops their gradient; the
-EMA copy equals them up to float rounding), and saved in every checkpoint with the rest.
+EMA copy equals them up to float rounding), and saved in every checkpoint with the rest. The
+run's saved config records the architecture and latent scale (model.autoencoder.arch,
+`record_arch`), so inference and evaluation need the checkpoint alone, not the file.
 
 config.model.autoencoder:
   params            converted (imagebrush_jax.convert --from sd_vae) or trained
                     (imagebrush_jax.train_autoencoder) autoencoder parameter file
   scaling_factor    latent scale; 0 takes the file's (0.18215 for the SD VAE)
+  arch              written by training into the run's config: the file's architecture
   sample_posterior  training latents: a posterior sample (as LDM) or the posterior mean
   dtype             the autoencoder's compute dtype: float32 | bfloat16
 """
@@ -63,10 +66,6 @@ class LatentSpace:
   def channels(self) -> int:
     return self.model.arch.latent_channels
 
-  def load_params(self) -> dict[str, Any]:
-    """The autoencoder's parameters (numpy) from params_path, shape-checked."""
-    return autoencoder_params.load(self.params_path)[0]
-
   # -------------------------------------------------------------- pixels <-> latents
   def encode(self, params: Any, pixels: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     """Images [N, T, T, 3] in [-1, 1] -> scaled latents [N, T/f, T/f, C] (float32).
@@ -96,30 +95,75 @@ class LatentSpace:
 
 
 def from_config(config: ml_collections.ConfigDict) -> LatentSpace | None:
-  """The latent space config.model asks for (None in pixel space); checks keys against the file."""
-  m = config.model
-  factor = int(m.latent_factor)
-  if factor == 1:
+  """The latent space config.model asks for (None in pixel space), without reading weights.
+
+  The architecture comes from config.model.autoencoder.arch when the config records it (every
+  run's saved config does: see `record_arch`), else from the parameter file's header.
+  """
+  if not is_latent(config):
     return None
-  if "autoencoder" not in m:
-    raise ValueError(f"config.model.latent_factor = {factor} needs config.model.autoencoder "
-                     f"(params file, scaling_factor, sample_posterior, dtype); see "
-                     f"configs/latent_tiny.py")
-  a = m.autoencoder
+  a = _autoencoder_config(config)
+  recorded = a.get("arch")
+  if recorded:
+    recorded = recorded.to_dict() if hasattr(recorded, "to_dict") else dict(recorded)
+    arch = ae.AutoencoderConfig.from_dict(recorded, where="config.model.autoencoder.arch")
+    return _space(config, arch, f"the autoencoder recorded in the config ({a.params or 'no file'})")
+  _, arch = autoencoder_params.load(_params_path(a))
+  return _space(config, arch, f"the autoencoder {a.params}")
+
+
+def load(config: ml_collections.ConfigDict) -> tuple[LatentSpace, dict[str, Any]] | None:
+  """(latent space, its parameters as numpy) read once from config.model.autoencoder.params;
+  None in pixel space. What training starts from; a trained run carries both in itself."""
+  if not is_latent(config):
+    return None
+  a = _autoencoder_config(config)
+  params, arch = autoencoder_params.load(_params_path(a))
+  return _space(config, arch, f"the autoencoder {a.params}"), params
+
+
+def record_arch(config: ml_collections.ConfigDict, space: LatentSpace | None
+                ) -> ml_collections.ConfigDict:
+  """A copy of `config` whose model.autoencoder records the architecture and the latent scale
+  in use, so that the run's saved config rebuilds the space without the parameter file."""
+  if space is None:
+    return config
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.model.autoencoder.arch = space.model.arch.to_dict()
+  out.model.autoencoder.scaling_factor = float(space.scaling_factor)
+  return out
+
+
+def _autoencoder_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  if "autoencoder" not in config.model:
+    raise ValueError(f"config.model.latent_factor = {config.model.latent_factor} needs "
+                     f"config.model.autoencoder (params file, scaling_factor, sample_posterior, "
+                     f"dtype); see configs/latent_tiny.py")
+  return config.model.autoencoder
+
+
+def _params_path(a: ml_collections.ConfigDict) -> str:
   if not a.params:
     raise ValueError("config.model.autoencoder.params must name an autoencoder parameter file "
                      "(python -m imagebrush_jax.convert --from sd_vae ..., or the "
                      "autoencoder.safetensors a train_autoencoder run exports)")
-  _, arch = autoencoder_params.load(a.params)
+  return str(a.params)
+
+
+def _space(config: ml_collections.ConfigDict, arch: ae.AutoencoderConfig,
+           what: str) -> LatentSpace:
+  """Checks `arch` against config.model / config.data and builds the space."""
+  m, a = config.model, config.model.autoencoder
+  factor = int(m.latent_factor)
   if arch.downsample_factor != factor:
-    raise ValueError(f"config.model.latent_factor = {factor}, but the autoencoder {a.params} "
-                     f"downsamples by {arch.downsample_factor}")
+    raise ValueError(f"config.model.latent_factor = {factor}, but {what} downsamples by "
+                     f"{arch.downsample_factor}")
   if arch.latent_channels != int(m.in_channels):
-    raise ValueError(f"config.model.in_channels = {m.in_channels}, but the autoencoder "
-                     f"{a.params} has {arch.latent_channels} latent channels")
+    raise ValueError(f"config.model.in_channels = {m.in_channels}, but {what} has "
+                     f"{arch.latent_channels} latent channels")
   if arch.in_channels != 3 or arch.out_channels != 3:
-    raise ValueError(f"the autoencoder {a.params} maps {arch.in_channels} -> "
-                     f"{arch.out_channels} channels; ImageBrush needs an RGB one")
+    raise ValueError(f"{what} maps {arch.in_channels} -> {arch.out_channels} channels; "
+                     f"ImageBrush needs an RGB one")
   tile = int(config.data.tile_size)
   if tile % factor:
     raise ValueError(f"config.data.tile_size = {tile} is not divisible by "
@@ -140,6 +184,16 @@ def from_config(config: ml_collections.ConfigDict) -> LatentSpace | None:
 
 
 # ---------------------------------------------------------------------------- frozen parameters
+
+
+def check_space(config: ml_collections.ConfigDict, space: LatentSpace | None) -> None:
+  """Refuses a missing latent space for a latent config (and one for a pixel config)."""
+  if is_latent(config) and space is None:
+    raise ValueError(f"config.model.latent_factor = {config.model.latent_factor}: pass the "
+                     f"latent space (latent.load(config) or latent.from_config(config))")
+  if not is_latent(config) and space is not None:
+    raise ValueError("a latent space was given for a pixel-space config "
+                     "(config.model.latent_factor = 1)")
 
 
 def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:

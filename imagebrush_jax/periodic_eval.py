@@ -1,10 +1,14 @@
 """Evaluation during training: loss on held-out grids, a few guided samples (EMA params), and
-task-identification accuracy and PSNR on fresh grids of the training tasks.
+edit quality on fresh grids of the training tasks.
 
 Written to TensorBoard, as PNG files under WORKDIR/samples, and (process 0) one line per eval in
-WORKDIR/eval_metrics.jsonl: {step, wall_s, accuracy, psnr, copy_psnr, ...}. Accuracy candidates
-are the training tasks that apply to an image alone (global tasks and their compositions; see
-metrics/task_accuracy.py); object tasks count in PSNR only.
+WORKDIR/eval_metrics.jsonl: {step, wall_s, psnr, copy_psnr, edit_success, accuracy, ...}. Every
+task, whatever its name, gets PSNR against the true I', the copy-the-query baseline and edit
+success (metrics/image_quality.py); task-identification accuracy is added for the tasks that
+have candidates (the built-in global tasks and their compositions; metrics/task_accuracy.py).
+Grids of stored pairs (folder, tfds) come from the held-out pairs (config.data.eval_fraction).
+Eval batches of any size run on any device count: each is padded to a multiple of the device
+count, and the padding rows count in no metric.
 """
 from __future__ import annotations
 
@@ -23,10 +27,22 @@ from imagebrush_jax import metric_writers
 from imagebrush_jax import parallel
 from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.metrics import image_quality
 from imagebrush_jax.metrics import task_accuracy
 from imagebrush_jax.models import imagebrush as ib
 
 EVAL_SEED_OFFSET = 1_000_003  # eval grids come from seeds no training index uses
+
+
+def pad_rows(batch: dict, multiple: int) -> dict:
+  """Rows repeated from the last one up to a multiple of `multiple`; adds `weight` [B] (1 for
+  the real rows, 0 for the padding) so that losses and metrics can leave the padding out."""
+  rows = next(iter(batch.values())).shape[0]
+  extra = -rows % multiple
+  out = {k: np.concatenate([v, np.repeat(v[-1:], extra, axis=0)]) if extra else v
+         for k, v in batch.items()}
+  out["weight"] = np.concatenate([np.ones(rows, np.float32), np.zeros(extra, np.float32)])
+  return out
 
 
 def host_slice(batch: dict, num_hosts: int, host: int) -> dict:
@@ -64,15 +80,17 @@ class Evaluator:
     tasks = tuple(config.data.heldout_tasks) or tuple(config.data.train_tasks)
     self.split = "heldout" if config.data.heldout_tasks else "fresh"
     seed = int(config.seed) + EVAL_SEED_OFFSET
-    self.loss_batches = self._global(pipeline.make_eval_batches(
-        config, num_grids=int(tc.eval_num_grids), seed=seed, tasks=tasks), tc.eval_num_grids)
+    self.loss_batches = []
+    if tc.eval_num_grids:
+      self.loss_batches = [self._global(b) for b in pipeline.make_eval_batches(
+          config, num_grids=int(tc.eval_num_grids), seed=seed, tasks=tasks)]
     self.sample_batch = None
     if tc.sample_num_grids:
       full = pipeline.make_eval_batches(config, num_grids=int(tc.sample_num_grids), seed=seed + 1,
                                         tasks=tasks)
-      self.sample_batch = self._global(full, tc.sample_num_grids)[0]
+      self.sample_batch = self._global(full[0])
       self.sample_grid = np.asarray(full[0]["grid"])  # every host built it in full
-    # Accuracy / PSNR on fresh grids of the training tasks (seed + 2: scenes never trained on).
+    # Edit quality on fresh grids of the training tasks (seed + 2: scenes never trained on).
     self.acc_batches, self.acc_tasks = [], ()
     self.acc_candidates = task_accuracy.applicable_tasks(config.data.train_tasks)
     if tc.get("accuracy_num_grids", 0):
@@ -80,34 +98,39 @@ class Evaluator:
       host = pipeline.make_eval_batches(config, num_grids=int(tc.accuracy_num_grids),
                                         seed=seed + 2, tasks=tuple(config.data.train_tasks))
       self.acc_tasks = tuple(vocab[int(i)] for b in host for i in b["task_id"])
-      self.acc_batches = self._global(host, tc.accuracy_num_grids)
+      self.acc_batches = [self._global(b) for b in host]
       self.acc_grid = np.concatenate([np.asarray(b["grid"]) for b in host])
     self.history = metric_writers.JsonlHistory(workdir / "eval_metrics.jsonl")
     self._eval_seconds = 0.0
     loss_fn = task.loss_fn
     self._eval_loss = jax.jit(lambda p, b, r: loss_fn(p, b, r, False)[0])
 
-  def _global(self, batches, num_grids: int) -> list[dict]:
-    """Host-complete numpy batches -> global arrays, batch split over all devices."""
-    out = []
-    for batch in batches:
-      batch = {k: batch[k] for k in ("grid", "mask", "box", "task_id")}
-      rows = batch["grid"].shape[0]
-      if rows % jax.device_count():
-        raise ValueError(f"config.train.eval_num_grids / sample_num_grids ({num_grids}) must "
-                         f"divide by the {jax.device_count()} devices")
-      local = host_slice(batch, jax.process_count(), jax.process_index())
-      out.append(parallel.host_batch_to_global(local, self.mesh))
-    return out
+  def _global(self, batch: dict) -> tuple[dict, int]:
+    """A host-complete numpy batch -> (global arrays split over all devices, real rows)."""
+    batch = {k: batch[k] for k in ("grid", "mask", "box", "task_id")}
+    rows = batch["grid"].shape[0]
+    padded = pad_rows(batch, jax.device_count())
+    local = host_slice(padded, jax.process_count(), jax.process_index())
+    return parallel.host_batch_to_global(local, self.mesh), rows
+
+  def _generate(self, params: Any, batch: tuple[dict, int], key: jax.Array) -> np.ndarray:
+    """uint8 target cells of a padded global batch, gathered on every host, padding dropped."""
+    arrays, rows = batch
+    out = self.task.extras["sample_fn"](params, arrays, key)
+    cells = multihost_utils.process_allgather(ib.unit_to_pixels(out["target"]), tiled=True)
+    return np.asarray(cells)[:rows]
 
   def run(self, step: int, state: dict) -> dict[str, float]:
     start = time.perf_counter()
     params = state["ema_params"]
     key = jax.random.key(int(self.config.seed) + step)
-    losses = [float(self._eval_loss(params, b, jax.random.fold_in(key, i)))
-              for i, b in enumerate(self.loss_batches)]
-    scalars = {f"eval/{self.split}_loss": float(np.mean(losses))}
-    record = {}
+    scalars, record = {}, {}
+    if self.loss_batches:
+      # Each batch's loss is a mean over its real grids: weight the batches by their sizes.
+      losses = [float(self._eval_loss(params, b, jax.random.fold_in(key, i)))
+                for i, (b, _) in enumerate(self.loss_batches)]
+      sizes = [rows for _, rows in self.loss_batches]
+      scalars[f"eval/{self.split}_loss"] = float(np.average(losses, weights=sizes))
     if self.acc_batches:
       record = self._accuracy(params, key)
       scalars.update({f"eval/{k}": v for k, v in record.items()})
@@ -119,28 +142,31 @@ class Evaluator:
     self._eval_seconds += time.perf_counter() - start
     # wall_s counts from the evaluator's creation (after the state is initialised), evals included;
     # eval_s is the part of it spent evaluating.
-    self.history.append(step, {**record, "eval_s": round(self._eval_seconds, 3),
-                               f"{self.split}_loss": scalars[f"eval/{self.split}_loss"]})
+    loss = {f"{self.split}_loss": scalars[f"eval/{self.split}_loss"]} if self.loss_batches else {}
+    self.history.append(step, {**record, "eval_s": round(self._eval_seconds, 3), **loss})
     return scalars
 
   def _accuracy(self, params: Any, key: jax.Array) -> dict[str, float]:
-    """Samples the target cell of each accuracy grid -> accuracy, psnr, copy_psnr (uint8 space)."""
+    """Samples the target cell of each grid -> psnr, copy_psnr, edit_success and, where the
+    tasks have candidates, accuracy (uint8 space)."""
     tile, k = self.config.data.tile_size, self.config.data.num_examples
-    generated = []
-    for i, batch in enumerate(self.acc_batches):
-      out = self.task.extras["sample_fn"](params, batch, jax.random.fold_in(key, 10_000 + i))
-      generated.append(np.asarray(multihost_utils.process_allgather(
-          ib.unit_to_pixels(out["target"]), tiled=True)))
+    generated = np.concatenate([self._generate(params, b, jax.random.fold_in(key, 10_000 + i))
+                                for i, b in enumerate(self.acc_batches)])
     _, _, query, truth = (np.asarray(x) for x in ib.split_cells(self.acc_grid, k, tile))
-    res = task_accuracy.evaluate_edits(np.concatenate(generated), query, truth, self.acc_tasks,
+    res = task_accuracy.evaluate_edits(generated, query, truth, self.acc_tasks,
                                        self.acc_candidates)
-    return {k: res[k] for k in ("accuracy", "psnr", "copy_psnr")}
+    record = {"psnr": res["psnr"], "copy_psnr": res["copy_psnr"]}
+    success = image_quality.edit_success(generated, query, truth)
+    if not np.all(np.isnan(success)):
+      record["edit_success"] = float(np.nanmean(success))
+    if res["num_scored"]:
+      record["accuracy"] = res["accuracy"]
+    return record
 
   def _samples(self, step: int, params: Any, key: jax.Array) -> None:
-    out = self.task.extras["sample_fn"](params, self.sample_batch, key)
-    generated = multihost_utils.process_allgather(ib.unit_to_pixels(out["target"]), tiled=True)
+    generated = self._generate(params, self.sample_batch, key)
     if jax.process_index() != 0:
       return
-    sheet = sample_sheet(self.sample_grid, np.asarray(generated), self.config.data.num_examples)
+    sheet = sample_sheet(self.sample_grid, generated, self.config.data.num_examples)
     files.save_png_atomic(self.workdir / "samples" / f"step_{step:07d}.png", sheet)
     self.writer.write_images(step, {"samples": sheet})

@@ -1,20 +1,28 @@
 """A finished (or running) training run as what inference and evaluation need: its config,
-its model and its EMA parameters.
+its model, its latent space and its EMA parameters, all from the run's own checkpoint.
 
     run = load_run(workdir)            # latest checkpoint
-    run.config, run.model, run.params, run.step
+    run.config, run.model, run.space, run.params, run.step
+
+Only the arrays a tool uses are read (the EMA parameters, and in latent space the frozen
+autoencoder's), never the optimizer state; the autoencoder's architecture comes from the saved
+config, so its parameter file is not needed after training.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Sequence
 
 from etils import epath
 import jax
 import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
 
 from imagebrush_jax import checkpoint as ckpt_lib
+from imagebrush_jax import latent
+from imagebrush_jax.models import autoencoder as ae
 from imagebrush_jax.models import imagebrush as ib
 
 
@@ -25,6 +33,7 @@ class Run:
   params: Any  # the 'params' collection (EMA weights unless asked otherwise), host numpy
   step: int
   workdir: str
+  space: latent.LatentSpace | None = None  # the frozen autoencoder's space; None in pixels
 
 
 def _tuples(value: Any) -> Any:
@@ -40,13 +49,17 @@ def config_from_json(data: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_tuples(data))
 
 
+def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
+  options = ml_collections.ConfigDict({"keep": 1, "keep_every": 0, "async_save": False})
+  return ckpt_lib.Checkpointer(workdir, options)
+
+
 def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
   """The run's config: the one saved in the checkpoint, else WORKDIR/config.json."""
   path = epath.Path(workdir) / "config.json"
   directory = epath.Path(workdir) / "checkpoints"
   if directory.exists():
-    options = ml_collections.ConfigDict({"keep": 1, "keep_every": 0, "async_save": False})
-    checkpointer = ckpt_lib.Checkpointer(workdir, options)
+    checkpointer = _checkpointer(workdir)
     try:
       step = checkpointer.latest_step() if step is None else step
       if step is not None:
@@ -64,21 +77,98 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
     raise ValueError(f"cannot read the run config {path}: {e}") from e
 
 
-def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Run:
-  """Config, model and parameters of the run in `workdir` (latest checkpoint by default)."""
-  step, state = ckpt_lib.load_arrays(workdir, step)
-  config = load_config(workdir, step)
-  key = "ema_params" if use_ema else "params"
-  if key not in state:
-    raise KeyError(f"checkpoint step {step} in {workdir} has no {key!r} (has {sorted(state)})")
-  params = state[key]
-  model = ib.build_model(config)
-  wanted = ib.param_shapes(model, config)
-  saved_shapes = jax.tree.map(lambda x: tuple(x.shape), params)
-  wanted_shapes = jax.tree.map(lambda x: tuple(x.shape), wanted)
+def _subtree(tree: Any, path: str) -> Any:
+  for part in path.split("/"):
+    tree = tree[part]
+  return tree
+
+
+def restore_subtrees(workdir: str, step: int | None, paths: Sequence[str]
+                     ) -> tuple[int, dict[str, Any]]:
+  """(step, {path: host numpy tree}) for '/'-joined paths into the saved train state.
+
+  Reads only those arrays (a partial restore), placed on one local device, so a checkpoint
+  written by any mesh or number of hosts reads back here.
+  """
+  checkpointer = _checkpointer(workdir)
+  try:
+    step = checkpointer.latest_step() if step is None else int(step)
+    if step is None:
+      raise FileNotFoundError(f"no checkpoints in {checkpointer.directory}")
+    if step not in checkpointer.all_steps():
+      raise FileNotFoundError(f"no checkpoint of step {step} in {checkpointer.directory} (it has "
+                              f"steps {checkpointer.all_steps()})")
+  finally:
+    checkpointer.manager.close()
+  state_dir = checkpointer.directory / str(step) / ckpt_lib.STATE
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    meta = handler.metadata(state_dir)
+    tree = getattr(meta, "tree", meta)
+    wanted: dict[str, Any] = {}
+    for path in paths:
+      try:
+        sub = _subtree(tree, path)
+      except (KeyError, TypeError):
+        raise KeyError(f"checkpoint step {step} in {workdir} has no {path!r} (its state has "
+                       f"{sorted(tree)})") from None
+      node = wanted
+      parts = path.split("/")
+      for part in parts[:-1]:
+        node = node.setdefault(part, {})
+      node[parts[-1]] = sub
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          wanted)
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), wanted)
+    restored = handler.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  except KeyError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ckpt_lib.CheckpointCorruptError(
+        f"cannot read checkpoint step {step} in {workdir}: {e}") from e
+  finally:
+    handler.close()
+  restored = jax.tree.map(np.asarray, restored)
+  return step, {path: _subtree(restored, path) for path in paths}
+
+
+def _check_shapes(saved: Any, wanted: Any, what: str) -> None:
+  saved_shapes, wanted_shapes = ckpt_lib._flat_shapes(saved), ckpt_lib._flat_shapes(wanted)  # pylint: disable=protected-access
   if saved_shapes != wanted_shapes:
     raise ckpt_lib.CheckpointMismatchError(
-        f"checkpoint step {step} in {workdir} does not fit its own config:\n"
-        + ckpt_lib.describe_mismatch(ckpt_lib._flat_shapes(params),  # pylint: disable=protected-access
-                                     ckpt_lib._flat_shapes(wanted)))  # pylint: disable=protected-access
-  return Run(config=config, model=model, params=params, step=int(step), workdir=str(workdir))
+        f"{what} does not fit its own config:\n"
+        + ckpt_lib.describe_mismatch(saved_shapes, wanted_shapes))
+
+
+def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Run:
+  """Config, model, latent space and parameters of the run in `workdir` (latest checkpoint)."""
+  if not epath.Path(workdir).exists():
+    raise FileNotFoundError(f"run folder {workdir} does not exist")
+  key = "ema_params" if use_ema else "params"
+  checkpointer = _checkpointer(workdir)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+  finally:
+    checkpointer.manager.close()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoints in {ckpt_lib.checkpoint_dir(workdir)}")
+  config = load_config(workdir, step)
+  model = ib.build_model(config)
+  space = latent.from_config(config)
+  if space is None:
+    step, arrays = restore_subtrees(workdir, step, [key])
+    params = arrays[key]
+  else:
+    # The EMA of frozen weights drifts by float rounding: take the autoencoder's exact ones.
+    frozen = f"params/{latent.PARAMS_KEY}"
+    step, arrays = restore_subtrees(workdir, step, [key, frozen])
+    params = {**{k: v for k, v in arrays[key].items() if k != latent.PARAMS_KEY},
+              latent.PARAMS_KEY: arrays[frozen]}
+    _check_shapes(params[latent.PARAMS_KEY], ae.param_shapes(space.model),
+                  f"the autoencoder in checkpoint step {step} in {workdir}")
+  own = {k: v for k, v in params.items() if k != latent.PARAMS_KEY}
+  _check_shapes(own, ib.param_shapes(model, config), f"checkpoint step {step} in {workdir}")
+  return Run(config=config, model=model, params=params, step=int(step), workdir=str(workdir),
+             space=space)

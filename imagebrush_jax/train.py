@@ -9,24 +9,25 @@ checkpoint, so a resumed run sees exactly the batches an uninterrupted one would
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from typing import Any, Callable
 
 from absl import app
-from absl import flags
 from absl import logging
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
 from imagebrush_jax import checkpoint as ckpt_lib
+from imagebrush_jax import cli
 from imagebrush_jax import config_validation
 from imagebrush_jax import files
 from imagebrush_jax import imagebrush_task
+from imagebrush_jax import latent
 from imagebrush_jax import metric_writers
 from imagebrush_jax import parallel
 from imagebrush_jax import periodic_eval
@@ -42,36 +43,64 @@ class NonFiniteLossError(FloatingPointError):
 
 # ====================================================================== preemption
 class _StopFlag:
-  """Set by SIGTERM (preemption); the loop saves and exits at the next step boundary."""
+  """Set by SIGTERM (preemption); the loop saves and exits at an agreed step boundary.
 
-  def __init__(self):
+  One process stops at the next step. Several processes must stop at the same step, which
+  takes a blocking collective: they agree only every `check_every` steps and at steps the
+  caller forces (checkpoint steps, the last step), not behind every step.
+  """
+
+  def __init__(self, check_every: int = 1):
     self.raised = False
+    self.check_every = max(int(check_every), 1)
+    self._previous = None
 
   def install(self):
     if os.name == "posix":
       try:
-        signal.signal(signal.SIGTERM, self._handler)
+        self._previous = signal.signal(signal.SIGTERM, self._handler)
       except ValueError:  # not the main thread (e.g. inside some test runners)
         pass
 
+  def uninstall(self):
+    """Puts back the handler that install replaced (training called from a longer program)."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
   def _handler(self, signum, frame):  # pylint: disable=unused-argument
-    logging.warning("SIGTERM received: checkpointing and stopping at the next step")
+    logging.warning("SIGTERM received: checkpointing and stopping at the next agreed step")
     self.raised = True
 
-  def agreed(self) -> bool:
-    """All processes stop at the same step if any one of them was signalled."""
+  def agreed(self, step: int, force_check: bool = False) -> bool:
+    """Whether every process stops after `step`: True if any one of them was signalled.
+
+    Every process calls this at every step with the same arguments, so all of them enter
+    the collective at the same steps.
+    """
     if jax.process_count() == 1:
       return self.raised
+    if step % self.check_every and not force_check:
+      return False
     flags_all = multihost_utils.process_allgather(np.array(self.raised, np.int32))
     return bool(np.any(flags_all))
 
 
 # ====================================================================== the loop
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> State:
-  """Trains ImageBrush per config in workdir, resuming from its latest checkpoint if any."""
+  """Trains ImageBrush per config in workdir, resuming from its latest checkpoint if any.
+
+  In latent space the autoencoder file is read here, once; the saved config records its
+  architecture, so the finished run needs no file but its own checkpoints.
+  """
+  build_task = imagebrush_task.build
+  autoencoder = latent.load(config)
+  if autoencoder is not None:
+    config = latent.record_arch(config, autoencoder[0])
+    build_task = functools.partial(imagebrush_task.build, autoencoder=autoencoder)
   return run_training(
       config, workdir,
-      build_task=imagebrush_task.build,
+      build_task=build_task,
       make_train_iterator=pipeline.make_train_iterator,
       make_evaluator=periodic_eval.Evaluator)
 
@@ -111,12 +140,12 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
                                             process_count=jax.process_count())
 
   # ------------------------------------------------------------ checkpoint / resume
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint)
-  latest = checkpointer.latest_step()
-  if latest is not None:
+  checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint, remove_partial_saves=True)
+  resume_step = _resume_step(checkpointer, config.checkpoint)
+  if resume_step is not None:
     target = ckpt_lib.abstract_with_shardings(abstract_state, state_shardings)
-    state = checkpointer.restore(latest, target, train_iter)
-    metric_writers.log_line(f"resumed from step {latest} in {checkpointer.directory}")
+    state = checkpointer.restore(resume_step, target, train_iter)
+    metric_writers.log_line(f"resumed from step {resume_step} in {checkpointer.directory}")
   else:
     state = train_state.init_sharded_state(task, state_shardings, jax.random.key(config.seed))
   first_step = int(jax.device_get(state["step"]))
@@ -129,7 +158,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
   progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, first_step)
   history = metric_writers.JsonlHistory(workdir_path / "train_metrics.jsonl")
   evaluator = make_evaluator(config, task, mesh, workdir_path, writer)
-  stop = _StopFlag()
+  stop = _StopFlag(tc.stop_check_every)
   stop.install()
   profile_start, profile_stop = _profile_window(tc.profile_steps)
   last_step = tc.num_steps if tc.stop_at_step < 0 else min(tc.stop_at_step, tc.num_steps)
@@ -168,8 +197,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
       if step % tc.eval_every == 0 or (step == tc.num_steps and tc.eval_at_end):
         evaluator.run(step, state)
 
-      stopping = stop.agreed()
-      if step % config.checkpoint.every == 0 or step == last_step or stopping:
+      checkpoint_step = step % config.checkpoint.every == 0 or step == last_step
+      stopping = stop.agreed(step, force_check=checkpoint_step)
+      if checkpoint_step or stopping:
         if pending is not None:  # never save a state whose loss was not checked
           metric_count += _accumulate(metric_sums, pending, tc.num_steps)
           pending = None
@@ -178,11 +208,37 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
         metric_writers.log_line(f"stopped by SIGTERM at step {step}; checkpoint saved")
         break
   finally:
-    checkpointer.close()
-    writer.close()
-    if hasattr(train_iter, "close"):
-      train_iter.close()  # stops grain worker processes
+    try:
+      checkpointer.close()
+      writer.close()
+      if hasattr(train_iter, "close"):
+        train_iter.close()  # stops grain worker processes
+    finally:
+      stop.uninstall()
   return state
+
+
+def _resume_step(checkpointer: ckpt_lib.Checkpointer,
+                 ckpt_config: ml_collections.ConfigDict) -> int | None:
+  """The step to resume from: config.checkpoint.restore_step if set, else the latest (or None).
+
+  Checkpoints newer than an explicit restore_step are set aside, so the steps trained again
+  save normally and a later plain start resumes from them, not from the set-aside ones.
+  """
+  wanted = int(ckpt_config.restore_step)
+  if wanted < 0:
+    return checkpointer.latest_step()
+  steps = checkpointer.all_steps()
+  if wanted not in steps:
+    raise FileNotFoundError(
+        f"config.checkpoint.restore_step={wanted}: no such checkpoint in "
+        f"{checkpointer.directory} (it has steps {steps or 'none'})")
+  moved = checkpointer.set_aside_after(wanted)
+  if moved:
+    metric_writers.log_line(
+        f"config.checkpoint.restore_step={wanted}: newer checkpoints {moved} moved to "
+        f"{checkpointer.set_aside_directory}")
+  return wanted
 
 
 def _accumulate(sums: dict[str, float], pending, total_steps: int) -> int:
@@ -212,20 +268,13 @@ def _profile_window(profile_steps) -> tuple[int, int]:
 
 
 def main(argv):
-  del argv
-  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a program: importing this module defines none.
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                            lock_config=True)
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and samples.")
-  _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                     "host:port of process 0 for multi-host runs "
-                                     "(or JAX_COORDINATOR_ADDRESS).")
-  _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
-  _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  FLAGS = cli.define_run_flags()  # defined only when run as a program, never on import
+  cli.run(main)

@@ -20,7 +20,6 @@ import math
 from typing import Any, Mapping
 
 from absl import app
-from absl import flags
 import dm_pix
 from etils import epath
 import jax
@@ -30,6 +29,7 @@ from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 
+from imagebrush_jax import cli
 from imagebrush_jax import files
 from imagebrush_jax import metric_writers
 from imagebrush_jax import parallel
@@ -212,14 +212,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def main(argv):
-  # The flags are train.py's (imported above): --config, --workdir and the multi-host ones.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  f = flags.FLAGS
-  parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
-  train_and_evaluate(f.config, f.workdir)
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  FLAGS = cli.define_run_flags()  # the same flags as imagebrush_jax.train
+  cli.run(main)

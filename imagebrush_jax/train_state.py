@@ -49,23 +49,43 @@ class Trainable:
 
 # ====================================================================== optimizer
 def make_lr_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup, then cosine decay to end_lr_fraction * lr, or constant."""
+  """Linear warmup, then cosine decay to end_lr_fraction * lr, or constant.
+
+  Update s (0-based, optax's count) uses the base schedule at s + 1: the first update gets
+  learning_rate / warmup_steps instead of 0, warmup reaches the peak at update warmup_steps,
+  and the last update of a cosine run gets the end value.
+  """
   peak, warmup = float(tc.learning_rate), int(tc.warmup_steps)
   if tc.lr_schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(
+    base = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup,
         decay_steps=max(int(tc.num_steps), warmup + 1), end_value=peak * float(tc.end_lr_fraction))
-  if tc.lr_schedule == "constant":
-    return optax.join_schedules(
+  elif tc.lr_schedule == "constant":
+    base = optax.join_schedules(
         [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
         [warmup])
-  raise ValueError(f"config.train.lr_schedule must be 'cosine' or 'constant', got "
-                   f"{tc.lr_schedule!r}")
+  else:
+    raise ValueError(f"config.train.lr_schedule must be 'cosine' or 'constant', got "
+                     f"{tc.lr_schedule!r}")
+  return lambda step: base(step + 1)
+
+
+DECAYED_PARAM_NAMES = ("kernel",)
 
 
 def _decay_mask(params):
-  """Weight decay on matrices and kernels only, not on biases, norms or embeddings of 1-D."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """Weight decay on Dense / Conv kernels only, chosen by parameter name.
+
+  Biases, norm scales, position / role / index embeddings (`pos_embed`, `Embed`'s
+  `embedding`) and learned tokens (`null_token`) are left undecayed whatever their rank:
+  shrinking them towards zero only removes what they encode.
+  """
+  def decayed(path, _):
+    last = path[-1] if path else None
+    name = getattr(last, "key", getattr(last, "name", None))
+    return name in DECAYED_PARAM_NAMES
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(tc: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,

@@ -1,4 +1,6 @@
 """One tiny trained run per test process, shared by the inference and evaluation tests."""
+import atexit
+import shutil
 import tempfile
 
 _CACHE = {}
@@ -15,6 +17,7 @@ def tiny_workdir() -> str:
     config.train.eval_at_end = False
     config.sampling.num_steps = 2
     workdir = tempfile.mkdtemp(prefix="imagebrush_tiny_run_")
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     train.train_and_evaluate(config, workdir)
     _CACHE["workdir"] = workdir
   return _CACHE["workdir"]

@@ -38,9 +38,9 @@ def latent_config(ae_file):
 
 
 def test_cells_are_encoded_independently(ae_file):
-  space = latent.from_config(latent_config(ae_file))
+  space, params = latent.load(latent_config(ae_file))
   assert space.factor == 2 and space.channels == 4 and space.scaling_factor == 0.5
-  params = jax.tree.map(jnp.asarray, space.load_params())
+  params = jax.tree.map(jnp.asarray, params)
   grid = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
   encode = jax.jit(space.encode_grid)
   z = encode(params, grid)
@@ -97,7 +97,7 @@ def test_training_keeps_the_autoencoder_frozen_and_samples_decode(ae_file):
   config.model.unet.mid_attention = "none"
   config.train.warmup_steps = 0
   config.train.learning_rate = 1e-2
-  task = imagebrush_task.build(config)
+  task = imagebrush_task.build(config, latent.load(config))
   state = jax.jit(task.init_state)(jax.random.key(0))
   frozen = autoencoder_params.load(ae_file)[0]
   assert config.model.edit_proposal  # inherited from the demo: it drafts latents too

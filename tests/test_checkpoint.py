@@ -100,17 +100,62 @@ def test_mismatched_checkpoint_is_refused_with_what_differs(tmp_path):
   ckpt.close()
 
 
-def test_damaged_checkpoint_gets_a_clear_error(tmp_path):
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), _ckpt_cfg())
-  ckpt.save(1, _state(), None, ml_collections.ConfigDict())
-  ckpt.close()
-  state_dir = tmp_path / "checkpoints" / "1" / "state"
-  for root, _, names in os.walk(state_dir):  # truncate every data file
+def _truncate(step_dir, data_only: bool) -> None:
+  """Cuts files to one byte: the array data (ocdbt's d/ folders) only, or every file."""
+  for root, _, names in os.walk(step_dir):
+    if data_only and os.path.basename(root) != "d":
+      continue
     for name in names:
       path = os.path.join(root, name)
       if os.path.getsize(path) > 0:
         with open(path, "r+b") as f:
           f.truncate(1)
+
+
+@pytest.mark.parametrize("data_only", [True, False], ids=["data-files", "all-files"])
+def test_damaged_checkpoint_gets_a_clear_error(tmp_path, data_only):
+  """Array data truncated under intact metadata, or metadata too: refused naming the step and
+  the restore_step of the checkpoint before it, which still restores."""
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), _ckpt_cfg())
-  with pytest.raises(ckpt_lib.CheckpointCorruptError, match=str(tmp_path / "checkpoints" / "1")):
+  ckpt.save(1, _state(), None, ml_collections.ConfigDict())
+  ckpt.save(2, _state(), None, ml_collections.ConfigDict())
+  ckpt.close()
+  _truncate(tmp_path / "checkpoints" / "2" / "state", data_only)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), _ckpt_cfg())
+  with pytest.raises(ckpt_lib.CheckpointCorruptError) as err:
+    ckpt.restore(2, jax.eval_shape(_state), None)
+  text = str(err.value)
+  assert f"checkpoint step 2 in {tmp_path / 'checkpoints' / '2'} is damaged" in text
+  assert "pass --config.checkpoint.restore_step=1" in text
+  restored = ckpt.restore(1, jax.eval_shape(_state), None)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(_state()))
+  ckpt.close()
+
+
+def test_damaged_first_checkpoint_says_there_is_none_before(tmp_path):
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), _ckpt_cfg())
+  ckpt.save(1, _state(), None, ml_collections.ConfigDict())
+  ckpt.close()
+  _truncate(tmp_path / "checkpoints" / "1" / "state", data_only=True)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), _ckpt_cfg())
+  with pytest.raises(ckpt_lib.CheckpointCorruptError,
+                     match="(?s)checkpoint step 1 .* no earlier checkpoint: move .* away"):
     ckpt.restore(1, jax.eval_shape(_state), None)
+  ckpt.close()
+
+
+def test_set_aside_after_moves_newer_steps_and_keeps_earlier_copies(tmp_path):
+  config = _ckpt_cfg()
+  config.keep = 5
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), config)
+  for step in (1, 2, 3):
+    ckpt.save(step, _state(), None, ml_collections.ConfigDict(), force=True)
+  ckpt.wait()
+  assert ckpt.set_aside_after(1) == [2, 3]
+  assert ckpt.all_steps() == [1] and ckpt.latest_step() == 1
+  ckpt.save(2, _state(), None, ml_collections.ConfigDict(), force=True)  # trained again
+  ckpt.wait()
+  assert ckpt.set_aside_after(1) == [2]
+  assert sorted(os.listdir(tmp_path / "checkpoints_set_aside")) == ["2", "2.1", "3"]
+  assert ckpt.set_aside_after(1) == []
+  ckpt.close()

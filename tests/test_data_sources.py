@@ -48,6 +48,7 @@ def folder_config(root, **data):
   c.data.folder_root = str(root)
   c.data.train_tasks = ("brighten", "invert")
   c.data.heldout_tasks = ()
+  c.data.eval_fraction = 0.0  # three pairs a task: too few to hold any out (tests below split)
   for k, v in data.items():
     c.data[k] = v
   return c
@@ -266,8 +267,75 @@ def test_tfds_data_set_that_was_never_written(tmp_path):
     sources.TfdsSource("image_brush_pairs/folder", data_dir=str(tmp_path))
 
 
-def test_tfds_name_must_be_a_builder_config(tmp_path):
+def test_builder_writes_the_folder_when_given_else_needs_the_synthetic_name(tmp_path):
+  make_folder(tmp_path / "pairs")
+  config = folder_config(tmp_path / "pairs", tfds_name="mnist", tfds_dir=str(tmp_path / "tfds"))
+  assert tfds_builder.config_to_write(options.from_config(config)) == "folder"
   config = tiny_test.get_config()
   config.data.tfds_name = "mnist"
-  with pytest.raises(ValueError, match="config.data.tfds_name must be image_brush_pairs/folder"):
+  with pytest.raises(ValueError, match="set config.data.folder_root to write your pairs as "
+                                       "image_brush_pairs/folder, or config.data.tfds_name="
+                                       "image_brush_pairs/synthetic"):
     tfds_builder.build(options.from_config(config))
+
+
+# ---------------------------------------------------------------- train / held-out split
+
+
+def _cells(batches, tile):
+  """Every before-cell of every grid, as bytes (pairs are told apart by their random images)."""
+  out = set()
+  for batch in batches:
+    for grid in batch["grid"]:
+      for row in range(grid.shape[0] // tile):
+        out.add(grid[row * tile:(row + 1) * tile, :tile].tobytes())
+  return out
+
+
+def _many_pairs(root, num_tasks=2, pairs=10, size=8):
+  rng = np.random.default_rng(1)
+  for t in range(num_tasks):
+    os.makedirs(os.path.join(root, f"task{t}"))
+    for i in range(pairs):
+      before = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+      save(os.path.join(root, f"task{t}", f"id{i:02d}_before.png"), before)
+      save(os.path.join(root, f"task{t}", f"id{i:02d}_after.png"), 255 - before)
+
+
+def test_eval_fraction_holds_out_pairs_that_training_never_shows(tmp_path):
+  _many_pairs(tmp_path / "pairs")
+  config = folder_config(tmp_path / "pairs", train_tasks=("task0", "task1"), eval_fraction=0.3,
+                         crop_scale=1.0, flip_prob=0.0, resize_method="nearest")
+  opts = options.from_config(config)
+  split = sources.make_source(opts, seed=0, part="heldout")
+  for task in split.tasks:
+    train, heldout = split.parts(task)
+    assert not set(train) & set(heldout) and len(train) + len(heldout) == 10
+    assert len(heldout) >= 2  # at least num_examples + 1
+    # A pure function of the ids: the same split again, and from the TFDS copy of the folder.
+    assert sources.make_source(opts, seed=5, part="heldout").parts(task) == (train, heldout)
+  it = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  trained = _cells([next(it) for _ in range(12)], 8)
+  evaluated = _cells(pipeline.make_eval_batches(config, num_grids=16, seed=3), 8)
+  held = {split[i].before.tobytes() for t in split.tasks for i in split.parts(t)[1]}
+  assert evaluated <= held and evaluated  # every evaluation cell is a held-out pair ...
+  assert not trained & held  # ... and no held-out pair is ever trained on
+  assert len(trained) == 20 - len(held)  # 96 grids show every training pair
+
+  with config.unlocked():
+    config.data.tfds_dir = str(tmp_path / "tfds")
+  tfds_builder.build(options.from_config(config))
+  with config.unlocked():
+    config.data.source = "tfds"
+    config.data.tfds_name = "image_brush_pairs/folder"
+  stored = sources.make_source(options.from_config(config), seed=0, part="heldout")
+  for task in split.tasks:
+    assert stored.parts(task) == split.parts(task)
+
+
+def test_eval_fraction_refuses_a_task_too_small_to_split(tmp_path):
+  make_folder(tmp_path)
+  config = folder_config(tmp_path, eval_fraction=0.1)
+  with pytest.raises(ValueError, match="task 'brighten' has 3 pairs: config.data.eval_fraction = "
+                                       "0.1 holds out 2 .* leaves 1 for training"):
+    pipeline.make_train_iterator(config, process_index=0, process_count=1)

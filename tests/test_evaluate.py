@@ -63,17 +63,34 @@ def test_train_task_metrics_leave_out_the_heldout_compositions(batches):
   assert m["accuracy"] < 1.0  # the held-out rows were copies
 
 
-def test_random_images_score_near_chance(batches):
+def test_random_and_copied_outputs_earn_nothing(batches):
   config, bs = batches
   rng = np.random.default_rng(0)
   m = _evaluate(config, bs, lambda b: rng.integers(0, 256, (b["grid"].shape[0], 8, 8, 3),
                                                    dtype=np.uint8))
   assert m["chance_accuracy"] < 0.5
-  assert abs(m["accuracy"] - m["chance_accuracy"]) < 0.2
+  assert m["accuracy"] == 0.0 and m["edit_success"] == 0.0
   assert m["psnr"] < m["copy_psnr"] + 5
+  copy = lambda b: grid_lib.split_grid(b["grid"], config.data.num_examples)["query_before"]
+  m = _evaluate(config, bs, copy)
+  assert m["edit_success"] == 0.0 and m["psnr"] == m["copy_psnr"]
 
 
-def test_task_identification_ties_count_as_correct():
+def test_tasks_of_any_name_get_quality_metrics_without_accuracy(batches):
+  """Real data's tasks are arbitrary strings: PSNR, copy PSNR and edit success, no accuracy."""
+  config, bs = batches
+  vocab = ["my edit %d" % i for i in range(len(data_pipeline.task_vocabulary(config)))]
+  truth = lambda b: grid_lib.split_grid(b["grid"], config.data.num_examples)["query_after"]
+  m = evaluate.evaluate_batches(bs, num_examples=config.data.num_examples, task_vocabulary=vocab,
+                                generate=truth, edit=None, distance=fid_lib.PixelDistance(),
+                                train_tasks=tuple(vocab))
+  assert m["accuracy"] is None and m["accuracy_tasks"] == []
+  assert m["psnr"] == 100.0 and m["edit_success"] == 1.0
+  assert m["train_tasks_metrics"]["edit_success"] == 1.0
+  assert all(t["accuracy"] is None and t["copy_psnr"] < 100.0 for t in m["per_task"].values())
+
+
+def test_task_identification_ties_count_with_identical_images():
   gen = np.zeros((1, 2, 2, 3), np.uint8)
   cand = np.stack([np.zeros((3, 2, 2, 3), np.uint8)])
   cand[0, 2] = 255
@@ -132,4 +149,4 @@ def test_evaluate_cli_on_tiny_checkpoint(tmp_path):
   assert 0.0 <= m["accuracy"] <= 1.0 and m["prompt_fidelity"] >= 0
   # The training seed is refused: evaluation data must be fresh.
   assert evaluate.main(["--workdir", tiny_workdir(), "--num_examples", "2", "--output",
-                        str(tmp_path / "x.json"), "--seed", "0"]) == 1
+                        str(tmp_path / "x.json"), "--seed", "0"]) == 2

@@ -34,6 +34,7 @@ class DataOptions:
   tfds_dir: str | None
   tfds_split: str
   tfds_synthetic_pairs: int
+  eval_fraction: float
   resize_method: str
   crop_scale: float
   flip_prob: float
@@ -178,6 +179,7 @@ def from_config(config: Any) -> DataOptions:
       tfds_split=str(_get(d, "tfds_split")),
       tfds_synthetic_pairs=_int(_get(d, "tfds_synthetic_pairs"),
                                 "config.data.tfds_synthetic_pairs", 2),
+      eval_fraction=_float(_get(d, "eval_fraction"), "config.data.eval_fraction", 0.0, 0.9),
       resize_method=_choice(_get(d, "resize_method"), "config.data.resize_method",
                             RESIZE_METHODS),
       crop_scale=_float(_get(d, "crop_scale"), "config.data.crop_scale", 1.0, 2.0),

@@ -68,7 +68,7 @@ def make_train_dataset(config: Any, *, process_index: int, process_count: int
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
   batch = host_batch_size(opts, process_count)
-  source = sources.make_source(opts, seed=opts.seed)
+  source = sources.make_source(opts, seed=opts.seed, part="train")
   sources.check_tasks(source, opts.train_tasks, opts.num_examples + 1, "config.data.train_tasks")
   indices = grain.MapDataset.range(NUM_INDICES // process_count).map(
       functools.partial(_host_index, global_batch=opts.batch_size, host_batch=batch,
@@ -107,7 +107,8 @@ def make_eval_batches(config: Any, *, num_grids: int, seed: int,
   Tasks (default: train + held-out) take turns, so each gets the same share; grids use the
   centred crop, no flip, and always keep their box. Batches have `batch_size` grids
   (default config.data.eval_batch_size); the last one holds the remainder. Synthetic scenes are
-  drawn from `seed` too, so a seed other than config.seed gives scenes never trained on.
+  drawn from `seed` too, so a seed other than config.seed gives scenes never trained on; stored
+  pairs (folder, tfds) come from the held-out part of each task (config.data.eval_fraction).
   """
   opts = options_lib.from_config(config)
   if num_grids < 1:
@@ -122,7 +123,7 @@ def make_eval_batches(config: Any, *, num_grids: int, seed: int,
   batch_size = opts.eval_batch_size if batch_size is None else batch_size
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
-  source = sources.make_source(opts, seed=seed)
+  source = sources.make_source(opts, seed=seed, part="heldout")
   sources.check_tasks(source, tasks, opts.num_examples + 1, "tasks")
   ds = _grids(source, opts, grain.MapDataset.range(num_grids), tasks=tasks, seed=seed,
               train=False).batch(batch_size)

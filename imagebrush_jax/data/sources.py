@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from imagebrush_jax.data import scenes
+from imagebrush_jax.data import splits
 from imagebrush_jax.data import tasks as tasks_lib
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -55,6 +56,10 @@ class PairSource(Protocol):
 
   def pair_indices(self, task: str) -> Sequence[int]:
     """Indices (into this source) of the pairs of `task`."""
+    ...
+
+  def pair_id(self, index: int) -> str:
+    """The id of pair `index` within its task, without decoding its images."""
     ...
 
 
@@ -93,6 +98,9 @@ class SyntheticSource:
     if task not in self._resolved:
       raise _task_error(task, "the synthetic source", self.tasks)
     return range(self.tasks.index(task), self._len, len(self.tasks))
+
+  def pair_id(self, index: int) -> str:
+    return str(int(index))
 
   def __getitem__(self, index: int) -> Pair:
     index = int(index)
@@ -215,6 +223,9 @@ class FolderSource:
       raise _task_error(task, f"folder {self.root}", self.tasks)
     return self._by_task[task]
 
+  def pair_id(self, index: int) -> str:
+    return self._pairs[index][1]
+
   def __getitem__(self, index: int) -> Pair:
     task, pair_id, before, after, box = self._pairs[index]
     return Pair(read_image(before), read_image(after), task, pair_id, box)
@@ -244,6 +255,7 @@ class TfdsSource:
     self.tasks = tuple(builder.info.features["task"].names)
     num = builder.info.splits[split].num_examples
     self._by_task = tfds_builder.task_ranges(builder.info, split, num)
+    self._pair_ids = tfds_builder.pair_ids(builder.info, split)
     self._data = None
 
   def _records(self):
@@ -265,6 +277,11 @@ class TfdsSource:
       raise _task_error(task, f"TFDS data set {self.name}", self.tasks)
     return self._by_task[task]
 
+  def pair_id(self, index: int) -> str:
+    if self._pair_ids is not None:
+      return self._pair_ids[int(index)]
+    return self[index].pair_id  # a data set written without the id list: read the record
+
   def __getitem__(self, index: int) -> Pair:
     record = self._records()[int(index)]
     box = np.asarray(record["box"], np.float32) if record["has_box"] else None
@@ -277,15 +294,26 @@ class TfdsSource:
 # ---------------------------------------------------------------- from the config
 
 
-def make_source(opts, *, seed: int) -> PairSource:
-  """The source named by config.data.source; `seed` seeds synthetic scenes."""
+def make_source(opts, *, seed: int, part: str = "all") -> PairSource:
+  """The source named by config.data.source; `seed` seeds synthetic scenes.
+
+  part: 'train' | 'heldout' | 'all'. Stored pairs (folder, tfds) are split per task by
+  config.data.eval_fraction (see splits.py): training reads 'train', evaluation 'heldout'.
+  Synthetic evaluation draws fresh scenes from another seed instead, so every part is the same.
+  """
   if opts.source == "synthetic":
     return SyntheticSource(opts.all_tasks, opts.scene, opts.render_size, seed)
   if opts.source == "folder":
-    return FolderSource(opts.folder_root, check_images=opts.folder_check_images)
-  if opts.source == "tfds":
-    return TfdsSource(opts.tfds_name, data_dir=opts.tfds_dir, split=opts.tfds_split)
-  raise ValueError(f"config.data.source must be synthetic, folder or tfds; got {opts.source!r}")
+    source = FolderSource(opts.folder_root, check_images=opts.folder_check_images)
+  elif opts.source == "tfds":
+    source = TfdsSource(opts.tfds_name, data_dir=opts.tfds_dir, split=opts.tfds_split)
+  else:
+    raise ValueError(f"config.data.source must be synthetic, folder or tfds; got "
+                     f"{opts.source!r}")
+  if part == "all" or not opts.eval_fraction:
+    return source
+  return splits.SplitSource(source, fraction=opts.eval_fraction, part=part,
+                            min_pairs=opts.num_examples + 1)
 
 
 def check_tasks(source: PairSource, tasks: Sequence[str], num_pairs: int, key: str) -> None:

@@ -1,13 +1,17 @@
 """TFDS builder `image_brush_pairs`: edit pairs as array_record shards, without TensorFlow.
 
 Two builder configs: `folder` (a FolderSource as is) and `synthetic` (the first
-config.data.tfds_synthetic_pairs synthetic pairs of every train and held-out task). Images are
+config.data.tfds_synthetic_pairs synthetic pairs of every train and held-out task). A given
+config.data.folder_root writes `folder`; without one, config.data.tfds_name must name
+`image_brush_pairs/synthetic`. Images are
 stored as raw uint8 tensors (zlib-compressed): tfds.features.Image would need TensorFlow to
 encode. Examples are written unshuffled, grouped by task, and the metadata records each task's
 index range, so TfdsSource finds a task's pairs without reading every record.
 
     python -m imagebrush_jax.data.tfds_builder --config configs/default.py \
-        --config.data.tfds_name=image_brush_pairs/folder --config.data.folder_root=/data/pairs
+        --config.data.folder_root=/data/pairs --config.data.tfds_dir=/data/tfds
+
+Its last stdout line is the training flags that read what it wrote.
 """
 import inspect
 from typing import Sequence
@@ -21,6 +25,7 @@ from imagebrush_jax.data import sources
 
 NAME = "image_brush_pairs"
 _RANGES_KEY = "task_ranges"
+_IDS_KEY = "pair_ids"  # every record's pair id, in record order: splits without reading images
 
 
 class ImageBrushPairs(tfds.core.GeneratorBasedBuilder):
@@ -82,11 +87,13 @@ class ImageBrushPairs(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
     plan = self._plan()
-    ranges, start = {}, 0
+    ranges, ids, start = {}, [], 0
     for task, indices in plan:
       ranges[task] = [start, start + len(indices)]
+      ids += [self._pairs.pair_id(i) for i in indices]
       start += len(indices)
     self.info.metadata[_RANGES_KEY] = {"train": ranges}
+    self.info.metadata[_IDS_KEY] = {"train": ids}
     return {"train": self._generate_examples(plan)}
 
   def _generate_examples(self, plan):
@@ -118,15 +125,29 @@ def task_ranges(info: tfds.core.DatasetInfo, split: str, num_examples: int) -> d
   return ranges
 
 
+def pair_ids(info: tfds.core.DatasetInfo, split: str) -> list[str] | None:
+  """Every record's pair id in `split`, or None for a data set written without them."""
+  try:
+    return list(info.metadata[_IDS_KEY][split])
+  except (KeyError, TypeError):
+    return None
+
+
+def config_to_write(opts: options_lib.DataOptions) -> str:
+  """'folder' when config.data.folder_root is given, else 'synthetic' (named by tfds_name)."""
+  if opts.folder_root:
+    return "folder"
+  if opts.tfds_name == f"{NAME}/synthetic":
+    return "synthetic"
+  raise ValueError(f"set config.data.folder_root to write your pairs as {NAME}/folder, or "
+                   f"config.data.tfds_name={NAME}/synthetic to write synthetic pairs "
+                   f"(config.data.tfds_name is {opts.tfds_name!r})")
+
+
 def make_builder(opts: options_lib.DataOptions) -> ImageBrushPairs:
-  """A builder that can write the data set named by config.data.tfds_name."""
-  name, _, config_name = opts.tfds_name.partition("/")
-  if name != NAME or config_name not in ("folder", "synthetic"):
-    raise ValueError(f"config.data.tfds_name must be {NAME}/folder or {NAME}/synthetic to be "
-                     f"written by this builder, got {opts.tfds_name!r}")
+  """A builder that writes config.data.folder_root, or else the synthetic pairs."""
+  config_name = config_to_write(opts)
   if config_name == "folder":
-    if not opts.folder_root:
-      raise ValueError(f"config.data.folder_root must be set to write {opts.tfds_name}")
     pairs = sources.FolderSource(opts.folder_root, check_images=True)
     per_task = None
   else:
@@ -148,16 +169,20 @@ def build(opts: options_lib.DataOptions, *, overwrite: bool = False) -> str:
 def main(argv: Sequence[str]) -> None:
   del argv
   opts = options_lib.from_config(_CONFIG.value)
-  print(build(opts, overwrite=_OVERWRITE.value))
+  path = build(opts, overwrite=_OVERWRITE.value)
+  name = f"{NAME}/{config_to_write(opts)}"
+  print(f"wrote {name} to {path}")
+  data_dir = f" --config.data.tfds_dir={opts.tfds_dir}" if opts.tfds_dir else ""
+  print(f"--config.data.source=tfds --config.data.tfds_name={name}{data_dir}")
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax import cli  # pylint: disable=g-import-not-at-top
 
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).",
                                             lock_config=True)
   _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rewrite the data set if it exists.")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

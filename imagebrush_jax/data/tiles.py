@@ -66,7 +66,7 @@ def make_train_dataset(config: Any, *, process_index: int, process_count: int
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
   batch = pipeline.host_batch_size(opts, process_count)
-  source = sources.make_source(opts, seed=opts.seed)
+  source = sources.make_source(opts, seed=opts.seed, part="train")
   sources.check_tasks(source, opts.train_tasks, 1, "config.data.train_tasks")
   ds = grain.MapDataset.range(pipeline.NUM_INDICES // process_count).map(
       functools.partial(_host_index, global_batch=opts.batch_size, host_batch=batch,
@@ -100,7 +100,7 @@ def make_eval_tiles(config: Any, *, num_tiles: int, seed: int,
   if num_tiles < 1:
     raise ValueError(f"num_tiles must be positive, got {num_tiles}")
   tasks = opts.all_tasks if tasks is None else tuple(tasks)
-  source = sources.make_source(opts, seed=seed)
+  source = sources.make_source(opts, seed=seed, part="heldout")
   sources.check_tasks(source, tasks, 1, "tasks")
   sampler = SampleTile(source, opts, tasks=tasks, seed=seed, train=False)
   return np.stack([sampler.map(i)["image"] for i in range(num_tiles)])

@@ -29,7 +29,9 @@ def weighted_mse(pred: jax.Array, target: jax.Array, weights: jax.Array) -> jax.
 
 def diffusion_loss(denoise: Callable[[jax.Array, jax.Array], jax.Array], schedule: Schedule,
                    x0: jax.Array, mask: jax.Array, rng: jax.Array, *,
-                   known_cell_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+                   known_cell_weight: float = 0.0,
+                   example_weight: jax.Array | None = None
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One Monte-Carlo estimate of the weighted denoising loss.
 
   Args:
@@ -38,6 +40,7 @@ def diffusion_loss(denoise: Callable[[jax.Array, jax.Array], jax.Array], schedul
     x0: [B,H,W,C] clean grid in diffusion space; mask: [B,H,W,1], 1 on the generated cell.
     rng: key for the timesteps and the noise.
     known_cell_weight: loss weight of the known cells.
+    example_weight: optional [B] weight per grid (0 leaves a grid out, e.g. batch padding).
   Returns:
     (loss, metrics): metrics hold the loss and the plain MSE on the target and the known cells.
   """
@@ -48,7 +51,8 @@ def diffusion_loss(denoise: Callable[[jax.Array, jax.Array], jax.Array], schedul
   pred = denoise(x_t, t)
   target = gaussian.prediction_target(schedule.prediction_type, x0, noise,
                                       gaussian.alpha_at(schedule, t, x0.ndim))
-  loss = weighted_mse(pred, target, cell_weights(mask, known_cell_weight))
-  metrics = dict(loss=loss, mse_target=weighted_mse(pred, target, mask),
-                 mse_known=weighted_mse(pred, target, 1.0 - mask))
+  per_grid = 1.0 if example_weight is None else example_weight.reshape(-1, 1, 1, 1)
+  loss = weighted_mse(pred, target, cell_weights(mask, known_cell_weight) * per_grid)
+  metrics = dict(loss=loss, mse_target=weighted_mse(pred, target, mask * per_grid),
+                 mse_known=weighted_mse(pred, target, (1.0 - mask) * per_grid))
   return loss, metrics

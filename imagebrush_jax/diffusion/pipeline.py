@@ -1,10 +1,14 @@
 """ImageBrush on a data batch: the training loss and the editing sampler, each one call.
 
-    loss_fn = make_loss_fn(model, config)  # (params, batch, rng, train=True) -> (loss, metrics)
-    sample_fn = make_sample_fn(model, config)  # (params, batch, rng, **overrides) -> outputs
+    loss_fn = make_loss_fn(model, config, space)  # (params, batch, rng, train) -> (loss, metrics)
+    sample_fn = make_sample_fn(model, config, space)  # (params, batch, rng, **overrides) -> dict
+
+`space` is the frozen autoencoder's latent space (latent.load / latent.from_config), built once
+by the caller and shared by both; None in pixel space.
 
 `params` is the model's 'params' collection. Batches follow the data contract: grid and mask
-uint8 [B, (K+1)T, 2T, 3|1], box float32 [B, 4] (other keys are ignored). With
+uint8 [B, (K+1)T, 2T, 3|1], box float32 [B, 4], and for the loss an optional per-grid weight
+float32 [B] (0 for padding rows); other keys are ignored. With
 config.model.latent_factor > 1 the UNet works on the latents of a frozen autoencoder whose
 parameters are params[latent.PARAMS_KEY] (see imagebrush_jax/latent.py); the prompt encoder still
 sees pixels.
@@ -35,7 +39,8 @@ def _inputs(batch: Mapping[str, Any], config: ml_collections.ConfigDict,
                                  target_cell_fill=config.model.target_cell_fill, encode=encode)
 
 
-def make_loss_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> LossFn:
+def make_loss_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict,
+                 space: latent.LatentSpace | None = None) -> LossFn:
   """The training objective on a uint8 batch: (params, batch, rng, train=True) -> (loss, metrics).
 
   In training, prompts are replaced by the null tokens at `model.cfg_drop_rate` (classifier-free
@@ -45,7 +50,7 @@ def make_loss_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> Los
   schedule = make_schedule(config.diffusion)
   known_cell_weight = config.diffusion.known_cell_weight
   cfg_drop_rate = config.model.cfg_drop_rate
-  space = latent.from_config(config)
+  latent.check_space(config, space)
 
   def loss_fn(params: Any, batch: Mapping[str, Any], rng: jax.Array,
               train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -67,8 +72,11 @@ def make_loss_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> Los
                          inputs.after, inputs.query, inputs.box, drop_prompt, train=train,
                          rngs={"dropout": rng_dropout} if train else None)
 
+    weight = batch.get("weight")  # optional [B]: 0 for padding rows of an evaluation batch
     return losses.diffusion_loss(denoise, schedule, inputs.x0, inputs.mask, rng_loss,
-                                 known_cell_weight=known_cell_weight)
+                                 known_cell_weight=known_cell_weight,
+                                 example_weight=None if weight is None else
+                                 jnp.asarray(weight, jnp.float32))
 
   return loss_fn
 
@@ -83,7 +91,8 @@ def make_denoise_fn(model: ib.ImageBrush) -> ddim.ApplyFn:
   return denoise_fn
 
 
-def make_sample_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> Callable[..., dict]:
+def make_sample_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict,
+                   space: latent.LatentSpace | None = None) -> Callable[..., dict]:
   """Edits a uint8 batch: (params, batch, rng, *, num_steps, guidance_scale, eta, spacing) -> dict.
 
   Unset keyword arguments come from `config.sampling`. The prompt is encoded once; the DDIM loop
@@ -97,7 +106,7 @@ def make_sample_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict) -> C
   denoise_fn = make_denoise_fn(model)
   num_examples = config.data.num_examples
   clip_x0 = bool(config.sampling.clip_x0)
-  space = latent.from_config(config)
+  latent.check_space(config, space)
 
   @functools.partial(jax.jit, static_argnames=("num_steps", "spacing", "guided"))
   def _sample(params, batch, rng, guidance_scale, eta, *, num_steps, spacing, guided):

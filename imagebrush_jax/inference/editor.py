@@ -41,7 +41,7 @@ class Editor:
     self.batch_size = -(-batch_size // n) * n  # a multiple of the device count
     self._data_sharding = NamedSharding(self.mesh, P("data"))
     self.params = jax.device_put(run.params, NamedSharding(self.mesh, P()))
-    self._sample = diffusion_pipeline.make_sample_fn(run.model, run.config)
+    self._sample = diffusion_pipeline.make_sample_fn(run.model, run.config, run.space)
     self._overrides = dict(num_steps=num_steps, guidance_scale=guidance_scale, eta=eta)
 
   @property

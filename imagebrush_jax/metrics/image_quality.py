@@ -37,3 +37,27 @@ def ssim(a, b) -> np.ndarray:
   size = size if size % 2 else size - 1
   return np.asarray(dm_pix.ssim(a, b, max_val=1.0, filter_size=size,
                                 filter_sigma=1.5 * size / 11.0), np.float64)
+
+
+EDIT_THRESHOLD = 24  # uint8 levels: a pixel is edited where I' and I differ by more than this
+EDIT_ERROR_RATIO = 0.1  # the output's error there must be <= this fraction of the copy's (10 dB)
+
+
+def edit_success(generated, query, truth, threshold: int = EDIT_THRESHOLD,
+                 error_ratio: float = EDIT_ERROR_RATIO) -> np.ndarray:
+  """Per image, whether the output made the edit: within the pixels where the true I' differs
+  from I (any channel by more than `threshold`), the output is closer (mean squared error) to
+  I' than to I, and its error to I' is at most `error_ratio` times the copy-the-query error (so
+  a blurred or constant output that happens to lean towards I' earns nothing). 1.0 or 0.0; NaN
+  where I' equals I everywhere (nothing to edit)."""
+  g, q, t = (np.asarray(x, np.float64) for x in (generated, query, truth))
+  if not g.shape == q.shape == t.shape or g.ndim != 4:
+    raise ValueError(f"edit_success expects three [N, H, W, C] batches of one shape, got "
+                     f"{list(g.shape)}, {list(q.shape)}, {list(t.shape)}")
+  region = (np.abs(t - q).max(axis=-1, keepdims=True) > threshold).astype(np.float64)
+  size = region.sum(axis=(1, 2, 3))
+  to_truth = (region * np.square(g - t)).sum(axis=(1, 2, 3))
+  to_query = (region * np.square(g - q)).sum(axis=(1, 2, 3))
+  copy_error = (region * np.square(q - t)).sum(axis=(1, 2, 3))
+  made = (to_truth < to_query) & (to_truth <= error_ratio * copy_error)
+  return np.where(size > 0, made.astype(np.float64), np.nan)

@@ -218,8 +218,30 @@ class ImageBrush(nn.Module):
     return self.denoise(x_t, timesteps, cond, mask, context, train)
 
 
+def check_sizes(config: ml_collections.ConfigDict) -> None:
+  """Refuses tile, latent, patch and UNet-level sizes that do not divide, naming the keys."""
+  m, tile = config.model, int(config.data.tile_size)
+  factor = int(m.latent_factor)
+  if factor < 1 or tile % factor:
+    raise ValueError(f"config.data.tile_size = {tile} is not divisible by "
+                     f"config.model.latent_factor = {factor}")
+  prompt_size = int(m.prompt.image_size) or tile
+  patch = int(m.prompt.vit.patch_size)
+  if patch < 1 or prompt_size % patch:
+    key = "config.model.prompt.image_size" if m.prompt.image_size else "config.data.tile_size"
+    raise ValueError(f"{key} = {prompt_size} (the prompt encoder's image size) is not divisible "
+                     f"by config.model.prompt.vit.patch_size = {patch}")
+  levels = len(m.unet.channels)
+  step = 2 ** (levels - 1)
+  if (tile // factor) % step:
+    raise ValueError(f"config.data.tile_size = {tile} gives {tile // factor}-cell tiles in "
+                     f"diffusion space, not divisible by {step}, the downsampling of the "
+                     f"{levels} levels of config.model.unet.channels")
+
+
 def build_model(config: ml_collections.ConfigDict) -> ImageBrush:
   """ImageBrush from `config.model`."""
+  check_sizes(config)
   m = config.model
   if m.target_cell_fill not in TARGET_CELL_FILLS:
     raise ValueError(f"model.target_cell_fill must be one of {TARGET_CELL_FILLS}, "

@@ -1,0 +1,82 @@
+"""What every absl program of this project shares: the run flags, quiet library logs, and
+configuration or input errors printed as one line (exit status 2) instead of a traceback.
+
+    if __name__ == "__main__":
+      FLAGS = cli.define_run_flags()     # --config, --workdir, multi-host flags
+      cli.run(main)
+
+--verbosity=1 shows library INFO logs and, for an error, its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from imagebrush_jax import checkpoint as ckpt_lib
+
+USAGE_ERROR = 2  # exit status of a configuration or input error, as argparse's
+# Errors that describe the user's config, files or run folder: their message is the report.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError,
+               ckpt_lib.CheckpointCorruptError)
+
+
+class RunFlags:
+  """The flags every training program takes, as attributes after parsing."""
+
+  def __init__(self):
+    self._config = config_flags.DEFINE_config_file("config", None, "Config file (.py).",
+                                                   lock_config=True)
+    self._workdir = flags.DEFINE_string("workdir", None,
+                                        "Folder for checkpoints, logs and samples.")
+    self._coordinator = flags.DEFINE_string(
+        "coordinator_address", None,
+        "host:port of process 0 for multi-host runs (or JAX_COORDINATOR_ADDRESS).")
+    self._num_processes = flags.DEFINE_integer("num_processes", None,
+                                               "Processes in a multi-host run.")
+    self._process_id = flags.DEFINE_integer("process_id", None, "This process's index.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+  config = property(lambda self: self._config.value)
+  workdir = property(lambda self: self._workdir.value)
+  coordinator_address = property(lambda self: self._coordinator.value)
+  num_processes = property(lambda self: self._num_processes.value)
+  process_id = property(lambda self: self._process_id.value)
+
+
+def define_run_flags() -> RunFlags:
+  """Defines --config, --workdir and the multi-host flags (call only when run as a program)."""
+  return RunFlags()
+
+
+def error_message(error: BaseException) -> str:
+  """The message of an error, without KeyError's quotes."""
+  if isinstance(error, KeyError) and len(error.args) == 1:
+    return str(error.args[0])
+  return str(error) or type(error).__name__
+
+
+def report(error: BaseException) -> int:
+  """Prints `error: <message>` on stderr (the traceback only at --verbosity >= 1)."""
+  logging.debug("traceback of the error below", exc_info=error)
+  print(f"error: {error_message(error)}", file=sys.stderr, flush=True)
+  return USAGE_ERROR
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """app.run(main) with library logs at WARNING unless --verbosity is given, and user errors
+  (USER_ERRORS) reported in one line with exit status 2."""
+
+  def wrapped(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    try:
+      return main(argv)
+    except USER_ERRORS as e:  # pylint: disable=catching-non-exception
+      sys.exit(report(e))
+
+  app.run(wrapped)

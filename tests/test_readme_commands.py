@@ -1,0 +1,189 @@
+"""Every command README.md shows, run as written (a subprocess each) at tiny size.
+
+The only changes allowed to a command are appended overrides of steps and sizes and the root of
+absolute data paths (/data/... -> a folder of this test). A command the README shows that is
+not in PLAN fails the test, so no documented command can break unnoticed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = ".venv/bin/python"
+
+
+def readme_commands(path: str = os.path.join(ROOT, "README.md")) -> list[str]:
+  """The commands of README.md's ```bash blocks, continuations joined, comments dropped."""
+  text = open(path).read()
+  commands = []
+  for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+    for line in block.replace("\\\n", " ").splitlines():
+      line = re.sub(r"\s+#\s.*$", "", line).strip()
+      if line and not line.startswith("#"):
+        commands.append(re.sub(r"\s+", " ", line))
+  return commands
+
+
+def _flags(*pairs: str) -> list[str]:
+  return [f"--config.{p}" for p in pairs]
+
+
+TINY_MODEL = ("model.unet.channels=(16,32)", "model.unet.attention=('self','self+cross')",
+              "model.unet.num_heads=2", "model.unet.norm_groups=8", "model.prompt.vit.width=32",
+              "model.prompt.vit.depth=1", "model.prompt.vit.num_heads=2",
+              "model.prompt.mixer.width=32", "model.prompt.mixer.depth=1",
+              "model.prompt.mixer.num_heads=2", "sampling.num_steps=2")
+TINY_RUN = ("train.num_steps=2", "train.warmup_steps=1", "train.eval_every=2",
+            "train.eval_num_grids=4", "train.sample_num_grids=4", "train.accuracy_num_grids=4",
+            "checkpoint.every=2", "data.num_workers=0", "data.eval_batch_size=4")
+# configs/default.py at tiny size (8-pixel tiles, as configs/tiny_test.py).
+TINY_DEFAULT = _flags("data.tile_size=8", "data.crop_scale=1.25", "train.batch_size=8",
+                      *TINY_MODEL, *TINY_RUN)
+# configs/paper_256.py and latent_tiny.py: 32-pixel tiles, 4x4 latents of an f = 8 autoencoder.
+TINY_LATENT = _flags("data.tile_size=32", "model.prompt.image_size=0",
+                     "model.prompt.vit.patch_size=8", "model.unet.num_res_blocks=1",
+                     "train.batch_size=4", *TINY_MODEL, *TINY_RUN)
+TINY_AUTOENCODER = _flags("autoencoder.arch.block_out_channels=(8,8,8,8)",
+                          "autoencoder.arch.norm_num_groups=4", "train.batch_size=4",
+                          "train.num_steps=2", "train.warmup_steps=1", "train.eval_every=2",
+                          "train.eval_num_grids=8", "train.sample_num_grids=2",
+                          "checkpoint.every=2", "data.num_workers=0")
+PAPER = ('launch/local.sh configs/paper_256.py runs/paper '
+         '--config.model.autoencoder.params=sd_vae.safetensors --config.data.tfds_dir=/data/tfds '
+         '--config.data.train_tasks="(\'mirror\',\'neg\')" --config.data.heldout_tasks="()"')
+
+# (command as the README shows it, what to append; or None and why it does not run here).
+# Listed in an order that runs each command after the ones that make its inputs.
+PLAN: list[tuple[str, list[str] | None, str]] = [
+    ("make demo", ["DEMO_EVAL_GRIDS=4", "DEMO_FLAGS=" + shlex.quote(
+        " ".join(shlex.quote(a) for a in TINY_DEFAULT))],
+     ""),
+    ("make test", None, "this test suite itself"),
+    (f"{PY} -m imagebrush_jax.data.preview --config configs/default.py --num 16 --out grids.png",
+     [], ""),
+    (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/mine "
+     "--config.data.source=folder --config.data.folder_root=/data/pairs "
+     "--config.data.train_tasks=\"('mirror','neg')\" --config.data.heldout_tasks=\"()\"",
+     TINY_DEFAULT, ""),
+    (f"{PY} -m imagebrush_jax.data.tfds_builder --config configs/default.py "
+     "--config.data.folder_root=/data/pairs --config.data.tfds_dir=/data/tfds", [], ""),
+    (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/mine_shards "
+     "--config.data.source=tfds --config.data.tfds_name=image_brush_pairs/folder "
+     "--config.data.tfds_dir=/data/tfds --config.data.train_tasks=\"('mirror','neg')\" "
+     "--config.data.heldout_tasks=\"()\"", TINY_DEFAULT, ""),
+    (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/demo "
+     "--config.train.batch_size=64 --config.train.learning_rate=5e-4",
+     [a for a in TINY_DEFAULT if "batch_size" not in a], ""),
+    (f"{PY} -m imagebrush_jax.convert --from sd_vae --input sd-vae-ft-mse/ "
+     "--output sd_vae.safetensors", [], ""),
+    (f"{PY} -m imagebrush_jax.autoencode --params sd_vae.safetensors --input x.png "
+     "--output y.png", [], ""),
+    (PAPER, TINY_LATENT, ""),
+    ("NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local.sh configs/tiny_test.py runs/mh", None,
+     "run as written by tests/test_train.py::test_two_processes_match_one_process"),
+    ("COORDINATOR_ADDRESS=10.0.0.1:12355 NUM_HOSTS=4 HOST_INDEX=0 launch/gpu_multinode.sh "
+     "configs/paper_256.py /shared/runs/paper", None, "needs four GPU hosts"),
+    ("TPU_NAME=ib-pod ZONE=us-central2-b ACCELERATOR=v4-64 WORKDIR=gs://bucket/runs/paper "
+     "launch/tpu_pod.sh configs/paper_256_tpu_pod.py", None, "needs gcloud and a TPU pod"),
+    (f"{PY} -m imagebrush_jax.train_autoencoder --config configs/autoencoder_tiny.py "
+     "--workdir runs/autoencoder_tiny", TINY_AUTOENCODER, ""),
+    (f"{PY} -m imagebrush_jax.train --config configs/latent_tiny.py --workdir runs/latent_tiny",
+     TINY_LATENT, ""),
+    (f"{PY} -m imagebrush_jax.convert --from vit --input model.safetensors "
+     "--output vit.safetensors --num_heads 12", [], ""),
+    (f"{PY} -m imagebrush_jax.infer --workdir runs/demo --before a.png --after b.png "
+     "--query q.png --output out.png --box 0,0,12,12 --steps 10 --guidance 1.0 --seed 0",
+     ["--steps", "2"], ""),
+    (f"{PY} -m imagebrush_jax.infer --workdir runs/demo --manifest rows.jsonl --output_dir out/",
+     ["--steps", "2"], ""),
+    (f"{PY} -m imagebrush_jax.evaluate --workdir runs/demo --num_examples 256 "
+     "--output metrics.json", ["--num_examples", "8", "--steps", "2"], ""),
+]
+
+
+def test_every_readme_command_is_planned():
+  shown = set(readme_commands())
+  planned = {command for command, _, _ in PLAN}
+  assert shown - planned == set(), "README commands without a test"
+  assert planned - shown == set(), "planned commands the README no longer shows"
+
+
+def _make_inputs(work: str) -> None:
+  """What the commands read: a pairs folder, images, a manifest, a diffusers VAE and a ViT."""
+  for name in (".venv", "configs", "imagebrush_jax", "launch", "Makefile", "requirements.txt",
+               "requirements-test.txt"):
+    os.symlink(os.path.join(ROOT, name), os.path.join(work, name))
+  rng = np.random.default_rng(0)
+  for task, fn in (("mirror", lambda x: x[:, ::-1]), ("neg", lambda x: 255 - x)):
+    os.makedirs(os.path.join(work, "data", "pairs", task))
+    for i in range(6):
+      before = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+      folder = os.path.join(work, "data", "pairs", task)
+      Image.fromarray(before).save(os.path.join(folder, f"p{i}_before.png"))
+      Image.fromarray(np.ascontiguousarray(fn(before))).save(os.path.join(folder,
+                                                                          f"p{i}_after.png"))
+  for name, size in (("a.png", (30, 40)), ("b.png", (30, 40)), ("q.png", (27, 35)),
+                     ("x.png", (32, 32))):
+    Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(
+        os.path.join(work, name))
+  with open(os.path.join(work, "rows.jsonl"), "w") as f:
+    f.write(json.dumps({"examples": [{"before": "a.png", "after": "b.png"}], "query": "q.png",
+                        "output": "q_edited.png", "box": [0, 0, 20, 20]}) + "\n")
+  import diffusers  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  diffusers.AutoencoderKL(  # f = 8: four levels
+      in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+      down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+      layers_per_block=1, norm_num_groups=4, sample_size=32).save_pretrained(
+          os.path.join(work, "sd-vae-ft-mse"), safe_serialization=True)
+  vit = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+      hidden_size=24, num_hidden_layers=1, num_attention_heads=12, intermediate_size=48,
+      image_size=16, patch_size=4, hidden_act="gelu"))
+  vit.save_pretrained(os.path.join(work, "vit_folder"), safe_serialization=True)
+  os.rename(os.path.join(work, "vit_folder", "model.safetensors"),
+            os.path.join(work, "model.safetensors"))
+
+
+def _run(command: str, extra: list[str], work: str) -> subprocess.CompletedProcess:
+  quoted = extra if command.startswith("make ") else [shlex.quote(a) for a in extra]
+  line = command.replace("/data/", f"{work}/data/") + "".join(" " + a for a in quoted)
+  env = {**os.environ, "PYTHONPATH": work}
+  return subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True,
+                        timeout=900)
+
+
+def test_readme_commands_run_at_tiny_size(tmp_path):
+  work = str(tmp_path)
+  _make_inputs(work)
+  for command, extra, why in PLAN:
+    if extra is None:
+      assert why
+      continue
+    proc = _run(command, extra, work)
+    assert proc.returncode == 0, (command, proc.stdout[-3000:], proc.stderr[-3000:])
+  expect = ["runs/demo/metrics.json", "runs/demo/report.png", "runs/demo/accuracy_curve.png",
+            "grids.png", "sd_vae.safetensors", "y.png", "vit.safetensors", "out.png",
+            "out/q_edited.png", "metrics.json", "runs/autoencoder_tiny/autoencoder.safetensors",
+            "runs/mine/checkpoints/2", "runs/mine_shards/checkpoints/2", "runs/paper/checkpoints/2",
+            "runs/latent_tiny/checkpoints/2"]
+  missing = [p for p in expect if not os.path.exists(os.path.join(work, p))]
+  assert not missing
+  assert Image.open(os.path.join(work, "out.png")).size == (35, 27)
+  metrics = json.load(open(os.path.join(work, "metrics.json")))
+  assert metrics["num_examples"] == 8 and metrics["step"] == 2
+
+
+if __name__ == "__main__":
+  print("\n".join(readme_commands()))
+  sys.exit(0)
