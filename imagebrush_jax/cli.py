@@ -1,5 +1,6 @@
 """What every absl program of this project shares: the run flags, quiet library logs, and
-configuration or input errors printed as one line (exit status 2) instead of a traceback.
+configuration or input errors printed as one line (exit status 2) instead of a traceback (a
+non-finite loss, which stops a run, likewise, with exit status 1).
 
     if __name__ == "__main__":
       FLAGS = cli.define_run_flags()     # --config, --workdir, multi-host flags
@@ -78,5 +79,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
       return main(argv)
     except USER_ERRORS as e:  # pylint: disable=catching-non-exception
       sys.exit(report(e))
+    except FloatingPointError as e:  # a NaN / inf loss: the run stopped, naming the step
+      report(e)
+      sys.exit(1)
 
   app.run(wrapped)

@@ -90,16 +90,23 @@ def test_pixel_configs_have_no_latent_space_and_paper_is_latent():
   assert tiny.data.tile_size % tiny.model.latent_factor == 0
 
 
-def test_training_keeps_the_autoencoder_frozen_and_samples_decode(ae_file):
+def test_training_keeps_the_autoencoder_frozen_and_samples_decode(ae_file, monkeypatch):
   config = latent_config(ae_file)
   config.model.unet.channels = (16,)  # one level: a quicker compilation
   config.model.unet.attention = ("self+cross",)
   config.model.unet.mid_attention = "none"
   config.train.warmup_steps = 0
   config.train.learning_rate = 1e-2
-  task = imagebrush_task.build(config, latent.load(config))
-  state = jax.jit(task.init_state)(jax.random.key(0))
   frozen = autoencoder_params.load(ae_file)[0]
+  reads = []
+  real_load = autoencoder_params.load
+  monkeypatch.setattr(autoencoder_params, "load", lambda p: reads.append(p) or real_load(p))
+  loaded = latent.load(config)
+  task = imagebrush_task.build(config, loaded)
+  state = jax.jit(task.init_state)(jax.random.key(0))
+  # The file is read once; the saved config rebuilds the space without it.
+  saved = latent.record_arch(config, loaded[0])
+  assert latent.from_config(saved) == loaded[0] and reads == [ae_file]
   assert config.model.edit_proposal  # inherited from the demo: it drafts latents too
   assert set(state["params"]) == {"unet", "prompt_encoder", "edit_proposal", latent.PARAMS_KEY}
   # The UNet input is 4-channel latents (x_t, cond in one or more views, the draft) and the mask.
@@ -123,6 +130,7 @@ def test_training_keeps_the_autoencoder_frozen_and_samples_decode(ae_file):
   assert out["grid"].shape == (4, 8, 8, 4) and out["target_latent"].shape == (4, 4, 4, 4)
   assert out["target"].shape == (4, 8, 8, 3)
   assert float(jnp.abs(out["target"]).max()) <= 1.0
+  assert reads == [ae_file]  # the loss, the train step and the sampler read nothing more
   space = latent.from_config(config)
   decoded = space.decode(jax.tree.map(jnp.asarray, frozen), out["target_latent"])
   np.testing.assert_allclose(out["target"], decoded, atol=1e-5)

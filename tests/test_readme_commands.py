@@ -1,4 +1,5 @@
-"""Every command README.md shows, run as written (a subprocess each) at tiny size.
+"""Every command README.md shows, run as written (a subprocess each) at tiny size; then the
+latent run they trained is edited and evaluated without its autoencoder file.
 
 The only changes allowed to a command are appended overrides of steps and sizes and the root of
 absolute data paths (/data/... -> a folder of this test). A command the README shows that is
@@ -42,12 +43,17 @@ TINY_MODEL = ("model.unet.channels=(16,32)", "model.unet.attention=('self','self
               "model.prompt.vit.depth=1", "model.prompt.vit.num_heads=2",
               "model.prompt.mixer.width=32", "model.prompt.mixer.depth=1",
               "model.prompt.mixer.num_heads=2", "sampling.num_steps=2")
-TINY_RUN = ("train.num_steps=2", "train.warmup_steps=1", "train.eval_every=2",
-            "train.eval_num_grids=4", "train.sample_num_grids=4", "train.accuracy_num_grids=4",
-            "checkpoint.every=2", "data.num_workers=0", "data.eval_batch_size=4")
+# No evaluation during these runs (0 grids): it has its own tests, and `make demo` evaluates.
+TINY_STEPS = ("train.num_steps=2", "train.warmup_steps=1", "checkpoint.every=2",
+              "data.num_workers=0", "data.eval_batch_size=4")
+NO_EVAL = ("train.eval_num_grids=0", "train.sample_num_grids=0", "train.accuracy_num_grids=0")
+TINY_RUN = TINY_STEPS + NO_EVAL
+TINY_DEFAULT_DATA = ("data.tile_size=8", "data.crop_scale=1.25", "train.batch_size=8")
 # configs/default.py at tiny size (8-pixel tiles, as configs/tiny_test.py).
-TINY_DEFAULT = _flags("data.tile_size=8", "data.crop_scale=1.25", "train.batch_size=8",
-                      *TINY_MODEL, *TINY_RUN)
+TINY_DEFAULT = _flags(*TINY_DEFAULT_DATA, *TINY_MODEL, *TINY_RUN)
+# The demo keeps a small evaluation at its last step, for its accuracy curve and report.
+TINY_DEMO = _flags(*TINY_DEFAULT_DATA, *TINY_MODEL, *TINY_STEPS, "train.eval_num_grids=4",
+                   "train.sample_num_grids=4", "train.accuracy_num_grids=4")
 # configs/paper_256.py and latent_tiny.py: 32-pixel tiles, 4x4 latents of an f = 8 autoencoder.
 TINY_LATENT = _flags("data.tile_size=32", "model.prompt.image_size=0",
                      "model.prompt.vit.patch_size=8", "model.unet.num_res_blocks=1",
@@ -65,7 +71,7 @@ PAPER = ('launch/local.sh configs/paper_256.py runs/paper '
 # Listed in an order that runs each command after the ones that make its inputs.
 PLAN: list[tuple[str, list[str] | None, str]] = [
     ("make demo", ["DEMO_EVAL_GRIDS=4", "DEMO_FLAGS=" + shlex.quote(
-        " ".join(shlex.quote(a) for a in TINY_DEFAULT))],
+        " ".join(shlex.quote(a) for a in TINY_DEMO))],
      ""),
     ("make test", None, "this test suite itself"),
     (f"{PY} -m imagebrush_jax.data.preview --config configs/default.py --num 16 --out grids.png",
@@ -172,6 +178,11 @@ def test_readme_commands_run_at_tiny_size(tmp_path):
       continue
     proc = _run(command, extra, work)
     assert proc.returncode == 0, (command, proc.stdout[-3000:], proc.stderr[-3000:])
+    # What a user sees: progress lines, not library INFO logs or restore warnings.
+    for noise in ("Traceback", "could not be restored", "INFO:absl", "I0000 "):
+      assert noise not in proc.stdout + proc.stderr, (command, noise, proc.stderr[-3000:])
+    if " imagebrush_jax.train " in f" {command} " and "runs/demo" not in command:
+      assert "step 2/2 | loss" in proc.stdout, (command, proc.stdout[-3000:])
   expect = ["runs/demo/metrics.json", "runs/demo/report.png", "runs/demo/accuracy_curve.png",
             "grids.png", "sd_vae.safetensors", "y.png", "vit.safetensors", "out.png",
             "out/q_edited.png", "metrics.json", "runs/autoencoder_tiny/autoencoder.safetensors",
@@ -182,6 +193,20 @@ def test_readme_commands_run_at_tiny_size(tmp_path):
   assert Image.open(os.path.join(work, "out.png")).size == (35, 27)
   metrics = json.load(open(os.path.join(work, "metrics.json")))
   assert metrics["num_examples"] == 8 and metrics["step"] == 2
+
+  # The latent run (paper_256, from the converted diffusers VAE) edits and evaluates from its
+  # checkpoint alone: the VAE file is not needed after training.
+  os.remove(os.path.join(work, "sd_vae.safetensors"))
+  for command in (f"{PY} -m imagebrush_jax.infer --workdir runs/paper --before a.png "
+                  "--after b.png --query q.png --output paper_out.png --steps 2",
+                  f"{PY} -m imagebrush_jax.evaluate --workdir runs/paper --num_examples 8 "
+                  "--output paper_metrics.json --steps 2 --batch_size 4 --no_cycle"):
+    proc = _run(command, [], work)
+    assert proc.returncode == 0, (command, proc.stdout[-3000:], proc.stderr[-3000:])
+  assert Image.open(os.path.join(work, "paper_out.png")).size == (35, 27)
+  metrics = json.load(open(os.path.join(work, "paper_metrics.json")))
+  assert metrics["num_examples"] == 8 and np.isfinite(metrics["psnr"])
+  assert set(metrics["per_task"]) == {"mirror", "neg"} and metrics["accuracy"] is None
 
 
 if __name__ == "__main__":

@@ -294,9 +294,9 @@ def test_damaged_checkpoint_names_its_step_and_restore_step_resumes_before_it(tm
 
 
 # ====================================================================== NaN
-@pytest.mark.parametrize("bad_step", [4, 6])
+@pytest.mark.parametrize("bad_step", [3, 4, 6])
 def test_nan_at_a_checkpoint_step_saves_nothing_for_it(bad_step, tmp_path):
-  """Step 4 is a checkpoint step; step 6 is also the last step."""
+  """Step 3 is between checkpoints; step 4 is a checkpoint step; step 6 is also the last."""
   with pytest.raises(train.NonFiniteLossError, match=f"loss is nan at step {bad_step} of 6"):
     _train(_config(num_steps=6, every=2), tmp_path, poison_at=bad_step)
   assert _steps(tmp_path) == list(range(2, bad_step, 2))
