@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from absl import logging
 
@@ -228,11 +228,15 @@ def param_count(tree: Any) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def load_arrays(workdir: str, step: int | None = None) -> tuple[int, dict]:
+def load_arrays(workdir: str, step: int | None = None,
+                paths: Sequence[str] | None = None) -> tuple[int, dict]:
   """The saved train state of a run as host numpy arrays (latest step by default).
 
-  For tools that read a finished run (inference, evaluation, tests) without building
-  the optimizer; the trainer itself restores onto its mesh with Checkpointer.restore.
+  `paths` ('/'-joined, e.g. "ema_params" or "params/autoencoder") limits the read to those
+  subtrees (a partial restore: nothing else, such as the optimizer state, is read); the tree
+  returned holds only them. For tools that read a finished run (inference, evaluation, tests)
+  without building the optimizer; the trainer itself restores onto its mesh with
+  Checkpointer.restore.
   """
   directory = checkpoint_dir(workdir)
   if not directory.exists():
@@ -240,21 +244,49 @@ def load_arrays(workdir: str, step: int | None = None) -> tuple[int, dict]:
   manager = ocp.CheckpointManager(directory, item_names=(STATE,),
                                   item_handlers={STATE: ocp.StandardCheckpointHandler()})
   try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoints in {directory}")
-    path = directory / str(step)
-    try:
-      # The target comes from the checkpoint's own metadata, placed on one local device, so
-      # a checkpoint written by any mesh or number of hosts reads back here.
-      meta = manager.item_metadata(step)[STATE]
-      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            getattr(meta, "tree", meta))
-      restored = manager.restore(step, args=ocp.args.Composite(
-          **{STATE: ocp.args.StandardRestore(target)}))
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointCorruptError(f"cannot restore checkpoint {path}: {e}") from e
-    return step, jax.tree.map(np.asarray, restored[STATE])
+    steps = sorted(manager.all_steps())
   finally:
     manager.close()
+  step = (steps[-1] if steps else None) if step is None else int(step)
+  if step is None:
+    raise FileNotFoundError(f"no checkpoints in {directory}")
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint of step {step} in {directory} (it has steps "
+                            f"{steps})")
+  path = directory / str(step)
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    tree = handler.metadata(path / STATE)
+    tree = getattr(tree, "tree", tree)
+    wanted = tree if paths is None else _select(tree, paths, f"checkpoint step {step} in {path}")
+    # The target comes from the checkpoint's own metadata, placed on one local device, so
+    # a checkpoint written by any mesh or number of hosts reads back here.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          wanted)
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), wanted)
+    restored = handler.restore(path / STATE, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=paths is not None))
+  except KeyError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointCorruptError(f"cannot restore checkpoint {path}: {e}") from e
+  finally:
+    handler.close()
+  return step, jax.tree.map(np.asarray, restored)
+
+
+def _select(tree: dict, paths: Sequence[str], where: str) -> dict:
+  """The subtrees of `tree` at '/'-joined `paths`, nested as in `tree`."""
+  out: dict = {}
+  for joined in paths:
+    parts, node, src = joined.split("/"), out, tree
+    for i, part in enumerate(parts):
+      try:
+        src = src[part]
+      except (KeyError, TypeError):
+        raise KeyError(f"{where} has no {joined!r} (its state has {sorted(tree)})") from None
+      if i < len(parts) - 1:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = src
+  return out

@@ -61,11 +61,16 @@ def error_message(error: BaseException) -> str:
   return str(error) or type(error).__name__
 
 
-def report(error: BaseException) -> int:
-  """Prints `error: <message>` on stderr (the traceback only at --verbosity >= 1)."""
-  logging.debug("traceback of the error below", exc_info=error)
-  print(f"error: {error_message(error)}", file=sys.stderr, flush=True)
+def fail(message: str) -> int:
+  """Prints `error: <message>` on stderr; returns the exit status of a user error."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
   return USAGE_ERROR
+
+
+def report(error: BaseException) -> int:
+  """fail() with the error's message (the traceback only at --verbosity >= 1)."""
+  logging.debug("traceback of the error below", exc_info=error)
+  return fail(error_message(error))
 
 
 def run(main: Callable[[list[str]], Any]) -> None:

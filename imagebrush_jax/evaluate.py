@@ -8,11 +8,12 @@ fresh seed (scenes never trained on), stored ones (folder, tfds) from the pairs 
 training (config.data.eval_fraction). Metrics, for tasks of any name:
   psnr, ssim      generated I' vs the ground truth; copy_psnr / copy_ssim for returning I itself
   edit_success    within the pixels where the true I' differs from I, the output is closer to I'
-                  than to I (metrics/image_quality.py)
-  accuracy        task identification: the generated I' is at least as close (pixel MSE) to the
-                  true task's output on I as to every other global task's (ties count as
-                  correct); per task too, and the chance level of a random pick; only for
-                  tasks that have candidates (the built-in global tasks)
+                  than to I and 10 dB nearer it than the copy (metrics/image_quality.py)
+  accuracy        task identification: the generated I' lies within half the distance from the
+                  true task's output on I to the nearest different candidate output, where a
+                  tie counts only with tasks whose output equals the true one
+                  (metrics/task_accuracy.py); per task too, and the chance level of a random
+                  pick; only for tasks that have candidates (the built-in global tasks)
   prompt_fidelity dist(E', edit(E | I -> I')), image_fidelity dist(I, edit(I' | E' -> E)), with
                   dist = pixel MSE in [0, 1], or FID when --inception_weights is given
 """
@@ -33,7 +34,6 @@ from imagebrush_jax import files
 from imagebrush_jax import run_loading
 from imagebrush_jax.data import grid as grid_lib
 from imagebrush_jax.data import pipeline as data_pipeline
-from imagebrush_jax.data import tasks as tasks_lib
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.metrics import cycle
 from imagebrush_jax.metrics import fid as fid_lib
@@ -42,10 +42,6 @@ from imagebrush_jax.metrics import task_accuracy
 
 DEFAULT_SEED = 1_000_003
 Generate = Callable[[Mapping[str, np.ndarray]], np.ndarray]
-
-
-def _is_global(name: str) -> bool:
-  return tasks_lib.is_known(name) and tasks_lib.get_task(name).is_global
 
 
 def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_examples: int,
@@ -74,7 +70,7 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
   n = gen.shape[0]
 
   # Task identification over the global tasks of the vocabulary (only they apply to any image).
-  global_names = [t for t in task_vocabulary if _is_global(t)]
+  global_names = list(task_accuracy.applicable_tasks(task_vocabulary))
   true_names = [task_vocabulary[i] for i in data["task_id"]]
   correct = np.full(n, np.nan)
   chance = np.full(n, np.nan)

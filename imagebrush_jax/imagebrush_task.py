@@ -2,7 +2,8 @@
 
 In latent space (config.model.latent_factor > 1) the parameters also hold the frozen autoencoder
 (params[latent.PARAMS_KEY], read once from config.model.autoencoder.params by latent.load and
-handed to `build`), which the optimizer leaves unchanged; see latent.py. config.model.prompt.vit_init, if set, names a converted ViT file
+handed to `build`), which the optimizer leaves unchanged; see latent.py.
+config.model.prompt.vit_init, if set, names a converted ViT file
 (python -m imagebrush_jax.convert --from vit) that initialises the prompt encoder's backbone.
 """
 from __future__ import annotations

@@ -43,7 +43,7 @@ from typing import Callable, Iterable, Sequence
 import jax
 import numpy as np
 
-from imagebrush_jax import checkpoint as ckpt_lib
+from imagebrush_jax import cli
 from imagebrush_jax import files
 from imagebrush_jax import run_loading
 from imagebrush_jax.data import augment
@@ -265,18 +265,12 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     p.error(f"--batch_size must be positive, got {args.batch_size}")
 
 
-def _fail(message: str) -> int:
-  """An input or config error: one line on stderr, exit status 2 (as for usage errors)."""
-  print(f"error: {message}", file=sys.stderr)
-  return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   p = _parser()
   args = p.parse_args(argv)
   _check_args(p, args)
   if args.manifest and not os.path.isfile(args.manifest):
-    return _fail(f"manifest not found: {args.manifest}")
+    return cli.fail(f"manifest not found: {args.manifest}")
   single_row = None
   if not args.manifest:
     try:
@@ -289,14 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   try:  # the messages name the folder, the checkpoint or the parameter that is wrong
     run = run_loading.load_run(args.workdir, args.step, use_ema=not args.raw_params)
-  except (FileNotFoundError, ValueError, ckpt_lib.CheckpointCorruptError) as e:
-    return _fail(str(e))
-  except KeyError as e:
-    return _fail(str(e.args[0]) if e.args else repr(e))
+  except cli.USER_ERRORS as e:  # pylint: disable=catching-non-exception
+    return cli.report(e)
   try:
     spec = tile_spec(run.config)
   except ValueError as e:
-    return _fail(f"the run config of {args.workdir}: {e}")
+    return cli.fail(f"the run config of {args.workdir}: {e}")
   print(f"loaded {args.workdir} step {run.step} "
         f"({'raw' if args.raw_params else 'EMA'} parameters)", file=sys.stderr)
 
@@ -304,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
       loaded = load_row(single_row, num_examples=int(run.config.data.num_examples), spec=spec)
     except (ValueError, OSError) as e:
-      return _fail(_one_line(e))
+      return cli.fail(_one_line(e))
     editor = editor_lib.Editor(run, batch_size=1, num_steps=args.steps,
                                guidance_scale=args.guidance, eta=args.eta)
     batch = {k: v[None] for k, v in loaded.grid.items()}
@@ -312,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
       write_output(loaded, cell, spec.resize_method)
     except OSError as e:
-      return _fail(f"cannot write {args.output}: {_one_line(e)}")
+      return cli.fail(f"cannot write {args.output}: {_one_line(e)}")
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
@@ -321,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     os.makedirs(args.output_dir, exist_ok=True)
   except OSError as e:
-    return _fail(f"cannot create --output_dir {args.output_dir}: {_one_line(e)}")
+    return cli.fail(f"cannot create --output_dir {args.output_dir}: {_one_line(e)}")
   stats = edit_rows(editor, manifest_lib.read_manifest(args.manifest, args.output_dir),
                     os.path.join(args.output_dir, ERRORS_FILE), seed=args.seed,
                     skip_existing=not args.no_skip,

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Sequence
+from typing import Any
 
 from etils import epath
 import jax
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 
 from imagebrush_jax import checkpoint as ckpt_lib
 from imagebrush_jax import latent
@@ -77,63 +75,6 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
     raise ValueError(f"cannot read the run config {path}: {e}") from e
 
 
-def _subtree(tree: Any, path: str) -> Any:
-  for part in path.split("/"):
-    tree = tree[part]
-  return tree
-
-
-def restore_subtrees(workdir: str, step: int | None, paths: Sequence[str]
-                     ) -> tuple[int, dict[str, Any]]:
-  """(step, {path: host numpy tree}) for '/'-joined paths into the saved train state.
-
-  Reads only those arrays (a partial restore), placed on one local device, so a checkpoint
-  written by any mesh or number of hosts reads back here.
-  """
-  checkpointer = _checkpointer(workdir)
-  try:
-    step = checkpointer.latest_step() if step is None else int(step)
-    if step is None:
-      raise FileNotFoundError(f"no checkpoints in {checkpointer.directory}")
-    if step not in checkpointer.all_steps():
-      raise FileNotFoundError(f"no checkpoint of step {step} in {checkpointer.directory} (it has "
-                              f"steps {checkpointer.all_steps()})")
-  finally:
-    checkpointer.manager.close()
-  state_dir = checkpointer.directory / str(step) / ckpt_lib.STATE
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    meta = handler.metadata(state_dir)
-    tree = getattr(meta, "tree", meta)
-    wanted: dict[str, Any] = {}
-    for path in paths:
-      try:
-        sub = _subtree(tree, path)
-      except (KeyError, TypeError):
-        raise KeyError(f"checkpoint step {step} in {workdir} has no {path!r} (its state has "
-                       f"{sorted(tree)})") from None
-      node = wanted
-      parts = path.split("/")
-      for part in parts[:-1]:
-        node = node.setdefault(part, {})
-      node[parts[-1]] = sub
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          wanted)
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), wanted)
-    restored = handler.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
-  except KeyError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    raise ckpt_lib.CheckpointCorruptError(
-        f"cannot read checkpoint step {step} in {workdir}: {e}") from e
-  finally:
-    handler.close()
-  restored = jax.tree.map(np.asarray, restored)
-  return step, {path: _subtree(restored, path) for path in paths}
-
-
 def _check_shapes(saved: Any, wanted: Any, what: str) -> None:
   saved_shapes, wanted_shapes = ckpt_lib._flat_shapes(saved), ckpt_lib._flat_shapes(wanted)  # pylint: disable=protected-access
   if saved_shapes != wanted_shapes:
@@ -158,14 +99,13 @@ def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> 
   model = ib.build_model(config)
   space = latent.from_config(config)
   if space is None:
-    step, arrays = restore_subtrees(workdir, step, [key])
-    params = arrays[key]
+    step, state = ckpt_lib.load_arrays(workdir, step, [key])
+    params = state[key]
   else:
     # The EMA of frozen weights drifts by float rounding: take the autoencoder's exact ones.
-    frozen = f"params/{latent.PARAMS_KEY}"
-    step, arrays = restore_subtrees(workdir, step, [key, frozen])
-    params = {**{k: v for k, v in arrays[key].items() if k != latent.PARAMS_KEY},
-              latent.PARAMS_KEY: arrays[frozen]}
+    step, state = ckpt_lib.load_arrays(workdir, step, [key, f"params/{latent.PARAMS_KEY}"])
+    params = {**{k: v for k, v in state[key].items() if k != latent.PARAMS_KEY},
+              latent.PARAMS_KEY: state["params"][latent.PARAMS_KEY]}
     _check_shapes(params[latent.PARAMS_KEY], ae.param_shapes(space.model),
                   f"the autoencoder in checkpoint step {step} in {workdir}")
   own = {k: v for k, v in params.items() if k != latent.PARAMS_KEY}

@@ -8,6 +8,7 @@ import dataclasses
 import numbers
 from typing import Any, Sequence
 
+from imagebrush_jax.data import augment
 from imagebrush_jax.data import scenes
 from imagebrush_jax.data import tasks as tasks_lib
 
@@ -52,7 +53,7 @@ class DataOptions:
   @property
   def crop_margin(self) -> int:
     """Pixels added on each side before the random crop (0 when crop_scale is 1)."""
-    return round(self.tile_size * (self.crop_scale - 1) / 2)
+    return augment.crop_margin(self.tile_size, self.crop_scale)
 
   @property
   def render_size(self) -> int:
