@@ -27,6 +27,8 @@ from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.diffusion import pipeline as diffusion_pipeline
 from imagebrush_jax.models import imagebrush as ib
+from tests.test_train_state import mlp_error
+from tests.test_train_state import mlp_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -73,18 +75,12 @@ class _Batches:
 def _task(config) -> train_state.Trainable:
   optimizer, schedule = train_state.make_optimizer(config.train)
 
-  def init_params(rng):
-    k1, k2 = jax.random.split(rng)
-    return {"hidden": {"kernel": jax.random.normal(k1, (6, 16)), "bias": jnp.zeros((16,))},
-            "out": {"kernel": jax.random.normal(k2, (16, 3)) / 4, "bias": jnp.zeros((3,))}}
-
   def loss_fn(params, batch, rng, is_train):
     del rng, is_train
-    h = jnp.tanh(batch["x"] @ params["hidden"]["kernel"] + params["hidden"]["bias"])
-    loss = jnp.mean((h @ params["out"]["kernel"] + params["out"]["bias"] - batch["y"]) ** 2)
+    loss = jnp.mean(mlp_error(params, batch) ** 2)
     return loss + jnp.where(batch["poison"].sum() > 0, jnp.nan, 0.0), {}
 
-  return train_state.Trainable(init_params=init_params, loss_fn=loss_fn, optimizer=optimizer,
+  return train_state.Trainable(init_params=mlp_init, loss_fn=loss_fn, optimizer=optimizer,
                                lr_schedule=schedule, train_config=config.train,
                                seed=int(config.seed))
 

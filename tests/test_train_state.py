@@ -67,6 +67,19 @@ def test_first_learning_rate_is_not_zero(schedule, warmup):
     np.testing.assert_allclose(rates[-1], 1e-3 * tc.end_lr_fraction, rtol=1e-5)
 
 
+def mlp_init(rng) -> dict:
+  """A two-layer network's parameters (6 -> 16 -> 3): a train step that compiles in seconds."""
+  k1, k2 = jax.random.split(rng)
+  return {"hidden": {"kernel": jax.random.normal(k1, (6, 16)), "bias": jnp.zeros((16,))},
+          "out": {"kernel": jax.random.normal(k2, (16, 3)) / 4, "bias": jnp.zeros((3,))}}
+
+
+def mlp_error(params, batch):
+  """The network's output minus batch["y"] for inputs batch["x"]."""
+  h = jnp.tanh(batch["x"] @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+  return h @ params["out"]["kernel"] + params["out"]["bias"] - batch["y"]
+
+
 def _small_task(accum: int) -> train_state.Trainable:
   """A two-layer network whose loss ignores the rng: micro-batches see the same function."""
   tc = tiny_test.get_config().train
@@ -74,19 +87,12 @@ def _small_task(accum: int) -> train_state.Trainable:
   tc.learning_rate = 1e-2
   optimizer, schedule = train_state.make_optimizer(tc)
 
-  def init_params(rng):
-    k1, k2 = jax.random.split(rng)
-    return {"hidden": {"kernel": jax.random.normal(k1, (6, 16)), "bias": jnp.zeros((16,))},
-            "out": {"kernel": jax.random.normal(k2, (16, 3)) / 4, "bias": jnp.zeros((3,))}}
-
   def loss_fn(params, batch, rng, train):
     del rng, train
-    h = jnp.tanh(batch["x"] @ params["hidden"]["kernel"] + params["hidden"]["bias"])
-    err = h @ params["out"]["kernel"] + params["out"]["bias"] - batch["y"]
-    loss = jnp.mean(err ** 2)
-    return loss, {"mae": jnp.mean(jnp.abs(err))}
+    err = mlp_error(params, batch)
+    return jnp.mean(err ** 2), {"mae": jnp.mean(jnp.abs(err))}
 
-  return train_state.Trainable(init_params=init_params, loss_fn=loss_fn, optimizer=optimizer,
+  return train_state.Trainable(init_params=mlp_init, loss_fn=loss_fn, optimizer=optimizer,
                                lr_schedule=schedule, train_config=tc, seed=0)
 
 
