@@ -22,13 +22,16 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	touch $(TEST_STAMP)
 
+# Two workers (pytest-xdist), a test file per worker at a time (module fixtures are built once).
+TEST_WORKERS ?= 2
+
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf runs .pytest_cache
 
-# The CPU demo (README "Demo"): train configs/default.py into runs/demo with a progress line,
+# The CPU demo (README "Demo"): train configs/cpu_demo.py into runs/demo with a progress line,
 # then evaluate on fresh grids and write runs/demo/{metrics.json, report.png, accuracy_curve.png}.
 # A finished runs/demo resumes at its last checkpoint (and stops at once); `make clean` restarts.
 # DEMO_FLAGS: extra --config.key=value overrides of the training run (the tests make it tiny).
@@ -37,7 +40,7 @@ DEMO_EVAL_GRIDS ?= 240
 DEMO_FLAGS ?=
 
 demo: $(STAMP)
-	$(PY) -m imagebrush_jax.train --config configs/default.py --workdir $(DEMO_DIR) $(DEMO_FLAGS)
+	$(PY) -m imagebrush_jax.train --config configs/cpu_demo.py --workdir $(DEMO_DIR) $(DEMO_FLAGS)
 	$(PY) -m imagebrush_jax.evaluate --workdir $(DEMO_DIR) --num_examples $(DEMO_EVAL_GRIDS) \
 	  --output $(DEMO_DIR)/metrics.json --no_cycle
 	$(PY) -m imagebrush_jax.demo_report --workdir $(DEMO_DIR)

@@ -34,12 +34,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from imagebrush_jax import imagebrush_task  # pylint: disable=g-import-not-at-top
 from imagebrush_jax import latent
 from imagebrush_jax import train_autoencoder
 from imagebrush_jax import train_state
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.imagebrush import task as imagebrush_task  # pylint: disable=g-import-not-at-top
 from imagebrush_jax.models import autoencoder as ae
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/latent_tiny.py",

@@ -20,7 +20,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app
 from absl import flags
 from ml_collections import config_flags
-import numpy as np
 
 from imagebrush_jax.data import pipeline
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -58,17 +57,13 @@ TRAIN_CONSUMER = "the real jitted ImageBrush train step on a constant on-device 
 def consumer_grids_per_s(config: Any, *, steps: int = 10) -> float:
   """Grids/s that the real train step (train_state.jit_train_step) consumes on config's batch."""
   import jax  # pylint: disable=g-import-not-at-top
-  from imagebrush_jax import imagebrush_task  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.imagebrush import task as imagebrush_task  # pylint: disable=g-import-not-at-top
   from imagebrush_jax import latent  # pylint: disable=g-import-not-at-top
   from imagebrush_jax import parallel  # pylint: disable=g-import-not-at-top
   from imagebrush_jax import train_state  # pylint: disable=g-import-not-at-top
 
-  mesh = parallel.make_mesh(config.mesh)
   task = imagebrush_task.build(config, latent.load(config))
-  _, shardings = train_state.state_shapes_and_shardings(task, mesh, config.sharding,
-                                                        jax.random.key(0))
-  state = train_state.init_sharded_state(task, shardings, jax.random.key(0))
-  step = train_state.jit_train_step(task, mesh, shardings)
+  mesh, state, step = train_state.fresh_sharded_state(task, config, jax.random.key(0))
   batch = pipeline.make_eval_batches(config, num_grids=config.train.batch_size, seed=0,
                                      batch_size=config.train.batch_size)[0]
   batch = parallel.host_batch_to_global(batch, mesh)

@@ -1,7 +1,7 @@
 """The jitted DDIM sampler against the bare model it drives, in the same run.
 
-Times a full N-step guided edit (pipeline.make_sample_fn: prompt encoding once, then N steps of
-one UNet call on the [conditional; unconditional] batch) against N times one such batched UNet
+Times a full N-step guided edit (imagebrush/task.make_sample_fn: prompt encoding once, then N steps
+of one UNet call on the [conditional; unconditional] batch) against N times one such batched UNet
 forward at the same shapes. overhead_ratio = sample / (N x forward) on medians (also given on
 minima, which shared machines disturb less); target <= 1.10.
 Also reports the forward's FLOPs (XLA cost analysis) and the achieved GFLOP/s.
@@ -27,8 +27,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 # pylint: disable=wrong-import-position
-from imagebrush_jax.diffusion import pipeline
-from imagebrush_jax.models import imagebrush as ib
+from imagebrush_jax.imagebrush import build as build_lib
+from imagebrush_jax.imagebrush import model as model_lib
+from imagebrush_jax.imagebrush import task as imagebrush_task
 
 
 def _load_config(path: str):
@@ -72,32 +73,32 @@ def main() -> None:
   args = parser.parse_args()
 
   config = _load_config(args.config)
-  model = ib.build_model(config)
-  params = ib.init_params(model, config, jax.random.key(0))
+  model = build_lib.build_model(config)
+  params = build_lib.init_params(model, config, jax.random.key(0))
   # Perturb the zero-initialised layers so every layer computes on realistic values.
   noise = np.random.default_rng(0)
   params = jax.tree.map(lambda p: p + 0.01 * noise.standard_normal(p.shape, np.float32), params)
   batch = _batch(config, args.batch)
 
-  sample_fn = pipeline.make_sample_fn(model, config)
+  sample_fn = imagebrush_task.make_sample_fn(model, config)
   run_sample = lambda key: sample_fn(params, batch, key, num_steps=args.steps,
                                      guidance_scale=args.guidance_scale)["grid"]
 
   # The forward the sampler repeats: the UNet on the [cond; uncond] batch of 2B.
-  inputs = ib.grid_to_model_inputs(batch, num_examples=config.data.num_examples,
-                                   tile_size=config.data.tile_size,
-                                   target_cell_fill=config.model.target_cell_fill)
+  inputs = model_lib.grid_to_model_inputs(batch, num_examples=config.data.num_examples,
+                                          tile_size=config.data.tile_size,
+                                          conditioning=model.conditioning)
   encode = jax.jit(lambda p: model.apply({"params": p}, inputs.before, inputs.after,
                                          inputs.query, inputs.box,
-                                         method=ib.ImageBrush.encode_prompt))
+                                         method=model_lib.ImageBrush.encode_prompt))
   context = encode(params)
-  null = model.apply({"params": params}, context, method=ib.ImageBrush.null_context)
+  null = model.apply({"params": params}, context, method=model_lib.ImageBrush.null_context)
   double = lambda a, b: jnp.concatenate([a, b])
   cond = dict(cond=double(inputs.cond, inputs.cond), mask=double(inputs.mask, inputs.mask),
               context=double(context, null))
   x2 = jax.random.normal(jax.random.key(1), (2 * args.batch, *inputs.x0.shape[1:]))
   t2 = jnp.full((2 * args.batch,), config.diffusion.num_timesteps // 2, jnp.int32)
-  denoise = pipeline.make_denoise_fn(model)
+  denoise = imagebrush_task.make_denoise_fn(model)
   forward = jax.jit(denoise).lower(params, x2, t2, cond).compile()
   flops = _flops(forward)
 

@@ -22,11 +22,11 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from imagebrush_jax import imagebrush_task  # pylint: disable=g-import-not-at-top
 from imagebrush_jax import latent
 from imagebrush_jax import parallel
 from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.imagebrush import task as imagebrush_task  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per variant (after warm-up).")
@@ -57,12 +57,8 @@ def _time_steps(step, state, next_batch, num_steps):
 def main(argv):
   del argv
   config = _CONFIG.value
-  mesh = parallel.make_mesh(config.mesh)
   task = imagebrush_task.build(config, latent.load(config))
-  _, shardings = train_state.state_shapes_and_shardings(task, mesh, config.sharding,
-                                                        jax.random.key(0))
-  state = train_state.init_sharded_state(task, shardings, jax.random.key(0))
-  step = train_state.jit_train_step(task, mesh, shardings)
+  mesh, state, step = train_state.fresh_sharded_state(task, config, jax.random.key(0))
 
   it = pipeline.make_train_iterator(config)
   fed = lambda: parallel.host_batch_to_global(next(it), mesh)

@@ -1,6 +1,8 @@
-"""The CPU demo: a small pixel-space ImageBrush that learns the synthetic tasks in minutes.
+"""The base config: the paper's ImageBrush (Sun et al. 2023) at CPU scale, on the synthetic tasks.
 
-Every knob of a run lives here; override any of them on the command line, e.g.
+Every knob of a run lives here; the other configs are variants that change a few fields
+(paper_256: the paper's sizes in SD's latent space; cpu_demo: the demo's plug-ins; tiny_test,
+latent_tiny). Override any knob on the command line, e.g.
   python -m imagebrush_jax.train --config configs/default.py --config.train.batch_size=64
 """
 import ml_collections
@@ -20,26 +22,29 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train_tasks = GLOBAL_TASKS  # names from `python -m imagebrush_jax.data.tasks --list`
   # Never trained on; evaluated to measure generalisation (here: unseen compositions 'a+b').
   c.data.heldout_tasks = ("hflip+invert", "vflip+grayscale")
-  # Synthetic scenes (source = synthetic, and the synthetic TFDS builder config).
-  c.data.num_objects = (1, 4)  # objects per scene, inclusive range
-  c.data.object_size = (0.2, 0.5)  # object width as a fraction of the tile, (min, max)
-  c.data.largest_margin = 1.25  # the largest object (target of object tasks) is this much wider
-  c.data.shapes = ("circle", "square", "triangle", "diamond", "cross", "ell")
-  c.data.backgrounds = ("plain", "stripes", "checker", "gradient", "noise")
-  c.data.hollow_prob = 0.25  # chance that an object is drawn as an outline
-  c.data.stroke_width = 0.08  # outline width as a fraction of the tile (at least one pixel)
+  # Source-specific options, one sub-dict per source.
+  c.data.synthetic = ml_collections.ConfigDict()  # the built-in scenes (and their TFDS config)
+  c.data.synthetic.num_objects = (1, 4)  # objects per scene, inclusive range
+  c.data.synthetic.object_size = (0.2, 0.5)  # object width as a fraction of the tile, (min, max)
+  c.data.synthetic.largest_margin = 1.25  # the largest object (of object tasks) is this much wider
+  c.data.synthetic.shapes = ("circle", "square", "triangle", "diamond", "cross", "ell")
+  c.data.synthetic.backgrounds = ("plain", "stripes", "checker", "gradient", "noise")
+  c.data.synthetic.hollow_prob = 0.25  # chance that an object is drawn as an outline
+  c.data.synthetic.stroke_width = 0.08  # outline width, fraction of the tile (>= one pixel)
   # Folder source: ROOT/<task>/<pair_id>_before.<ext>, <pair_id>_after.<ext>, boxes.json.
-  c.data.folder_root = ""
-  c.data.folder_check_images = True  # open every image header when the folder is indexed
+  c.data.folder = ml_collections.ConfigDict()
+  c.data.folder.root = ""
+  c.data.folder.check_images = True  # open every image header when the folder is indexed
+  # TFDS source: array_record shards written by `python -m imagebrush_jax.data.tfds_builder`.
+  c.data.tfds = ml_collections.ConfigDict()
+  c.data.tfds.name = "image_brush_pairs/synthetic"  # image_brush_pairs/{folder,synthetic}
+  c.data.tfds.dir = ""  # data_dir; "" = TFDS's default (~/tensorflow_datasets)
+  c.data.tfds.split = "train"
+  c.data.tfds.synthetic_pairs = 256  # pairs per task written by image_brush_pairs/synthetic
   # Folder / TFDS pairs held out for evaluation, per task, by a hash of task/pair_id (at least
   # num_examples + 1 per task; never trained on). 0: evaluate on training pairs. Synthetic
   # evaluation draws fresh scenes from another seed instead.
   c.data.eval_fraction = 0.1
-  # TFDS source: array_record shards written by `python -m imagebrush_jax.data.tfds_builder`.
-  c.data.tfds_name = "image_brush_pairs/synthetic"  # image_brush_pairs/{folder,synthetic}
-  c.data.tfds_dir = ""  # data_dir; "" = TFDS's default (~/tensorflow_datasets)
-  c.data.tfds_split = "train"
-  c.data.tfds_synthetic_pairs = 256  # pairs per task written by image_brush_pairs/synthetic
   # Decode and augment (the same crop and flip for every cell of a grid).
   c.data.resize_method = "bilinear"  # folder / TFDS images: nearest|bilinear|bicubic|lanczos|box
   c.data.crop_scale = 1.125  # render / resize to this x tile_size, crop a tile; 1.0 = no crop
@@ -55,30 +60,32 @@ def get_config() -> ml_collections.ConfigDict:
   # END data
 
   # ---------------------------------------------------------------- model
+  # The paper's model: the UNet inpaints the zeroed target cell of the grid, reading the prompt
+  # tokens (ViT over E, E', I + box token, mixed by a bidirectional transformer) through
+  # cross-attention. Sizes here are the CPU scale; configs/paper_256.py has the paper's.
   c.model = ml_collections.ConfigDict()
-  c.model.in_channels = 3  # diffusion-space channels: 3 = pixels (now); 4 = a future f=8 KL latent
+  c.model.in_channels = 3  # diffusion-space channels: 3 = pixels; 4 = an f=8 KL latent
   c.model.latent_factor = 1  # pixels per diffusion-space cell side: 1 = pixel space, 8 = KL latent
-  # Conditioning's target cell: zeros (SD inpainting) | query (holds I) | query_dihedral (I plus
-  # its 7 flips/rotations/transposes as extra channels: geometric edits become per-pixel choices).
-  # The CPU demo uses query_dihedral: with zeros the UNet stays at chance for 12+ minutes (it must
-  # carry I across the grid and rearrange it); see the README's demo results.
-  c.model.target_cell_fill = "query_dihedral"
-  # The prompt drafts the target cell as a per-sample linear map of the conditioning (the
-  # query's dihedral views -> any flip/rotation plus colour map); the UNet reads the draft.
-  c.model.edit_proposal = True
+  c.model.cfg_drop_rate = 0.05  # prompt -> null tokens in training (classifier-free guidance)
+  c.model.box_drop_rate = 0.1  # box -> whole image in training
+  # Plug-ins beside the paper's model (imagebrush_jax/variants): "" = none, or "cpu_demo" with
+  # its options in variant_options (configs/cpu_demo.py).
+  c.model.variant = ""
+  c.model.variant_options = ml_collections.ConfigDict()
+  # Runtime: how the model runs, not what it computes.
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.remat = False  # rematerialise each UNet/transformer block in the backward pass
   c.model.remat_policy = ""  # a jax.checkpoint_policies name; "" saves nothing
-  c.model.cfg_drop_rate = 0.05  # prompt -> null tokens in training (classifier-free guidance)
-  c.model.box_drop_rate = 0.1  # box -> whole image in training
+  c.model.attention_impl = "auto"  # auto (cuDNN on GPU in bf16, else einsum) | einsum | xla
+  c.model.conv_impl = "auto"  # auto (matmul kernel gradient on CPU, else xla) | xla
 
+  # UNet(**model.unet): per level attention none | self | cross | self+cross (the up path
+  # mirrors it). The paper: self-attention in the outer level, cross-attention to the prompt in
+  # the middle ones (configs/paper_256.py). On 2 CPU cores at batch 32 the outer level's
+  # self-attention (1024 tokens) takes a train step from 2.2 s to 3.9 s, so at this scale the
+  # UNet attends from the 16x16 level down.
   c.model.unet = ml_collections.ConfigDict()
   c.model.unet.channels = (32, 64, 64)  # one entry per level
-  # Per level: none | self | cross | self+cross; the up path mirrors it. ImageBrush (paper_256.py):
-  # self-attention in the outer level, cross-attention to the prompt in the middle ones. SD layout:
-  # ("self+cross", "self+cross", "none") with mid "self+cross". On 2 CPU cores at batch 32 the
-  # outer level's self-attention (1024 tokens) takes a train step from 2.2 s to 3.9 s, so the CPU
-  # demo attends from the 16x16 level down.
   c.model.unet.attention = ("none", "self+cross", "self+cross")
   c.model.unet.mid_attention = "self+cross"
   c.model.unet.num_res_blocks = 1  # ResBlocks per down level (up levels get one more)
@@ -87,24 +94,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.unet.transformer_depth = 1
   c.model.unet.norm_groups = 32
   c.model.unet.dropout = 0.0
-  c.model.unet.attention_impl = "auto"  # auto (cuDNN on GPU in bf16, else einsum) | einsum | xla
-  c.model.unet.conv_impl = "auto"  # auto (matmul kernel gradient on CPU, else xla) | xla
-  # The mean prompt token joins the timestep embedding, so every ResBlock sees the task ...
-  c.model.unet.pooled_prompt = False
-  c.model.unet.scale_shift_norm = False  # ... and can gate channels with it (ADM scale-shift)
 
   c.model.prompt = ml_collections.ConfigDict()
   c.model.prompt.image_size = 0  # resize prompt tiles to this before the ViT; 0 = tile size
-  # How the ViT sees an example pair: separate (E and E' apart, the paper's) | concat (one
-  # 6-channel image) | concat_dihedral (E' with the 8 dihedral views of E, 27 channels).
-  c.model.prompt.pair_input = "separate"
-  c.model.prompt.pair_stats = True  # a token per pair: colour correlation of E' with views of E
   c.model.prompt.max_examples = 8  # size of the example-index embedding
   c.model.prompt.box_fourier_freqs = 8
   c.model.prompt.dropout = 0.0
-  c.model.prompt.attention_impl = "auto"
   c.model.prompt.vit_init = ""  # a converted ViT (python -m imagebrush_jax.convert --from vit)
-  c.model.prompt.vit = ml_collections.ConfigDict()  # backbone shared by E, E' and I
+  c.model.prompt.vit = ml_collections.ConfigDict()  # ViT(**prompt.vit): shared by E, E' and I
   c.model.prompt.vit.patch_size = 4
   c.model.prompt.vit.width = 128
   c.model.prompt.vit.depth = 2
@@ -119,26 +116,26 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- diffusion + sampling
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.schedule = "cosine"  # linear | scaled_linear (SD) | cosine (suits small pixel grids)
+  c.diffusion.schedule = "scaled_linear"  # linear | scaled_linear (SD's) | cosine
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 0.00085  # linear / scaled_linear only
   c.diffusion.beta_end = 0.012
-  c.diffusion.prediction_type = "v"  # epsilon | v (v: the demo's; stable at high noise levels)
+  c.diffusion.prediction_type = "epsilon"  # epsilon | v
   # Loss weight of the known cells (the target cell has 1); 0: all capacity on the edit.
-  c.diffusion.known_cell_weight = 0.0
+  c.diffusion.known_cell_weight = 0.1
 
   c.sampling = ml_collections.ConfigDict()
-  c.sampling.num_steps = 10  # DDIM steps (the edits are near-deterministic: few steps suffice)
-  c.sampling.guidance_scale = 1.0  # classifier-free guidance on the prompt; 1.0 = none (paper 7.5)
+  c.sampling.num_steps = 50  # DDIM steps
+  c.sampling.guidance_scale = 7.5  # classifier-free guidance on the prompt; 1.0 = none
   c.sampling.eta = 0.0  # 0 = deterministic DDIM; 1 = ancestral noise
-  c.sampling.spacing = "trailing"  # leading | trailing | linspace
-  c.sampling.clip_x0 = True  # clip predicted x0 to [-1, 1] (pixel space)
+  c.sampling.spacing = "leading"  # leading (SD's DDIM) | trailing | linspace
+  c.sampling.clip_x0 = True  # clip predicted x0 to [-1, 1] (pixel space; off for latents)
   # END diffusion
 
   # ---------------------------------------------------------------- training
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # global batch, over all hosts and devices
-  c.train.num_steps = 250  # length of the LR schedule and of the run (~12 min on 2 free cores)
+  c.train.num_steps = 250  # length of the LR schedule and of the run
   c.train.stop_at_step = -1  # stop early at this step (keeps the schedule); -1: num_steps
   c.train.learning_rate = 1e-3
   c.train.lr_schedule = "cosine"  # cosine | constant (both after linear warmup)

@@ -33,7 +33,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.unet.attention = ("self+cross", "self+cross")
   c.model.unet.mid_attention = "self+cross"
   c.model.prompt.vit.patch_size = 8  # 16 tokens per 32-pixel tile
-  c.diffusion.schedule = "scaled_linear"  # SD's, for unit-variance latents
   c.sampling.clip_x0 = False  # latents are not bounded to [-1, 1]
   # END model
 

@@ -23,6 +23,7 @@ from imagebrush_jax import files
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.data import sources
 from imagebrush_jax.models import autoencoder as ae
+from imagebrush_jax.models import runtime as runtime_lib
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -65,7 +66,7 @@ def main(argv):
     print(f"error: {_PARAMS.value}: an RGB autoencoder is needed, this one has "
           f"{arch.in_channels} -> {arch.out_channels} channels", file=sys.stderr)
     sys.exit(1)
-  model = ae.build(arch, dtype=_DTYPE.value)
+  model = ae.build(arch, runtime_lib.Runtime(dtype=_DTYPE.value))
   recon, latent = round_trip(model, jax.tree.map(jnp.asarray, params), image)
   files.save_png_atomic(_OUTPUT.value, recon)
   scaled = (latent - arch.shift_factor) * arch.scaling_factor

@@ -24,9 +24,9 @@ from imagebrush_jax import files
 from imagebrush_jax import periodic_eval
 from imagebrush_jax import run_loading
 from imagebrush_jax.data import pipeline
-from imagebrush_jax.diffusion import pipeline as diffusion_pipeline
+from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.imagebrush import task as imagebrush_task
 from imagebrush_jax.metrics import task_accuracy
-from imagebrush_jax.models import imagebrush as ib
 
 REPORT_SEED = periodic_eval.EVAL_SEED_OFFSET + 7  # fresh scenes, none seen in training
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   config = run.config
   names = tuple(config.data.train_tasks)
-  sample_fn = diffusion_pipeline.make_sample_fn(run.model, config, run.space)
+  sample_fn = imagebrush_task.make_sample_fn(run.model, config, run.space)
   params = jax.device_put(run.params)
   k, tile = config.data.num_examples, config.data.tile_size
 
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   batch = pipeline.make_eval_batches(config, num_grids=len(names), seed=REPORT_SEED, tasks=names,
                                      batch_size=len(names))[0]
   out = sample_fn(params, batch, jax.random.key(0))
-  generated = np.asarray(ib.unit_to_pixels(out["target"]))
+  generated = np.asarray(grid_lib.unit_to_pixels(out["target"]))
   sheet = periodic_eval.sample_sheet(np.asarray(batch["grid"]), generated, k)
   sheet = np.repeat(np.repeat(sheet, args.scale, 0), args.scale, 1)
   files.save_png_atomic(workdir / "report.png", sheet)
@@ -113,10 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, b in enumerate(pipeline.make_eval_batches(config, num_grids=args.num_grids,
                                                      seed=REPORT_SEED + 1, tasks=names)):
       o = sample_fn(params, b, jax.random.fold_in(jax.random.key(1), i))
-      gens.append(np.asarray(ib.unit_to_pixels(o["target"])))
+      gens.append(np.asarray(grid_lib.unit_to_pixels(o["target"])))
       grids.append(np.asarray(b["grid"]))
       task_names += [vocab[int(t)] for t in b["task_id"]]
-    _, _, query, truth = (np.asarray(x) for x in ib.split_cells(np.concatenate(grids), k, tile))
+    _, _, query, truth = grid_lib.split_cells(np.concatenate(grids), k, tile)
     gen = np.concatenate(gens)
     res = task_accuracy.evaluate_edits(gen, query, truth, task_names,
                                        task_accuracy.applicable_tasks(names))

@@ -32,8 +32,8 @@ import numpy as np
 from imagebrush_jax import cli
 from imagebrush_jax import files
 from imagebrush_jax import run_loading
-from imagebrush_jax.data import grid as grid_lib
 from imagebrush_jax.data import pipeline as data_pipeline
+from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.metrics import cycle
 from imagebrush_jax.metrics import fid as fid_lib
@@ -56,17 +56,17 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
   """
   cells = collections.defaultdict(list)
   for batch in batches:
-    parts = grid_lib.split_grid(np.asarray(batch["grid"]), num_examples)
+    parts = grid_lib.split_cells(np.asarray(batch["grid"]), num_examples)
     generated = np.asarray(generate(batch))
-    if generated.dtype != np.uint8 or generated.shape != parts["query_after"].shape:
+    if generated.dtype != np.uint8 or generated.shape != parts.target.shape:
       raise ValueError(f"generate returned {generated.dtype} {list(generated.shape)}, expected "
-                       f"uint8 {list(parts['query_after'].shape)}")
-    for key in ("example_before", "example_after", "query_before", "query_after"):
-      cells[key].append(parts[key])
+                       f"uint8 {list(parts.target.shape)}")
+    for key, value in parts._asdict().items():
+      cells[key].append(value)
     cells["generated"].append(generated)
     cells["task_id"].append(np.asarray(batch["task_id"]))
   data = {k: np.concatenate(v) for k, v in cells.items()}
-  gen, truth, query = data["generated"], data["query_after"], data["query_before"]
+  gen, truth, query = data["generated"], data["target"], data["query"]
   n = gen.shape[0]
 
   # Task identification over the global tasks of the vocabulary (only they apply to any image).
@@ -117,7 +117,7 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
         "psnr": float(psnr[trained].mean()), "copy_psnr": float(copy_psnr[trained].mean()),
         "edit_success": mean_or_none(success[trained])}
   if edit is not None:
-    metrics.update(cycle.cycle_metrics(edit, data["example_before"], data["example_after"],
+    metrics.update(cycle.cycle_metrics(edit, data["before"], data["after"],
                                        query, gen, distance))
   return metrics
 

@@ -3,11 +3,28 @@ crash or a bad input never leaves a half-written file where a good one was expec
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+
+def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueError) -> dict[str, Any]:
+  """The JSON object in `path`; an unreadable file, bad JSON or a non-object raises `error`
+  with a message naming the file."""
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except OSError as e:
+    raise error(f"cannot read {os.fspath(path)}: {e}") from e
+  except ValueError as e:
+    raise error(f"{os.fspath(path)}: not valid JSON: {e}") from e
+  if not isinstance(obj, dict):
+    raise error(f"{os.fspath(path)}: expected a JSON object, got {type(obj).__name__}")
+  return obj
 
 
 def _default_file_mode() -> int:

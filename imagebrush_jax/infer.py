@@ -47,7 +47,7 @@ from imagebrush_jax import cli
 from imagebrush_jax import files
 from imagebrush_jax import run_loading
 from imagebrush_jax.data import augment
-from imagebrush_jax.data import grid as grid_lib
+from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.inference import images
 from imagebrush_jax.inference import manifest as manifest_lib

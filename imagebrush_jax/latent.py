@@ -41,6 +41,7 @@ import optax
 
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.models import autoencoder as ae
+from imagebrush_jax.models import runtime as runtime_lib
 
 PARAMS_KEY = "autoencoder"  # where the frozen autoencoder's parameters sit in the params tree
 
@@ -176,7 +177,7 @@ def _space(config: ml_collections.ConfigDict, arch: ae.AutoencoderConfig,
     raise ValueError(f"config.model.autoencoder.scaling_factor must be >= 0 (0: the file's), "
                      f"got {scale}")
   return LatentSpace(
-      model=ae.build(arch, dtype=a.dtype),
+      model=ae.build(arch, runtime_lib.Runtime(dtype=a.dtype)),
       params_path=str(a.params),
       scaling_factor=scale or arch.scaling_factor,
       shift_factor=arch.shift_factor,

@@ -27,9 +27,9 @@ from imagebrush_jax import metric_writers
 from imagebrush_jax import parallel
 from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.metrics import image_quality
 from imagebrush_jax.metrics import task_accuracy
-from imagebrush_jax.models import imagebrush as ib
 
 EVAL_SEED_OFFSET = 1_000_003  # eval grids come from seeds no training index uses
 
@@ -56,8 +56,7 @@ def host_slice(batch: dict, num_hosts: int, host: int) -> dict:
 
 def sample_sheet(grid: np.ndarray, generated: np.ndarray, num_examples: int) -> np.ndarray:
   """One row per grid: E_1, E'_1, ..., I, generated I', true I' (uint8 tiles side by side)."""
-  before, after, query, truth = (np.asarray(x) for x in ib.split_cells(grid, num_examples,
-                                                                        grid.shape[2] // 2))
+  before, after, query, truth = grid_lib.split_cells(np.asarray(grid), num_examples)
   rows = []
   for i in range(grid.shape[0]):
     tiles = []
@@ -117,7 +116,7 @@ class Evaluator:
     """uint8 target cells of a padded global batch, gathered on every host, padding dropped."""
     arrays, rows = batch
     out = self.task.extras["sample_fn"](params, arrays, key)
-    cells = multihost_utils.process_allgather(ib.unit_to_pixels(out["target"]), tiled=True)
+    cells = multihost_utils.process_allgather(grid_lib.unit_to_pixels(out["target"]), tiled=True)
     return np.asarray(cells)[:rows]
 
   def run(self, step: int, state: dict) -> dict[str, float]:
@@ -152,7 +151,7 @@ class Evaluator:
     tile, k = self.config.data.tile_size, self.config.data.num_examples
     generated = np.concatenate([self._generate(params, b, jax.random.fold_in(key, 10_000 + i))
                                 for i, b in enumerate(self.acc_batches)])
-    _, _, query, truth = (np.asarray(x) for x in ib.split_cells(self.acc_grid, k, tile))
+    _, _, query, truth = grid_lib.split_cells(np.asarray(self.acc_grid), k, tile)
     res = task_accuracy.evaluate_edits(generated, query, truth, self.acc_tasks,
                                        self.acc_candidates)
     record = {"psnr": res["psnr"], "copy_psnr": res["copy_psnr"]}

@@ -15,19 +15,19 @@ import json
 from typing import Any
 
 from etils import epath
-import jax
 import ml_collections
 
 from imagebrush_jax import checkpoint as ckpt_lib
 from imagebrush_jax import latent
+from imagebrush_jax.imagebrush import build as build_lib
+from imagebrush_jax.imagebrush import model as model_lib
 from imagebrush_jax.models import autoencoder as ae
-from imagebrush_jax.models import imagebrush as ib
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   config: ml_collections.ConfigDict
-  model: ib.ImageBrush
+  model: model_lib.ImageBrush
   params: Any  # the 'params' collection (EMA weights unless asked otherwise), host numpy
   step: int
   workdir: str
@@ -96,7 +96,7 @@ def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> 
   if step is None:
     raise FileNotFoundError(f"no checkpoints in {ckpt_lib.checkpoint_dir(workdir)}")
   config = load_config(workdir, step)
-  model = ib.build_model(config)
+  model = build_lib.build_model(config)
   space = latent.from_config(config)
   if space is None:
     step, state = ckpt_lib.load_arrays(workdir, step, [key])
@@ -109,6 +109,6 @@ def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> 
     _check_shapes(params[latent.PARAMS_KEY], ae.param_shapes(space.model),
                   f"the autoencoder in checkpoint step {step} in {workdir}")
   own = {k: v for k, v in params.items() if k != latent.PARAMS_KEY}
-  _check_shapes(own, ib.param_shapes(model, config), f"checkpoint step {step} in {workdir}")
+  _check_shapes(own, build_lib.param_shapes(model, config), f"checkpoint step {step} in {workdir}")
   return Run(config=config, model=model, params=params, step=int(step), workdir=str(workdir),
              space=space)

@@ -1,6 +1,6 @@
 """Training: train_and_evaluate(config, workdir), the one training loop, and its CLI.
 
-  python -m imagebrush_jax.train --config configs/default.py --workdir runs/demo \
+  python -m imagebrush_jax.train --config configs/cpu_demo.py --workdir runs/demo \
       [--config.train.batch_size=64 ...]
 
 One jitted, sharded train step (Mesh ('data', 'fsdp'), params sharded by rules, the batch
@@ -26,13 +26,13 @@ from imagebrush_jax import checkpoint as ckpt_lib
 from imagebrush_jax import cli
 from imagebrush_jax import config_validation
 from imagebrush_jax import files
-from imagebrush_jax import imagebrush_task
 from imagebrush_jax import latent
 from imagebrush_jax import metric_writers
 from imagebrush_jax import parallel
 from imagebrush_jax import periodic_eval
 from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.imagebrush import task as imagebrush_task
 
 State = dict[str, Any]
 

@@ -38,6 +38,7 @@ from imagebrush_jax import train_state
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.data import tiles
 from imagebrush_jax.models import autoencoder as ae
+from imagebrush_jax.models import runtime as runtime_lib
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 EVAL_SEED_OFFSET = 1_000_003  # held-out tiles come from scenes no training index uses
@@ -54,8 +55,7 @@ def build_model(config: ml_collections.ConfigDict) -> ae.AutoencoderKL:
   a = config.autoencoder
   if a.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"config.autoencoder.dtype must be float32 or bfloat16, got {a.dtype!r}")
-  return ae.build(architecture(config), dtype=a.dtype, remat=a.remat, conv_impl=a.conv_impl,
-                  attention_impl=a.attention_impl)
+  return ae.build(architecture(config), runtime_lib.Runtime.from_config(a, "config.autoencoder"))
 
 
 def _image_to_unit(images: jax.Array) -> jax.Array:

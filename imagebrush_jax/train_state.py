@@ -173,3 +173,12 @@ def jit_train_step(task: Trainable, mesh: Mesh, state_shardings: Any):
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(state_shardings, parallel.replicated(mesh)),
                  donate_argnums=(0,))
+
+
+def fresh_sharded_state(task: Trainable, config: ml_collections.ConfigDict,
+                        rng: jax.Array) -> tuple[Mesh, Any, Callable]:
+  """(mesh, state, jitted step) of a new run on config.mesh / config.sharding (benchmarks,
+  tools); train.py does the same around restoring a checkpoint."""
+  mesh = parallel.make_mesh(config.mesh)
+  _, shardings = state_shapes_and_shardings(task, mesh, config.sharding, rng)
+  return mesh, init_sharded_state(task, shardings, rng), jit_train_step(task, mesh, shardings)

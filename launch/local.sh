@@ -2,7 +2,7 @@
 # Train on this machine. With NUM_PROCESSES>1, simulates a multi-host run: that many
 # processes on 127.0.0.1, each with DEVICES_PER_PROCESS CPU devices, talking through gloo.
 #
-#   launch/local.sh configs/default.py runs/demo [--config.train.batch_size=64 ...]
+#   launch/local.sh configs/cpu_demo.py runs/demo [--config.train.batch_size=64 ...]
 #   NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local.sh configs/tiny_test.py runs/mh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -132,7 +132,7 @@ def test_tile_stream_is_deterministic_and_restorable():
 
 def test_tiny_autoencoder_trains_and_psnr_rises(tmp_path, capsys):
   config = tiny_config(workdir_steps=60)
-  config.data.backgrounds = ("plain", "gradient")  # learnable in 60 steps
+  config.data.synthetic.backgrounds = ("plain", "gradient")  # learnable in 60 steps
   config.autoencoder.arch.mid_block_attention = False  # fewer ops to compile
   config.train.learning_rate = 3e-3
   config.train.ema_decay = 0.9  # the evaluated EMA follows the short run closely

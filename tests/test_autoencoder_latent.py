@@ -9,11 +9,11 @@ import pytest
 from configs import latent_tiny
 from configs import paper_256
 from configs import tiny_test
-from imagebrush_jax import imagebrush_task
 from imagebrush_jax import latent
 from imagebrush_jax import train_state
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.imagebrush import task as imagebrush_task
 from tests.test_autoencoder import SMALL
 from tests.test_autoencoder import random_params
 
@@ -107,10 +107,9 @@ def test_training_keeps_the_autoencoder_frozen_and_samples_decode(ae_file, monke
   # The file is read once; the saved config rebuilds the space without it.
   saved = latent.record_arch(config, loaded[0])
   assert latent.from_config(saved) == loaded[0] and reads == [ae_file]
-  assert config.model.edit_proposal  # inherited from the demo: it drafts latents too
-  assert set(state["params"]) == {"unet", "prompt_encoder", "edit_proposal", latent.PARAMS_KEY}
-  # The UNet input is 4-channel latents (x_t, cond in one or more views, the draft) and the mask.
-  assert state["params"]["unet"]["conv_in"]["kernel"].shape[2] % 4 == 1
+  assert set(state["params"]) == {"unet", "prompt_encoder", latent.PARAMS_KEY}
+  # The UNet input: 4-channel latents x_t and the known grid, and the mask.
+  assert state["params"]["unet"]["conv_in"]["kernel"].shape[2] == 4 + 4 + 1
   batch = pipeline.make_eval_batches(config, num_grids=4, seed=5, batch_size=4)[0]
   batch = {k: batch[k] for k in ("grid", "mask", "box", "task_id")}
   step = jax.jit(train_state.make_train_step(task))

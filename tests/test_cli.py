@@ -20,7 +20,7 @@ def _run(*args, cwd=ROOT):
      "config.model.prompt.vit.patch_size = 4"),
     ("imagebrush_jax.train", ["--config.train.batch_size=0"],
      "error: config.train.batch_size must be > 0, got 0"),
-    ("imagebrush_jax.train", ["--config.data.source=folder", "--config.data.folder_root=/no/such"],
+    ("imagebrush_jax.train", ["--config.data.source=folder", "--config.data.folder.root=/no/such"],
      "error: folder source root '/no/such' is not a directory"),
     ("imagebrush_jax.train_autoencoder", ["--config.data.eval_fraction=2.0"],
      "error: config.data.eval_fraction must be in [0.0, 0.9], got 2.0"),
@@ -35,9 +35,9 @@ def test_config_errors_are_one_line(tmp_path, module, args, message):
 
 def test_tfds_builder_without_a_folder_or_synthetic_name(tmp_path):
   proc = _run("imagebrush_jax.data.tfds_builder", "--config", "configs/tiny_test.py",
-              "--config.data.tfds_name=mnist", f"--config.data.tfds_dir={tmp_path}")
+              "--config.data.tfds.name=mnist", f"--config.data.tfds.dir={tmp_path}")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      "error: set config.data.folder_root to write your pairs as image_brush_pairs/folder, or "
-      "config.data.tfds_name=image_brush_pairs/synthetic to write synthetic pairs "
-      "(config.data.tfds_name is 'mnist')"]
+      "error: set config.data.folder.root to write your pairs as image_brush_pairs/folder, or "
+      "config.data.tfds.name=image_brush_pairs/synthetic to write synthetic pairs "
+      "(config.data.tfds.name is 'mnist')"]

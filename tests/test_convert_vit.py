@@ -194,7 +194,7 @@ def test_unknown_layout_is_refused(tmp_path):
 
 def test_converted_vit_initialises_the_prompt_backbone(siglip, tmp_path):
   from configs import tiny_test  # pylint: disable=g-import-not-at-top
-  from imagebrush_jax import imagebrush_task  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.imagebrush import task as imagebrush_task  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "vit.safetensors")
   convert.convert_vit(siglip["path"], out, num_heads=None, lossy=False)
   config = tiny_test.get_config()

@@ -40,7 +40,7 @@ def test_preview_writes_the_training_grids_labelled(tmp_path):
 
 def test_tfds_builder_cli_writes_a_readable_data_set(tmp_path):
   run("imagebrush_jax.data.tfds_builder", "--config", "configs/tiny_test.py",
-      f"--config.data.tfds_dir={tmp_path}", "--config.data.tfds_synthetic_pairs=2")
+      f"--config.data.tfds.dir={tmp_path}", "--config.data.tfds.synthetic_pairs=2")
   src = sources.TfdsSource("image_brush_pairs/synthetic", data_dir=str(tmp_path))
   config = tiny_test.get_config()
   assert src.tasks == pipeline.task_vocabulary(config)

@@ -10,11 +10,11 @@ from etils import epath
 from configs import tiny_test
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import episodes
-from imagebrush_jax.data import grid as grid_lib
 from imagebrush_jax.data import options
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.data import sources
 from imagebrush_jax.data import tasks
+from imagebrush_jax.imagebrush import grid as grid_lib
 
 BOXED_TASKS = ("recolor", "move", "scale_up", "scale_down", "delete", "keep_largest", "hollow",
                "fill", "bbox")
@@ -65,23 +65,23 @@ def test_every_row_of_a_grid_shows_the_grid_task():
   names = pipeline.task_vocabulary(c)
   seen = set()
   for batch in take(iterator(c), 4):
-    parts = grid_lib.split_grid(batch["grid"], 2)
+    parts = grid_lib.split_cells(batch["grid"], 2)
     for i, task_id in enumerate(batch["task_id"]):
       name = names[task_id]
       seen.add(name)
-      for before, after in zip(parts["example_before"][i], parts["example_after"][i]):
+      for before, after in zip(parts.before[i], parts.after[i]):
         np.testing.assert_array_equal(tasks.apply_global_task(name, before), after)
-      np.testing.assert_array_equal(tasks.apply_global_task(name, parts["query_before"][i]),
-                                    parts["query_after"][i])
+      np.testing.assert_array_equal(tasks.apply_global_task(name, parts.query[i]),
+                                    parts.target[i])
   assert len(seen) >= 5
 
 
 def test_pairs_in_a_grid_are_distinct():
   c = config(num_examples=3)
   for batch in take(iterator(c), 2):
-    parts = grid_lib.split_grid(batch["grid"], 3)
+    parts = grid_lib.split_cells(batch["grid"], 3)
     for i in range(len(batch["grid"])):
-      befores = list(parts["example_before"][i]) + [parts["query_before"][i]]
+      befores = list(parts.before[i]) + [parts.query[i]]
       pairs = {b.tobytes() for b in befores}
       assert len(pairs) == 4
 
@@ -207,11 +207,11 @@ def test_eval_batches_are_deterministic_balanced_and_unaugmented():
   task_ids = np.concatenate([b["task_id"] for b in batches])
   np.testing.assert_array_equal(task_ids, np.arange(16) % len(names))
   for batch in batches:
-    parts = grid_lib.split_grid(batch["grid"], 1)
+    parts = grid_lib.split_cells(batch["grid"], 1)
     for i, task_id in enumerate(batch["task_id"]):
       np.testing.assert_array_equal(
-          tasks.apply_global_task(names[task_id], parts["query_before"][i]),
-          parts["query_after"][i])
+          tasks.apply_global_task(names[task_id], parts.query[i]),
+          parts.target[i])
   other = pipeline.make_eval_batches(c, num_grids=16, seed=8)
   assert not np.array_equal(other[0]["grid"], batches[0]["grid"])
   sizes = [len(b["grid"]) for b in pipeline.make_eval_batches(c, num_grids=16, seed=7,
@@ -245,21 +245,25 @@ def test_eval_rejects_tasks_without_an_id():
     ("train_tasks", ("hflip", "hflip"), "config.data.train_tasks lists 'hflip' twice"),
     ("heldout_tasks", ("hflip+invert", "rot90"), "config.data.heldout_tasks repeats train task "
      "'rot90'"),
-    ("num_objects", (0, 4), "config.data.num_objects\\[0\\] must be in \\[1, 8\\], got 0"),
-    ("num_objects", (3, 2), "config.data.num_objects\\[1\\] must be in \\[3, 8\\], got 2"),
-    ("object_size", (0.3, 0.35), "config.data.object_size = \\(0.3, 0.35\\) leaves no room"),
-    ("shapes", ("circle", "star"), "config.data.shapes\\[1\\] = 'star' is not one of"),
-    ("backgrounds", (), "config.data.backgrounds must not be empty"),
+    ("synthetic.num_objects", (0, 4), "config.data.synthetic.num_objects\\[0\\] must be in \\[1, 8\\], got 0"),
+    ("synthetic.num_objects", (3, 2), "config.data.synthetic.num_objects\\[1\\] must be in \\[3, 8\\], got 2"),
+    ("synthetic.object_size", (0.3, 0.35), "config.data.synthetic.object_size = \\(0.3, 0.35\\) leaves no room"),
+    ("synthetic.shapes", ("circle", "star"), "config.data.synthetic.shapes\\[1\\] = 'star' is not one of"),
+    ("synthetic.backgrounds", (), "config.data.synthetic.backgrounds must not be empty"),
     ("crop_scale", 3.0, "config.data.crop_scale must be in \\[1.0, 2.0\\], got 3.0"),
     ("box_prob", -0.1, "config.data.box_prob must be in \\[0.0, 1.0\\], got -0.1"),
     ("num_workers", -1, "config.data.num_workers must be in >= 0, got -1"),
-    ("num_objects", (1,), "config.data.num_objects must be a pair \\(low, high\\), got \\(1,\\)"),
+    ("synthetic.num_objects", (1,), "config.data.synthetic.num_objects must be a pair \\(low, high\\), got \\(1,\\)"),
     ("resize_method", "area", "config.data.resize_method must be one of nearest"),
-    ("source", "folder", "config.data.folder_root must name a folder"),
+    ("source", "folder", "config.data.folder.root must name a folder"),
 ])
 def test_config_errors_name_the_key(key, value, message):
   c = config()
-  c.data[key] = value
+  *parents, last = key.split(".")
+  section = c.data
+  for name in parents:
+    section = section[name]
+  section[last] = value
   with pytest.raises(ValueError, match=message):
     options.from_config(c)
 

@@ -45,12 +45,16 @@ def make_folder(root, size=8):
 def folder_config(root, **data):
   c = tiny_test.get_config()
   c.data.source = "folder"
-  c.data.folder_root = str(root)
+  c.data.folder.root = str(root)
   c.data.train_tasks = ("brighten", "invert")
   c.data.heldout_tasks = ()
   c.data.eval_fraction = 0.0  # three pairs a task: too few to hold any out (tests below split)
-  for k, v in data.items():
-    c.data[k] = v
+  for k, v in data.items():  # tfds_name -> c.data.tfds.name
+    section, key = k.split("_", 1)
+    if section in ("tfds", "folder"):
+      c.data[section][key] = v
+    else:
+      c.data[k] = v
   return c
 
 
@@ -192,7 +196,7 @@ def test_task_with_fewer_than_two_pairs(tmp_path):
 
 @pytest.mark.parametrize("content,message", [
     ("{not json", "not valid JSON"),
-    ('[[0, 0, 1, 1]]', "expected an object"),
+    ('[[0, 0, 1, 1]]', "expected a JSON object"),
     ('{"zz": [0, 0, 1, 1]}', "box for pair 'zz', which has no zz_before"),
     ('{"a": [0.5, 0, 0.2, 1]}', "box of pair 'a' must be \\[x0, y0, x1, y1\\]"),
     ('{"a": [0, 0, 1]}', "box of pair 'a' must be"),
@@ -240,9 +244,9 @@ def test_tfds_round_trip_of_a_folder(tmp_path):
 
 def test_tfds_synthetic_pairs_match_the_synthetic_source(tmp_path):
   config = tiny_test.get_config()
-  config.data.tfds_name = "image_brush_pairs/synthetic"
-  config.data.tfds_dir = str(tmp_path)
-  config.data.tfds_synthetic_pairs = 3
+  config.data.tfds.name = "image_brush_pairs/synthetic"
+  config.data.tfds.dir = str(tmp_path)
+  config.data.tfds.synthetic_pairs = 3
   config.data.train_tasks = ("invert", "recolor")
   config.data.heldout_tasks = ("hflip+delete",)
   opts = options.from_config(config)
@@ -272,9 +276,9 @@ def test_builder_writes_the_folder_when_given_else_needs_the_synthetic_name(tmp_
   config = folder_config(tmp_path / "pairs", tfds_name="mnist", tfds_dir=str(tmp_path / "tfds"))
   assert tfds_builder.config_to_write(options.from_config(config)) == "folder"
   config = tiny_test.get_config()
-  config.data.tfds_name = "mnist"
-  with pytest.raises(ValueError, match="set config.data.folder_root to write your pairs as "
-                                       "image_brush_pairs/folder, or config.data.tfds_name="
+  config.data.tfds.name = "mnist"
+  with pytest.raises(ValueError, match="set config.data.folder.root to write your pairs as "
+                                       "image_brush_pairs/folder, or config.data.tfds.name="
                                        "image_brush_pairs/synthetic"):
     tfds_builder.build(options.from_config(config))
 
@@ -323,11 +327,11 @@ def test_eval_fraction_holds_out_pairs_that_training_never_shows(tmp_path):
   assert len(trained) == 20 - len(held)  # 96 grids show every training pair
 
   with config.unlocked():
-    config.data.tfds_dir = str(tmp_path / "tfds")
+    config.data.tfds.dir = str(tmp_path / "tfds")
   tfds_builder.build(options.from_config(config))
   with config.unlocked():
     config.data.source = "tfds"
-    config.data.tfds_name = "image_brush_pairs/folder"
+    config.data.tfds.name = "image_brush_pairs/folder"
   stored = sources.make_source(options.from_config(config), seed=0, part="heldout")
   for task in split.tasks:
     assert stored.parts(task) == split.parts(task)

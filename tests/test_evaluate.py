@@ -7,9 +7,9 @@ import pytest
 
 from configs import tiny_test
 from imagebrush_jax import evaluate
-from imagebrush_jax.data import grid as grid_lib
 from imagebrush_jax.data import pipeline as data_pipeline
 from imagebrush_jax.data import tasks as tasks_lib
+from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.metrics import cycle
 from imagebrush_jax.metrics import fid as fid_lib
 from imagebrush_jax.metrics import image_quality
@@ -33,7 +33,7 @@ def _evaluate(config, batches, generate):
 
 def test_ground_truth_scores_accuracy_one(batches):
   config, bs = batches
-  truth = lambda b: grid_lib.split_grid(b["grid"], config.data.num_examples)["query_after"]
+  truth = lambda b: grid_lib.split_cells(b["grid"], config.data.num_examples).target
   m = _evaluate(config, bs, truth)
   assert m["accuracy"] == 1.0 and m["num_examples"] == 64
   assert m["psnr"] == 100.0 and m["ssim"] == pytest.approx(1.0)
@@ -48,9 +48,9 @@ def test_train_task_metrics_leave_out_the_heldout_compositions(batches):
   train = tuple(config.data.train_tasks)
 
   def truth_on_trained_tasks(b):  # exact on trained tasks, a copy of I on held-out ones
-    parts = grid_lib.split_grid(b["grid"], config.data.num_examples)
+    parts = grid_lib.split_cells(b["grid"], config.data.num_examples)
     trained = np.array([vocab[i] in train for i in b["task_id"]])[:, None, None, None]
-    return np.where(trained, parts["query_after"], parts["query_before"])
+    return np.where(trained, parts.target, parts.query)
 
   m = evaluate.evaluate_batches(
       bs, num_examples=config.data.num_examples, task_vocabulary=vocab,
@@ -71,7 +71,7 @@ def test_random_and_copied_outputs_earn_nothing(batches):
   assert m["chance_accuracy"] < 0.5
   assert m["accuracy"] == 0.0 and m["edit_success"] == 0.0
   assert m["psnr"] < m["copy_psnr"] + 5
-  copy = lambda b: grid_lib.split_grid(b["grid"], config.data.num_examples)["query_before"]
+  copy = lambda b: grid_lib.split_cells(b["grid"], config.data.num_examples).query
   m = _evaluate(config, bs, copy)
   assert m["edit_success"] == 0.0 and m["psnr"] == m["copy_psnr"]
 
@@ -80,7 +80,7 @@ def test_tasks_of_any_name_get_quality_metrics_without_accuracy(batches):
   """Real data's tasks are arbitrary strings: PSNR, copy PSNR and edit success, no accuracy."""
   config, bs = batches
   vocab = ["my edit %d" % i for i in range(len(data_pipeline.task_vocabulary(config)))]
-  truth = lambda b: grid_lib.split_grid(b["grid"], config.data.num_examples)["query_after"]
+  truth = lambda b: grid_lib.split_cells(b["grid"], config.data.num_examples).target
   m = evaluate.evaluate_batches(bs, num_examples=config.data.num_examples, task_vocabulary=vocab,
                                 generate=truth, edit=None, distance=fid_lib.PixelDistance(),
                                 train_tasks=tuple(vocab))

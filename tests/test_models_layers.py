@@ -79,12 +79,3 @@ def test_attention_module_matches_reference(cross):
   ref = ref + np.asarray(params["out"]["bias"])
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-
-
-def test_resolve_dtype_and_policy_errors():
-  assert layers.resolve_dtype("bfloat16") == jnp.bfloat16
-  with pytest.raises(ValueError, match="model.dtype"):
-    layers.resolve_dtype("int8")
-  with pytest.raises(ValueError, match="remat_policy"):
-    layers.remat_policy("no_such_policy")
-  assert layers.remat_policy("") is None

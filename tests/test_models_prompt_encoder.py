@@ -1,26 +1,15 @@
 """Prompt encoder: token layout, roles, boxes, null tokens, box dropping, resizing."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from imagebrush_jax.models import prompt_encoder as pe
+from tests import fake_params
 
 
-def random_params(module, *args, seed=0):
-  """Non-degenerate parameters from shapes alone (no init compilation)."""
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))["params"]
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    n = rng.standard_normal(leaf.shape).astype(np.float32)
-    if path[-1].key == "scale":
-      return jnp.asarray(1.0 + 0.1 * n)
-    if path[-1].key == "kernel":
-      return jnp.asarray(n / np.sqrt(max(np.prod(leaf.shape[:-1]), 1)))
-    return jnp.asarray(0.5 * n)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
+random_params = fake_params.module_params
 
 
 def _encoder(**kw):
@@ -116,68 +105,24 @@ def test_resize_to_image_size_and_errors():
     jax.eval_shape(lambda: _encoder().init(jax.random.key(0), before4, after4, query4, box4))
 
 
-def test_paired_prompt_images_stack_each_pair_on_channels():
-  before, after, query, _ = _prompt(b=2, k=2, tile=4)
-  images, roles = pe.prompt_images(before, after, query, "concat")
-  assert images.shape == (2, 3, 4, 4, 6) and roles == [pe.ROLE_BEFORE] * 2 + [pe.ROLE_QUERY]
-  np.testing.assert_array_equal(images[:, :2, ..., :3], before)
-  np.testing.assert_array_equal(images[:, :2, ..., 3:], after)
-  np.testing.assert_array_equal(images[:, 2, ..., :3], query)
-  assert not np.asarray(images[:, 2, ..., 3:]).any()  # the query's missing channels are zero
+class _CountTokens(nn.Module):
+  """Extra tokens for the test: one per example pair, from the pair's mean difference."""
+  width: int
 
-  images, roles = pe.prompt_images(before, after, query, "concat_dihedral")
-  assert images.shape == (2, 3, 4, 4, 27)
-  np.testing.assert_array_equal(images[:, :2, ..., :3], after)
-  np.testing.assert_array_equal(images[:, :2, ..., 3:6], before)
-  np.testing.assert_array_equal(images[:, :2, ..., 6:9], before[:, :, :, ::-1])  # hflip(E)
-  assert not np.asarray(images[:, 2, ..., 3:]).any()
-
-  images, roles = pe.prompt_images(before, after, query, "separate")
-  assert images.shape == (2, 5, 4, 4, 3) and roles == [0, 0, 1, 1, 2]
-  with pytest.raises(ValueError, match="model.prompt.pair_input"):
-    pe.prompt_images(before, after, query, "stacked")
+  @nn.compact
+  def __call__(self, before, after, query):
+    del query
+    return nn.Dense(self.width, name="fc")((after - before).mean(axis=(2, 3)))
 
 
-@pytest.mark.parametrize("pair_input", ["concat", "concat_dihedral"])
-def test_paired_encoder_tokens_see_both_images_of_a_pair(pair_input):
-  enc = _encoder(pair_input=pair_input)
+def test_extra_tokens_join_before_the_box_token_and_reach_the_output():
+  enc = _encoder(extra_tokens=_CountTokens(24))
   before, after, query, box = _prompt(b=2, k=2)
   params = random_params(enc, before, after, query, box)
+  assert params["extra_tokens"]["fc"]["kernel"].shape == (3, 24)
   fn = jax.jit(lambda *a: enc.apply({"params": params}, *a))
   base = fn(before, after, query, box)
-  assert base.shape == (2, 3 * 4 + 1, 24)  # (K + 1) images of 4 patches, and the box token
-  for changed in (fn(before.at[:, 1].multiply(-1), after, query, box),
-                  fn(before, after.at[:, 1].multiply(-1), query, box),
-                  fn(before, after, -query, box)):
-    assert np.abs(np.asarray(changed - base)).max() > 1e-3
-
-
-def test_pair_statistics_find_the_view_and_colour_map_of_an_edit():
-  rng = np.random.default_rng(1)
-  before = rng.uniform(-1, 1, (2, 1, 16, 16, 3)).astype(np.float32)
-  # E' = vflip(E) with red and blue swapped, then inverted: view 2 (up-down flip) correlates
-  # with E' as minus the red/blue permutation; every other view barely correlates.
-  after = -before[:, :, ::-1, :, ::-1]
-  stats = np.asarray(pe.pair_statistics(jnp.asarray(before), jnp.asarray(after)))
-  assert stats.shape == (2, 1, 8 * 9 + 12)
-  corr = stats[..., :72].reshape(2, 1, 8, 3, 3)
-  swap = np.eye(3, dtype=bool)[::-1]  # the red/blue permutation
-  np.testing.assert_allclose(corr[:, 0, 2][:, swap], -1.0, atol=1e-3)
-  assert np.abs(corr[:, 0, 2][:, ~swap]).max() < 0.3  # independent random channels
-  others = np.delete(corr, 2, axis=2)
-  assert np.abs(others).max() < 0.5
-  np.testing.assert_allclose(stats[..., 72:75], before.mean(axis=(2, 3)), atol=1e-6)
-  np.testing.assert_allclose(stats[..., 78:81], after.mean(axis=(2, 3)), atol=1e-6)
-
-
-def test_pair_stats_token_follows_the_image_tokens():
-  enc = _encoder(pair_input="concat", pair_stats=True)
-  before, after, query, box = _prompt(b=2, k=2)
-  params = random_params(enc, before, after, query, box)
-  fn = jax.jit(lambda *a: enc.apply({"params": params}, *a))
-  base = fn(before, after, query, box)
-  assert base.shape == (2, 3 * 4 + 2 + 1, 24)  # (K + 1) images x 4 patches, K stats, the box
-  assert params["stats_fc1"]["kernel"].shape == (84, 24)
-  # Flipping E'_1 keeps its pixels but not its correlation with E_1: the tokens change.
-  assert np.abs(np.asarray(fn(before, after.at[:, 1].set(after[:, 1, :, ::-1]), query, box)
-                           - base)).max() > 1e-3
+  assert base.shape == (2, 5 * 4 + 2 + 1, 24)  # image tokens, 2 extra tokens, the box token
+  # A change the extra tokens see (the pairs' mean difference) changes every output token.
+  changed = fn(before, after + 0.5, query, box)
+  assert np.abs(np.asarray(changed - base)).max() > 1e-3

@@ -4,24 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from imagebrush_jax.models import runtime as runtime_lib
+from tests import fake_params
 from imagebrush_jax.models import unet as unet_lib
 
 
 def random_params(module, *args, seed=0):
-  """Non-degenerate parameters without compiling an init (the UNet starts with zeroed outputs)."""
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))["params"]
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name, shape = path[-1].key, leaf.shape
-    n = rng.standard_normal(shape).astype(np.float32)
-    if name == "scale":
-      return jnp.asarray(1.0 + 0.1 * n)
-    if name == "kernel":
-      return jnp.asarray(n / np.sqrt(max(np.prod(shape[:-1]), 1)))
-    return jnp.asarray(0.1 * n)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
+  return fake_params.module_params(module, *args, seed=seed, bias_scale=0.1)
 
 
 def _inputs(b=2, hw=16, c=7, tokens=5, width=24, seed=0):
@@ -55,7 +44,7 @@ def test_sd_layout_bfloat16_head_dim_and_res_blocks():
   # heads from head_dim, bfloat16 compute with float32 parameters.
   unet = unet_lib.UNet(out_channels=4, channels=(16, 32), attention=("self+cross", "none"),
                        mid_attention="self+cross", num_res_blocks=2, head_dim=8, norm_groups=8,
-                       dtype=jnp.bfloat16)
+                       runtime=runtime_lib.Runtime(dtype=jnp.bfloat16))
   x, t, ctx = _inputs(hw=4, c=4)
   params = random_params(unet, x, t, ctx)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
@@ -85,7 +74,7 @@ def test_cross_only_levels_and_no_context_layout():
 def test_remat_wraps_blocks_and_keeps_outputs():
   kw = dict(out_channels=2, channels=(8,), attention=("self+cross",), mid_attention="none",
             num_heads=2, norm_groups=4)
-  plain, remat = unet_lib.UNet(**kw), unet_lib.UNet(**kw, remat=True)
+  plain, remat = unet_lib.UNet(**kw), unet_lib.UNet(**kw, runtime=runtime_lib.Runtime(remat=True))
   x, t, ctx = _inputs(hw=4, c=3, width=8)
   params = random_params(plain, x, t, ctx)
 
@@ -112,43 +101,3 @@ def test_config_errors(kw, match):
   x, t, ctx = _inputs(hw=4, c=3, width=8)
   with pytest.raises(ValueError, match=match):
     jax.eval_shape(lambda: unet.init(jax.random.key(0), x, t, ctx))
-
-
-@pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (1, 1)])
-def test_matmul_grad_conv_equals_xla_conv(kernel, stride):
-  rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.standard_normal((2, 6, 6, 3)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((kernel, kernel, 3, 5)), jnp.float32)
-  pad = kernel // 2
-
-  def loss(conv):
-    return jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, stride, pad))),
-                              argnums=(0, 1))(x, w)
-
-  (v1, (dx1, dw1)), (v2, (dx2, dw2)) = loss(unet_lib.conv2d_matmul_grad), loss(unet_lib._conv_nhwc)
-  np.testing.assert_allclose(v1, v2, rtol=1e-5)
-  np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(dw1, dw2, rtol=1e-4, atol=1e-5)
-
-
-def test_pooled_prompt_reaches_the_output_without_attention():
-  # No attention anywhere: only the pooled prompt in the timestep embedding carries the context.
-  kw = dict(out_channels=3, channels=(16, 32), attention=("none", "none"), mid_attention="none",
-            norm_groups=8)
-  x, t, ctx = _inputs(hw=8)
-  for scale_shift in (False, True):
-    unet = unet_lib.UNet(pooled_prompt=True, scale_shift_norm=scale_shift, **kw)
-    params = random_params(unet, x, t, ctx)
-    assert params["prompt_emb"]["kernel"].shape == (24, 64)
-    width = 32 if scale_shift else 16  # scale and shift, or the additive embedding alone
-    assert params["down0_res0"]["temb"]["kernel"].shape == (64, width)
-    apply = jax.jit(lambda p, c: unet.apply({"params": p}, x, t, c))
-    out = apply(params, ctx)
-    assert np.abs(np.asarray(apply(params, ctx + 1.0) - out)).max() > 1e-3
-    # The mean is what counts: permuting the tokens changes nothing.
-    np.testing.assert_allclose(apply(params, ctx[:, ::-1]), out, rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="pooled_prompt needs context"):
-    jax.eval_shape(lambda: unet.init(jax.random.key(0), x, t, None))
-  plain = unet_lib.UNet(**kw)
-  params = random_params(plain, x, t, None)
-  assert "prompt_emb" not in params

@@ -52,7 +52,8 @@ import sys
 import jax
 from configs import tiny_test
 from etils import epath
-from imagebrush_jax import imagebrush_task, metric_writers, parallel, periodic_eval, train_state
+from imagebrush_jax import metric_writers, parallel, periodic_eval, train_state
+from imagebrush_jax.imagebrush import task as imagebrush_task
 config = tiny_test.get_config()
 config.data.eval_batch_size = 6
 for key in ("eval_num_grids", "sample_num_grids", "accuracy_num_grids"):

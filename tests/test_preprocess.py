@@ -8,10 +8,10 @@ import pytest
 from configs import tiny_test
 from imagebrush_jax import infer
 from imagebrush_jax.data import augment
-from imagebrush_jax.data import grid as grid_lib
 from imagebrush_jax.data import imageops
 from imagebrush_jax.data import options
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.inference import images
 from imagebrush_jax.inference import manifest as manifest_lib
 
@@ -34,7 +34,7 @@ def _folder(root, rng):
 def _config(root, resize_method, crop_scale):
   c = tiny_test.get_config()
   c.data.source = "folder"
-  c.data.folder_root = str(root)
+  c.data.folder.root = str(root)
   c.data.train_tasks = ("hflip", "invert")
   c.data.heldout_tasks = ()
   c.data.resize_method = resize_method
@@ -61,15 +61,15 @@ def test_infer_feeds_the_tiles_evaluation_feeds(tmp_path, resize_method, crop_sc
   num_examples = int(config.data.num_examples)
   tiles = {str(path): spec.to_tile(images.load_rgb(str(path)))
            for path in sorted(root.glob("*/*.png"))}
-  cells = grid_lib.split_grid(got["grid"], num_examples)
+  cells = grid_lib.split_cells(got["grid"], num_examples)
   for i in range(len(got["grid"])):
     examples = tuple(
-        (_find(tiles, cells["example_before"][i, k], f"grid {i} example {k} before"),
-         _find(tiles, cells["example_after"][i, k], f"grid {i} example {k} after"))
+        (_find(tiles, cells.before[i, k], f"grid {i} example {k} before"),
+         _find(tiles, cells.after[i, k], f"grid {i} example {k} after"))
         for k in range(num_examples))
     row = manifest_lib.Row(
         line=i + 1, examples=examples,
-        query=_find(tiles, cells["query_before"][i], f"grid {i} query"),
+        query=_find(tiles, cells.query[i], f"grid {i} query"),
         output=str(tmp_path / "o.png"),
         box=tuple(np.multiply(BOX, [WIDTH, HEIGHT, WIDTH, HEIGHT]).tolist()))
     loaded = infer.load_row(row, num_examples=num_examples, spec=spec)

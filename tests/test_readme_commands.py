@@ -49,7 +49,7 @@ TINY_STEPS = ("train.num_steps=2", "train.warmup_steps=1", "checkpoint.every=2",
 NO_EVAL = ("train.eval_num_grids=0", "train.sample_num_grids=0", "train.accuracy_num_grids=0")
 TINY_RUN = TINY_STEPS + NO_EVAL
 TINY_DEFAULT_DATA = ("data.tile_size=8", "data.crop_scale=1.25", "train.batch_size=8")
-# configs/default.py at tiny size (8-pixel tiles, as configs/tiny_test.py).
+# configs/default.py or cpu_demo.py at tiny size (8-pixel tiles, as configs/tiny_test.py).
 TINY_DEFAULT = _flags(*TINY_DEFAULT_DATA, *TINY_MODEL, *TINY_RUN)
 # The demo keeps a small evaluation at its last step, for its accuracy curve and report.
 TINY_DEMO = _flags(*TINY_DEFAULT_DATA, *TINY_MODEL, *TINY_STEPS, "train.eval_num_grids=4",
@@ -64,7 +64,7 @@ TINY_AUTOENCODER = _flags("autoencoder.arch.block_out_channels=(8,8,8,8)",
                           "train.eval_num_grids=8", "train.sample_num_grids=2",
                           "checkpoint.every=2", "data.num_workers=0")
 PAPER = ('launch/local.sh configs/paper_256.py runs/paper '
-         '--config.model.autoencoder.params=sd_vae.safetensors --config.data.tfds_dir=/data/tfds '
+         '--config.model.autoencoder.params=sd_vae.safetensors --config.data.tfds.dir=/data/tfds '
          '--config.data.train_tasks="(\'mirror\',\'neg\')" --config.data.heldout_tasks="()"')
 
 # (command as the README shows it, what to append; or None and why it does not run here).
@@ -77,16 +77,16 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
     (f"{PY} -m imagebrush_jax.data.preview --config configs/default.py --num 16 --out grids.png",
      [], ""),
     (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/mine "
-     "--config.data.source=folder --config.data.folder_root=/data/pairs "
+     "--config.data.source=folder --config.data.folder.root=/data/pairs "
      "--config.data.train_tasks=\"('mirror','neg')\" --config.data.heldout_tasks=\"()\"",
      TINY_DEFAULT, ""),
     (f"{PY} -m imagebrush_jax.data.tfds_builder --config configs/default.py "
-     "--config.data.folder_root=/data/pairs --config.data.tfds_dir=/data/tfds", [], ""),
+     "--config.data.folder.root=/data/pairs --config.data.tfds.dir=/data/tfds", [], ""),
     (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/mine_shards "
-     "--config.data.source=tfds --config.data.tfds_name=image_brush_pairs/folder "
-     "--config.data.tfds_dir=/data/tfds --config.data.train_tasks=\"('mirror','neg')\" "
+     "--config.data.source=tfds --config.data.tfds.name=image_brush_pairs/folder "
+     "--config.data.tfds.dir=/data/tfds --config.data.train_tasks=\"('mirror','neg')\" "
      "--config.data.heldout_tasks=\"()\"", TINY_DEFAULT, ""),
-    (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/demo "
+    (f"{PY} -m imagebrush_jax.train --config configs/cpu_demo.py --workdir runs/demo "
      "--config.train.batch_size=64 --config.train.learning_rate=5e-4",
      [a for a in TINY_DEFAULT if "batch_size" not in a], ""),
     (f"{PY} -m imagebrush_jax.convert --from sd_vae --input sd-vae-ft-mse/ "

@@ -25,8 +25,8 @@ from imagebrush_jax import checkpoint as ckpt_lib
 from imagebrush_jax import train
 from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
-from imagebrush_jax.diffusion import pipeline as diffusion_pipeline
-from imagebrush_jax.models import imagebrush as ib
+from imagebrush_jax.imagebrush import build as build_lib
+from imagebrush_jax.imagebrush import task as imagebrush_task
 from tests.test_train_state import mlp_error
 from tests.test_train_state import mlp_init
 
@@ -313,8 +313,8 @@ def test_null_token_gets_gradient_only_from_dropped_prompts():
   config.model.unet.channels = (16,)
   config.model.unet.attention = ("cross",)
   config.model.unet.mid_attention = "cross"
-  model = ib.build_model(config)  # cfg_drop_rate only enters the loss
-  leaves, treedef = jax.tree.flatten(ib.init_params(model, config, jax.random.key(0)))
+  model = build_lib.build_model(config)  # cfg_drop_rate only enters the loss
+  leaves, treedef = jax.tree.flatten(build_lib.init_params(model, config, jax.random.key(0)))
   params = jax.tree.unflatten(treedef, [
       p + 0.02 * np.random.default_rng(i).normal(size=p.shape).astype(np.float32)
       for i, p in enumerate(leaves)])
@@ -323,7 +323,7 @@ def test_null_token_gets_gradient_only_from_dropped_prompts():
   grads = {}
   for rate in (1.0, 0.0):
     config.model.cfg_drop_rate = rate
-    loss_fn = diffusion_pipeline.make_loss_fn(model, config)
+    loss_fn = imagebrush_task.make_loss_fn(model, config)
 
     def prompt_loss(prompt_params, loss_fn=loss_fn):
       return loss_fn({**params, "prompt_encoder": prompt_params}, batch, jax.random.key(1),

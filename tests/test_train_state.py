@@ -10,7 +10,7 @@ import pytest
 from configs import tiny_test
 from imagebrush_jax import parallel
 from imagebrush_jax import train_state
-from imagebrush_jax.models import imagebrush as ib
+from imagebrush_jax.imagebrush import build as build_lib
 
 
 def _names(tree) -> dict[str, bool]:
@@ -19,7 +19,7 @@ def _names(tree) -> dict[str, bool]:
 
 def test_weight_decay_only_on_kernels_of_the_real_model():
   config = tiny_test.get_config()
-  shapes = ib.param_shapes(ib.build_model(config), config)
+  shapes = build_lib.param_shapes(build_lib.build_model(config), config)
   mask = _names(train_state._decay_mask(shapes))  # pylint: disable=protected-access
   undecayed = {"prompt_encoder/vit/pos_embed", "prompt_encoder/role_embed/embedding",
                "prompt_encoder/index_embed/embedding", "prompt_encoder/null_token"}

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from imagebrush_jax import files
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.models import autoencoder as ae
 
@@ -181,13 +182,7 @@ def convert(folder: str) -> tuple[dict[str, Any], ae.AutoencoderConfig]:
   """(params, architecture) of the diffusers AutoencoderKL in `folder`."""
   folder = resolve_folder(folder)
   config_path = os.path.join(folder, CONFIG)
-  try:
-    with open(config_path) as f:
-      cfg = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ConversionError(f"cannot read {config_path}: {e}") from e
-  if not isinstance(cfg, dict):
-    raise ConversionError(f"{config_path}: expected a JSON object")
+  cfg = files.read_json_object(config_path, ConversionError)
   arch = architecture_from_diffusers(cfg, config_path)
   state = read_weights(folder)
   params = convert_state_dict(state, arch, os.path.join(folder, WEIGHTS))

@@ -30,7 +30,6 @@ config.json next to the file (num_attention_heads, num_heads, vision_config.*, m
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -40,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imagebrush_jax import files
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.models import prompt_encoder as pe
 
@@ -351,13 +351,7 @@ def read_hf_config(weights_path: str) -> dict[str, Any]:
   path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), "config.json")
   if not os.path.isfile(path):
     return {}
-  try:
-    with open(path) as f:
-      cfg = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ConversionError(f"cannot read {path}: {e}") from e
-  if not isinstance(cfg, dict):
-    raise ConversionError(f"{path}: expected a JSON object")
+  cfg = files.read_json_object(path, ConversionError)
   for nested in ("vision_config", "model_args"):
     if isinstance(cfg.get(nested), dict):
       cfg = {**cfg, **cfg[nested]}

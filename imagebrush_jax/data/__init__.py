@@ -1,14 +1,17 @@
-"""Data: synthetic task family, pair sources, the grain input pipeline and grid assembly.
+"""Data: synthetic task family, pair sources and the grain input pipeline that assembles grids
+(the grid layout and the batch dict it fills: imagebrush_jax/imagebrush/grid.py).
 
   tasks.py        task registry (global and object-level edits, compositions 'a+b')
   scenes.py       procedural scenes: sampling, rendering at any tile size, geometry edits
   imageops.py     pixel ops behind the global tasks
   sources.py      synthetic, folder and TFDS pair sources (random access by index)
+  tfds_format.py  the TFDS data set's layout (task ranges, pair ids), for writer and reader
   tfds_builder.py TFDS builder writing pairs as array_record shards (no TensorFlow)
+  splits.py       training / evaluation pairs of a stored source, by a hash of task/pair_id
   options.py      validated view of config.data
   augment.py      resize, crop and flip applied alike to every cell of a grid
   episodes.py     per-grid grain transforms: sample, load, augment, assemble
-  grid.py         grid layout and the batch dict it fills
+  tiles.py        single tiles for autoencoder training
   pipeline.py     make_train_iterator / make_eval_batches: the public entry points
   preview.py      CLI: assembled grids as one labelled PNG
 """

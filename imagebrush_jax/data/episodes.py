@@ -4,7 +4,7 @@
         -> LoadPairs     -> decoded pairs, resized to render_size (augment.TileSpec.render)
         -> AugmentCells  -> the same crop and flip on every cell, and on the query box
                             (TileSpec.crop / box_to_tile; inference tiles with the same TileSpec)
-        -> AssembleGrid  -> {grid, mask, box, task_id} (see grid.py)
+        -> AssembleGrid  -> {grid, mask, box, task_id} (see imagebrush/grid.py)
 
 Everything random is drawn in SampleEpisode from np.random.default_rng([seed, stream, index]), so
 a grid depends on nothing but (seed, index): not on the host, worker or thread computing it.
@@ -16,9 +16,9 @@ import grain
 import numpy as np
 
 from imagebrush_jax.data import augment
-from imagebrush_jax.data import grid as grid_lib
 from imagebrush_jax.data import options as options_lib
 from imagebrush_jax.data import sources
+from imagebrush_jax.imagebrush import grid as grid_lib
 
 _EPISODE_STREAM = 0  # tags the episode sampler's random stream (scenes use another)
 
@@ -93,7 +93,7 @@ class AugmentCells(grain.transforms.Map):
 
 
 class AssembleGrid(grain.transforms.Map):
-  """-> the batch element {grid, mask, box, task_id} (grid.py has the layout)."""
+  """-> the batch element {grid, mask, box, task_id} (imagebrush/grid.py has the layout)."""
 
   def map(self, element) -> dict[str, np.ndarray]:
     episode, tiles, box = element

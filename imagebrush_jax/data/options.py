@@ -50,6 +50,15 @@ class DataOptions:
     """The task_id vocabulary: train tasks, then held-out ones."""
     return self.train_tasks + self.heldout_tasks
 
+  def choose_tasks(self, tasks: Sequence[str] | None) -> tuple[str, ...]:
+    """`tasks` (default: all_tasks), each checked to be in the task_id vocabulary."""
+    tasks = self.all_tasks if tasks is None else tuple(tasks)
+    for i, task in enumerate(tasks):
+      if task not in self.all_tasks:
+        raise ValueError(f"tasks[{i}] = {task!r} is in neither config.data.train_tasks nor "
+                         f"config.data.heldout_tasks, so it has no task_id")
+    return tasks
+
   @property
   def crop_margin(self) -> int:
     """Pixels added on each side before the random crop (0 when crop_scale is 1)."""
@@ -62,10 +71,14 @@ class DataOptions:
 
 
 def _get(cfg: Any, key: str) -> Any:
+  """config.data[key]; a dotted key reads a sub-dict (e.g. 'folder.root')."""
+  value = cfg
   try:
-    return cfg[key]
-  except KeyError:
+    for part in key.split("."):
+      value = value[part]
+  except (KeyError, TypeError):
     raise KeyError(f"config.data.{key} is missing") from None
+  return value
 
 
 def _int(value: Any, key: str, lo: int, hi: int | None = None) -> int:
@@ -114,29 +127,33 @@ def _pair(value: Any, key: str) -> tuple[Any, Any]:
   return tuple(value)
 
 
-def _scene_params(d: Any) -> scenes.SceneParams:
-  lo, hi = _pair(_get(d, "num_objects"), "config.data.num_objects")
-  lo = _int(lo, "config.data.num_objects[0]", 1, MAX_OBJECTS)
-  hi = _int(hi, "config.data.num_objects[1]", lo, MAX_OBJECTS)
-  margin = _float(_get(d, "largest_margin"), "config.data.largest_margin", 1.0, 4.0)
-  size_lo, size_hi = _pair(_get(d, "object_size"), "config.data.object_size")
-  size_lo = _float(size_lo, "config.data.object_size[0]", 0.01, 1.0)
-  size_hi = _float(size_hi, "config.data.object_size[1]", 0.01, 1.0)
+def _scene_params(data: Any) -> scenes.SceneParams:
+  """config.data.synthetic: how the synthetic scenes are drawn."""
+  d = _get(data, "synthetic")
+  lo, hi = _pair(_get(d, "num_objects"), "config.data.synthetic.num_objects")
+  lo = _int(lo, "config.data.synthetic.num_objects[0]", 1, MAX_OBJECTS)
+  hi = _int(hi, "config.data.synthetic.num_objects[1]", lo, MAX_OBJECTS)
+  margin = _float(_get(d, "largest_margin"), "config.data.synthetic.largest_margin", 1.0, 4.0)
+  size_lo, size_hi = _pair(_get(d, "object_size"), "config.data.synthetic.object_size")
+  size_lo = _float(size_lo, "config.data.synthetic.object_size[0]", 0.01, 1.0)
+  size_hi = _float(size_hi, "config.data.synthetic.object_size[1]", 0.01, 1.0)
   if size_lo * margin > size_hi:
     raise ValueError(
-        f"config.data.object_size = {(size_lo, size_hi)} leaves no room for the largest object "
-        f"to be config.data.largest_margin = {margin} times wider than the others: need "
+        f"config.data.synthetic.object_size = {(size_lo, size_hi)} leaves no room for the "
+        f"largest object "
+        f"to be config.data.synthetic.largest_margin = {margin} times wider than the others: need "
         f"object_size[1] >= object_size[0] * largest_margin")
   return scenes.SceneParams(
       num_objects=(lo, hi),
       object_size=(size_lo, size_hi),
       largest_margin=margin,
-      shapes=_strings(_get(d, "shapes"), "config.data.shapes", choices=scenes.SHAPES,
+      shapes=_strings(_get(d, "shapes"), "config.data.synthetic.shapes", choices=scenes.SHAPES,
                       allow_empty=False),
-      backgrounds=_strings(_get(d, "backgrounds"), "config.data.backgrounds",
+      backgrounds=_strings(_get(d, "backgrounds"), "config.data.synthetic.backgrounds",
                            choices=scenes.BACKGROUNDS, allow_empty=False),
-      hollow_prob=_float(_get(d, "hollow_prob"), "config.data.hollow_prob", 0.0, 1.0),
-      stroke_width=_float(_get(d, "stroke_width"), "config.data.stroke_width", 0.001, 0.5),
+      hollow_prob=_float(_get(d, "hollow_prob"), "config.data.synthetic.hollow_prob", 0.0, 1.0),
+      stroke_width=_float(_get(d, "stroke_width"), "config.data.synthetic.stroke_width", 0.001,
+                          0.5),
   )
 
 
@@ -157,13 +174,13 @@ def from_config(config: Any) -> DataOptions:
           raise ValueError(f"config.data.{key}[{i}] = {name!r} is not a registered task or a "
                            f"composition 'a+b' of registered tasks; registered: "
                            f"{', '.join(tasks_lib.task_names())}")
-  folder_root = str(_get(d, "folder_root"))
+  folder_root = str(_get(d, "folder.root"))
   if source == "folder" and not folder_root:
-    raise ValueError("config.data.folder_root must name a folder when config.data.source is "
+    raise ValueError("config.data.folder.root must name a folder when config.data.source is "
                      "'folder'")
-  tfds_name = str(_get(d, "tfds_name"))
+  tfds_name = str(_get(d, "tfds.name"))
   if source == "tfds" and not tfds_name:
-    raise ValueError("config.data.tfds_name must be set when config.data.source is 'tfds'")
+    raise ValueError("config.data.tfds.name must be set when config.data.source is 'tfds'")
   return DataOptions(
       seed=_int(config.seed, "config.seed", 0, 2**32 - 1),
       batch_size=_int(config.train.batch_size, "config.train.batch_size", 1),
@@ -174,12 +191,12 @@ def from_config(config: Any) -> DataOptions:
       heldout_tasks=heldout,
       scene=_scene_params(d),
       folder_root=folder_root,
-      folder_check_images=bool(_get(d, "folder_check_images")),
+      folder_check_images=bool(_get(d, "folder.check_images")),
       tfds_name=tfds_name,
-      tfds_dir=str(_get(d, "tfds_dir")) or None,
-      tfds_split=str(_get(d, "tfds_split")),
-      tfds_synthetic_pairs=_int(_get(d, "tfds_synthetic_pairs"),
-                                "config.data.tfds_synthetic_pairs", 2),
+      tfds_dir=str(_get(d, "tfds.dir")) or None,
+      tfds_split=str(_get(d, "tfds.split")),
+      tfds_synthetic_pairs=_int(_get(d, "tfds.synthetic_pairs"),
+                                "config.data.tfds.synthetic_pairs", 2),
       eval_fraction=_float(_get(d, "eval_fraction"), "config.data.eval_fraction", 0.0, 0.9),
       resize_method=_choice(_get(d, "resize_method"), "config.data.resize_method",
                             RESIZE_METHODS),

@@ -10,7 +10,7 @@ for any number of workers, and the iterator state (a few integers) restores it e
 the same config.data.num_workers: the state records each worker's position):
 
   it = make_train_iterator(config)
-  batch = next(it)                      # grid.py documents the batch dict
+  batch = next(it)                      # imagebrush/grid.py documents the batch dict
   state = it.get_state(); ...; it.set_state(state)
   # with orbax: grain.checkpoint.CheckpointSave(it) / grain.checkpoint.CheckpointRestore(it)
 """
@@ -34,6 +34,15 @@ def host_batch_size(opts: options_lib.DataOptions, process_count: int) -> int:
     raise ValueError(f"config.train.batch_size = {opts.batch_size} must be divisible by the "
                      f"number of hosts (processes), {process_count}")
   return opts.batch_size // process_count
+
+
+def host_position(process_index: int | None, process_count: int | None) -> dict[str, int]:
+  """{process_index, process_count}, each defaulting to jax's for this process."""
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top  (the data package runs without jax)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  return dict(process_index=process_index, process_count=process_count)
 
 
 def task_vocabulary(config: Any) -> tuple[str, ...]:
@@ -91,12 +100,7 @@ def make_train_iterator(config: Any, *, process_index: int | None = None,
   process_index / process_count default to jax.process_index() / jax.process_count().
   Close it (`it.close()`) when done to stop its worker processes.
   """
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  return iter(make_train_dataset(config, process_index=process_index,
-                                 process_count=process_count))
+  return iter(make_train_dataset(config, **host_position(process_index, process_count)))
 
 
 def make_eval_batches(config: Any, *, num_grids: int, seed: int,
@@ -115,11 +119,7 @@ def make_eval_batches(config: Any, *, num_grids: int, seed: int,
     raise ValueError(f"num_grids must be positive, got {num_grids}")
   if seed < 0:
     raise ValueError(f"seed must be non-negative, got {seed}")
-  tasks = opts.all_tasks if tasks is None else tuple(tasks)
-  for i, task in enumerate(tasks):
-    if task not in opts.all_tasks:
-      raise ValueError(f"tasks[{i}] = {task!r} is in neither config.data.train_tasks nor "
-                       f"config.data.heldout_tasks, so it has no task_id")
+  tasks = opts.choose_tasks(tasks)
   batch_size = opts.eval_batch_size if batch_size is None else batch_size
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")

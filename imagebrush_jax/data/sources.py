@@ -12,7 +12,6 @@ indices of that task's pairs, so that an episode can draw several distinct pairs
 Sources are picklable, so grain can hand them to worker processes.
 """
 import dataclasses
-import json
 import os
 import re
 from typing import Protocol, Sequence
@@ -20,9 +19,11 @@ from typing import Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from imagebrush_jax import files
 from imagebrush_jax.data import scenes
 from imagebrush_jax.data import splits
 from imagebrush_jax.data import tasks as tasks_lib
+from imagebrush_jax.data import tfds_format
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 BOXES_FILE = "boxes.json"
@@ -114,7 +115,7 @@ class SyntheticSource:
         return Pair(before, after, name, str(index), box)
     raise ValueError(
         f"task {name!r} left {MAX_SCENE_ATTEMPTS} scenes in a row unchanged (pair {index}); it "
-        f"is the identity on scenes drawn with config.data.num_objects = "
+        f"is the identity on scenes drawn with config.data.synthetic.num_objects = "
         f"{self.params.num_objects}, hollow_prob = {self.params.hollow_prob}")
 
 
@@ -139,14 +140,7 @@ def _check_header(path: str) -> None:
 
 
 def _read_boxes(path: str, pair_ids: Sequence[str]) -> dict[str, np.ndarray]:
-  try:
-    with open(path) as f:
-      raw = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"{path}: not valid JSON: {e}") from e
-  if not isinstance(raw, dict):
-    raise ValueError(f"{path}: expected an object {{\"<pair_id>\": [x0, y0, x1, y1]}}, "
-                     f"got {type(raw).__name__}")
+  raw = files.read_json_object(path)  # {"<pair_id>": [x0, y0, x1, y1]}
   boxes = {}
   for pair_id, box in raw.items():
     if pair_id not in pair_ids:
@@ -240,7 +234,6 @@ class TfdsSource:
   def __init__(self, name: str, *, data_dir: str | None = None, split: str = "train"):
     # Imported here: TFDS is slow to import and only this source needs it.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    from imagebrush_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
     self.name, self.data_dir, self.split = name, data_dir, split
     try:
       builder = tfds.builder(name, data_dir=data_dir)
@@ -254,8 +247,8 @@ class TfdsSource:
           f"python -m imagebrush_jax.data.tfds_builder --config ...")
     self.tasks = tuple(builder.info.features["task"].names)
     num = builder.info.splits[split].num_examples
-    self._by_task = tfds_builder.task_ranges(builder.info, split, num)
-    self._pair_ids = tfds_builder.pair_ids(builder.info, split)
+    self._by_task = tfds_format.task_ranges(builder.info, split, num)
+    self._pair_ids = tfds_format.pair_ids(builder.info, split)
     self._data = None
 
   def _records(self):

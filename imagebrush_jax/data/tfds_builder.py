@@ -1,15 +1,15 @@
 """TFDS builder `image_brush_pairs`: edit pairs as array_record shards, without TensorFlow.
 
 Two builder configs: `folder` (a FolderSource as is) and `synthetic` (the first
-config.data.tfds_synthetic_pairs synthetic pairs of every train and held-out task). A given
-config.data.folder_root writes `folder`; without one, config.data.tfds_name must name
+config.data.tfds.synthetic_pairs synthetic pairs of every train and held-out task). A given
+config.data.folder.root writes `folder`; without one, config.data.tfds.name must name
 `image_brush_pairs/synthetic`. Images are
 stored as raw uint8 tensors (zlib-compressed): tfds.features.Image would need TensorFlow to
 encode. Examples are written unshuffled, grouped by task, and the metadata records each task's
 index range, so TfdsSource finds a task's pairs without reading every record.
 
     python -m imagebrush_jax.data.tfds_builder --config configs/default.py \
-        --config.data.folder_root=/data/pairs --config.data.tfds_dir=/data/tfds
+        --config.data.folder.root=/data/pairs --config.data.tfds.dir=/data/tfds
 
 Its last stdout line is the training flags that read what it wrote.
 """
@@ -22,10 +22,9 @@ import tensorflow_datasets as tfds
 
 from imagebrush_jax.data import options as options_lib
 from imagebrush_jax.data import sources
+from imagebrush_jax.data import tfds_format
 
-NAME = "image_brush_pairs"
-_RANGES_KEY = "task_ranges"
-_IDS_KEY = "pair_ids"  # every record's pair id, in record order: splits without reading images
+NAME = tfds_format.NAME
 
 
 class ImageBrushPairs(tfds.core.GeneratorBasedBuilder):
@@ -92,8 +91,8 @@ class ImageBrushPairs(tfds.core.GeneratorBasedBuilder):
       ranges[task] = [start, start + len(indices)]
       ids += [self._pairs.pair_id(i) for i in indices]
       start += len(indices)
-    self.info.metadata[_RANGES_KEY] = {"train": ranges}
-    self.info.metadata[_IDS_KEY] = {"train": ids}
+    self.info.metadata[tfds_format.RANGES_KEY] = {"train": ranges}
+    self.info.metadata[tfds_format.IDS_KEY] = {"train": ids}
     return {"train": self._generate_examples(plan)}
 
   def _generate_examples(self, plan):
@@ -110,42 +109,19 @@ class ImageBrushPairs(tfds.core.GeneratorBasedBuilder):
         }
 
 
-def task_ranges(info: tfds.core.DatasetInfo, split: str, num_examples: int) -> dict[str, range]:
-  """Each task's index range in `split`, from the metadata written by ImageBrushPairs."""
-  try:
-    raw = info.metadata[_RANGES_KEY][split]
-  except (KeyError, TypeError):
-    raise ValueError(f"TFDS data set {info.full_name} has no {_RANGES_KEY!r} metadata for "
-                     f"split {split!r}; write it with imagebrush_jax.data.tfds_builder") from None
-  ranges = {task: range(*bounds) for task, bounds in raw.items()}
-  covered = sorted(i for r in ranges.values() for i in (r.start, r.stop))
-  if covered[:1] != [0] or covered[-1:] != [num_examples]:
-    raise ValueError(f"TFDS data set {info.full_name}: task ranges {raw} do not cover the "
-                     f"{num_examples} examples of split {split!r}")
-  return ranges
-
-
-def pair_ids(info: tfds.core.DatasetInfo, split: str) -> list[str] | None:
-  """Every record's pair id in `split`, or None for a data set written without them."""
-  try:
-    return list(info.metadata[_IDS_KEY][split])
-  except (KeyError, TypeError):
-    return None
-
-
 def config_to_write(opts: options_lib.DataOptions) -> str:
-  """'folder' when config.data.folder_root is given, else 'synthetic' (named by tfds_name)."""
+  """'folder' when config.data.folder.root is given, else 'synthetic' (named by tfds_name)."""
   if opts.folder_root:
     return "folder"
   if opts.tfds_name == f"{NAME}/synthetic":
     return "synthetic"
-  raise ValueError(f"set config.data.folder_root to write your pairs as {NAME}/folder, or "
-                   f"config.data.tfds_name={NAME}/synthetic to write synthetic pairs "
-                   f"(config.data.tfds_name is {opts.tfds_name!r})")
+  raise ValueError(f"set config.data.folder.root to write your pairs as {NAME}/folder, or "
+                   f"config.data.tfds.name={NAME}/synthetic to write synthetic pairs "
+                   f"(config.data.tfds.name is {opts.tfds_name!r})")
 
 
 def make_builder(opts: options_lib.DataOptions) -> ImageBrushPairs:
-  """A builder that writes config.data.folder_root, or else the synthetic pairs."""
+  """A builder that writes config.data.folder.root, or else the synthetic pairs."""
   config_name = config_to_write(opts)
   if config_name == "folder":
     pairs = sources.FolderSource(opts.folder_root, check_images=True)
@@ -172,8 +148,8 @@ def main(argv: Sequence[str]) -> None:
   path = build(opts, overwrite=_OVERWRITE.value)
   name = f"{NAME}/{config_to_write(opts)}"
   print(f"wrote {name} to {path}")
-  data_dir = f" --config.data.tfds_dir={opts.tfds_dir}" if opts.tfds_dir else ""
-  print(f"--config.data.source=tfds --config.data.tfds_name={name}{data_dir}")
+  data_dir = f" --config.data.tfds.dir={opts.tfds_dir}" if opts.tfds_dir else ""
+  print(f"--config.data.source=tfds --config.data.tfds.name={name}{data_dir}")
 
 
 if __name__ == "__main__":

@@ -85,12 +85,8 @@ def make_train_dataset(config: Any, *, process_index: int, process_count: int
 def make_train_iterator(config: Any, *, process_index: int | None = None,
                         process_count: int | None = None) -> grain.DatasetIterator:
   """Infinite iterator of host-local tile batches with get_state() / set_state()."""
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  return iter(make_train_dataset(config, process_index=process_index,
-                                 process_count=process_count))
+  return iter(make_train_dataset(config, **pipeline.host_position(process_index,
+                                                                  process_count)))
 
 
 def make_eval_tiles(config: Any, *, num_tiles: int, seed: int,
@@ -99,7 +95,7 @@ def make_eval_tiles(config: Any, *, num_tiles: int, seed: int,
   opts = options_lib.from_config(config)
   if num_tiles < 1:
     raise ValueError(f"num_tiles must be positive, got {num_tiles}")
-  tasks = opts.all_tasks if tasks is None else tuple(tasks)
+  tasks = opts.choose_tasks(tasks)
   source = sources.make_source(opts, seed=seed, part="heldout")
   sources.check_tasks(source, tasks, 1, "tasks")
   sampler = SampleTile(source, opts, tasks=tasks, seed=seed, train=False)

@@ -13,13 +13,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from imagebrush_jax import run_loading
-from imagebrush_jax.data import grid as grid_lib
-from imagebrush_jax.diffusion import pipeline as diffusion_pipeline
-
-
-def to_pixels(x: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> uint8 (host-side twin of models.imagebrush.unit_to_pixels)."""
-  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.imagebrush import task as task_lib
 
 
 class Editor:
@@ -41,7 +36,7 @@ class Editor:
     self.batch_size = -(-batch_size // n) * n  # a multiple of the device count
     self._data_sharding = NamedSharding(self.mesh, P("data"))
     self.params = jax.device_put(run.params, NamedSharding(self.mesh, P()))
-    self._sample = diffusion_pipeline.make_sample_fn(run.model, run.config, run.space)
+    self._sample = task_lib.make_sample_fn(run.model, run.config, run.space)
     self._overrides = dict(num_steps=num_steps, guidance_scale=guidance_scale, eta=eta)
 
   @property
@@ -61,7 +56,7 @@ class Editor:
         x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - b, axis=0)], axis=0)
       padded[key] = jax.device_put(x, self._data_sharding)
     out = self._sample(self.params, padded, rng, **self._overrides)
-    return to_pixels(jax.device_get(out["target"]))[:b]
+    return grid_lib.unit_to_pixels(np.asarray(jax.device_get(out["target"])))[:b]
 
   def edit_cells(self, before: np.ndarray, after: np.ndarray, query: np.ndarray,
                  box: np.ndarray | None, rng: jax.Array) -> np.ndarray:

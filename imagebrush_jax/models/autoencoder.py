@@ -27,8 +27,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imagebrush_jax.models import conv as conv_lib
 from imagebrush_jax.models import layers
-from imagebrush_jax.models import unet as unet_lib
+from imagebrush_jax.models import runtime as runtime_lib
 
 NORM_EPS = 1e-6  # diffusers' resnet_eps for the VAE: every GroupNorm in it
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamp
@@ -146,39 +147,28 @@ class DiagonalGaussian:
 class Conv2d(nn.Module):
   """Square NHWC convolution with explicit (symmetric or (low, high)) padding, float32 params.
 
-  impl as unet.Conv: 'auto' takes the matmul kernel gradient on CPU and XLA's elsewhere.
+  Kernels as conv.conv2d (runtime.conv_impl): 'auto' takes the matmul kernel gradient on CPU.
   """
   features: int
   kernel_size: int = 3
   stride: int = 1
   padding: int | tuple[int, int] | None = None  # None: kernel_size // 2 on every side
-  impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.impl not in unet_lib.CONV_IMPLS:
-      raise ValueError(f"conv implementation must be one of {unet_lib.CONV_IMPLS}, "
-                       f"got {self.impl!r}")
-    k = self.kernel_size
+    k, dtype = self.kernel_size, self.runtime.dtype
     kernel = self.param("kernel", nn.linear.default_kernel_init, (k, k, x.shape[-1],
                                                                    self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     pad = k // 2 if self.padding is None else self.padding
     low, high = (pad, pad) if isinstance(pad, int) else pad
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
     if low != high:
       x = jnp.pad(x, ((0, 0), (low, high), (low, high), (0, 0)))
       low = 0
-    impl = self.impl
-    if impl == "auto":
-      impl = "matmul_grad" if jax.default_backend() == "cpu" else "xla"
-    if impl == "matmul_grad":
-      y = unet_lib.conv2d_matmul_grad(x, kernel, self.stride, low)
-    else:
-      y = jax.lax.conv_general_dilated(x, kernel, (self.stride,) * 2, ((low, low), (low, low)),
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias.astype(self.dtype)
+    y = conv_lib.conv2d(x, kernel, self.stride, low, self.runtime.conv_impl)
+    return y + bias.astype(dtype)
 
 
 def group_norm(groups: int, dtype: Any, name: str) -> nn.GroupNorm:
@@ -191,17 +181,14 @@ class ResnetBlock2D(nn.Module):
   """diffusers ResnetBlock2D without a time embedding: norm1-SiLU-conv1-norm2-SiLU-conv2 + skip."""
   features: int
   norm_groups: int
-  conv_impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = lambda feats, k, name: Conv2d(feats, k, impl=self.conv_impl, dtype=self.dtype,
-                                         name=name)
-    h = conv(self.features, 3, "conv1")(nn.silu(group_norm(self.norm_groups, self.dtype,
-                                                           "norm1")(x)))
-    h = conv(self.features, 3, "conv2")(nn.silu(group_norm(self.norm_groups, self.dtype,
-                                                           "norm2")(h)))
+    rt, dtype = self.runtime, self.runtime.dtype
+    conv = lambda feats, k, name: Conv2d(feats, k, runtime=rt, name=name)
+    h = conv(self.features, 3, "conv1")(nn.silu(group_norm(self.norm_groups, dtype, "norm1")(x)))
+    h = conv(self.features, 3, "conv2")(nn.silu(group_norm(self.norm_groups, dtype, "norm2")(h)))
     if x.shape[-1] != self.features:
       x = conv(self.features, 1, "conv_shortcut")(x)
     return x + h
@@ -214,16 +201,16 @@ class AttentionBlock(nn.Module):
   VAE sets head_dim = channels, so one head).
   """
   norm_groups: int
-  attention_impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    dense = lambda name: nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32, name=name)
-    t = group_norm(self.norm_groups, self.dtype, "group_norm")(x).reshape(b, h * w, 1, c)
+    dtype = self.runtime.dtype
+    dense = lambda name: nn.Dense(c, dtype=dtype, param_dtype=jnp.float32, name=name)
+    t = group_norm(self.norm_groups, dtype, "group_norm")(x).reshape(b, h * w, 1, c)
     q, k, v = dense("to_q")(t), dense("to_k")(t), dense("to_v")(t)
-    out = layers.dot_product_attention(q, k, v, self.attention_impl).reshape(b, h * w, c)
+    out = layers.dot_product_attention(q, k, v, self.runtime.attention_impl).reshape(b, h * w, c)
     return x + dense("to_out_0")(out).reshape(b, h, w, c)
 
 
@@ -231,41 +218,36 @@ class MidBlock(nn.Module):
   """ResnetBlock, [AttentionBlock], ResnetBlock at the lowest resolution (UNetMidBlock2D)."""
   norm_groups: int
   attention: bool = True
-  conv_impl: str = "auto"
-  attention_impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    x = ResnetBlock2D(c, self.norm_groups, self.conv_impl, self.dtype, name="resnets_0")(x)
+    c, rt = x.shape[-1], self.runtime
+    x = ResnetBlock2D(c, self.norm_groups, rt, name="resnets_0")(x)
     if self.attention:
-      x = AttentionBlock(self.norm_groups, self.attention_impl, self.dtype,
-                         name="attentions_0")(x)
-    return ResnetBlock2D(c, self.norm_groups, self.conv_impl, self.dtype, name="resnets_1")(x)
+      x = AttentionBlock(self.norm_groups, rt, name="attentions_0")(x)
+    return ResnetBlock2D(c, self.norm_groups, rt, name="resnets_1")(x)
 
 
 class Downsample2D(nn.Module):
   """Zero padding of one pixel at the bottom and right, then a stride-2 3x3 conv (diffusers)."""
-  conv_impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return Conv2d(x.shape[-1], 3, stride=2, padding=(0, 1), impl=self.conv_impl,
-                  dtype=self.dtype, name="conv")(x)
+    return Conv2d(x.shape[-1], 3, stride=2, padding=(0, 1), runtime=self.runtime,
+                  name="conv")(x)
 
 
 class Upsample2D(nn.Module):
   """Nearest-neighbour 2x (broadcast and reshape), then a 3x3 conv."""
-  conv_impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
-    return Conv2d(c, 3, impl=self.conv_impl, dtype=self.dtype, name="conv")(x)
+    return Conv2d(c, 3, runtime=self.runtime, name="conv")(x)
 
 
 # ---------------------------------------------------------------------------- encoder / decoder
@@ -277,18 +259,15 @@ class DownEncoderBlock2D(nn.Module):
   num_layers: int
   add_downsample: bool
   norm_groups: int
-  remat: bool = False
-  conv_impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    resnet = layers.maybe_remat(ResnetBlock2D, self.remat, "", static_argnums=())
+    resnet = self.runtime.maybe_remat(ResnetBlock2D, static_argnums=())
     for j in range(self.num_layers):
-      x = resnet(self.features, self.norm_groups, self.conv_impl, self.dtype,
-                 name=f"resnets_{j}")(x)
+      x = resnet(self.features, self.norm_groups, self.runtime, name=f"resnets_{j}")(x)
     if self.add_downsample:
-      x = Downsample2D(self.conv_impl, self.dtype, name="downsamplers_0")(x)
+      x = Downsample2D(self.runtime, name="downsamplers_0")(x)
     return x
 
 
@@ -298,18 +277,15 @@ class UpDecoderBlock2D(nn.Module):
   num_layers: int
   add_upsample: bool
   norm_groups: int
-  remat: bool = False
-  conv_impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    resnet = layers.maybe_remat(ResnetBlock2D, self.remat, "", static_argnums=())
+    resnet = self.runtime.maybe_remat(ResnetBlock2D, static_argnums=())
     for j in range(self.num_layers):
-      x = resnet(self.features, self.norm_groups, self.conv_impl, self.dtype,
-                 name=f"resnets_{j}")(x)
+      x = resnet(self.features, self.norm_groups, self.runtime, name=f"resnets_{j}")(x)
     if self.add_upsample:
-      x = Upsample2D(self.conv_impl, self.dtype, name="upsamplers_0")(x)
+      x = Upsample2D(self.runtime, name="upsamplers_0")(x)
     return x
 
 
@@ -317,49 +293,39 @@ class Encoder(nn.Module):
   """conv_in; per level `layers_per_block` ResnetBlocks and a Downsample (not at the last level);
   the mid block; GroupNorm, SiLU, conv_out to 2 * latent_channels (mean and log-variance)."""
   arch: AutoencoderConfig
-  remat: bool = False
-  conv_impl: str = "auto"
-  attention_impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    a = self.arch
-    x = Conv2d(a.block_out_channels[0], 3, impl=self.conv_impl, dtype=self.dtype,
-               name="conv_in")(x)
+    a, rt = self.arch, self.runtime
+    x = Conv2d(a.block_out_channels[0], 3, runtime=rt, name="conv_in")(x)
     last = len(a.block_out_channels) - 1
     for i, ch in enumerate(a.block_out_channels):
-      x = DownEncoderBlock2D(ch, a.layers_per_block, i != last, a.norm_num_groups, self.remat,
-                             self.conv_impl, self.dtype, name=f"down_blocks_{i}")(x)
-    x = MidBlock(a.norm_num_groups, a.mid_block_attention, self.conv_impl, self.attention_impl,
-                 self.dtype, name="mid_block")(x)
-    x = nn.silu(group_norm(a.norm_num_groups, self.dtype, "conv_norm_out")(x))
-    return Conv2d(2 * a.latent_channels, 3, impl=self.conv_impl, dtype=self.dtype,
-                  name="conv_out")(x)
+      x = DownEncoderBlock2D(ch, a.layers_per_block, i != last, a.norm_num_groups, rt,
+                             name=f"down_blocks_{i}")(x)
+    x = MidBlock(a.norm_num_groups, a.mid_block_attention, rt, name="mid_block")(x)
+    x = nn.silu(group_norm(a.norm_num_groups, rt.dtype, "conv_norm_out")(x))
+    return Conv2d(2 * a.latent_channels, 3, runtime=rt, name="conv_out")(x)
 
 
 class Decoder(nn.Module):
   """conv_in; the mid block; per level (deepest first) `layers_per_block + 1` ResnetBlocks and an
   Upsample (not at the last level); GroupNorm, SiLU, conv_out to out_channels."""
   arch: AutoencoderConfig
-  remat: bool = False
-  conv_impl: str = "auto"
-  attention_impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    a = self.arch
+    a, rt = self.arch, self.runtime
     channels = tuple(reversed(a.block_out_channels))
-    x = Conv2d(channels[0], 3, impl=self.conv_impl, dtype=self.dtype, name="conv_in")(z)
-    x = MidBlock(a.norm_num_groups, a.mid_block_attention, self.conv_impl, self.attention_impl,
-                 self.dtype, name="mid_block")(x)
+    x = Conv2d(channels[0], 3, runtime=rt, name="conv_in")(z)
+    x = MidBlock(a.norm_num_groups, a.mid_block_attention, rt, name="mid_block")(x)
     last = len(channels) - 1
     for i, ch in enumerate(channels):
-      x = UpDecoderBlock2D(ch, a.layers_per_block + 1, i != last, a.norm_num_groups, self.remat,
-                           self.conv_impl, self.dtype, name=f"up_blocks_{i}")(x)
-    x = nn.silu(group_norm(a.norm_num_groups, self.dtype, "conv_norm_out")(x))
-    return Conv2d(a.out_channels, 3, impl=self.conv_impl, dtype=self.dtype, name="conv_out")(x)
+      x = UpDecoderBlock2D(ch, a.layers_per_block + 1, i != last, a.norm_num_groups, rt,
+                           name=f"up_blocks_{i}")(x)
+    x = nn.silu(group_norm(a.norm_num_groups, rt.dtype, "conv_norm_out")(x))
+    return Conv2d(a.out_channels, 3, runtime=rt, name="conv_out")(x)
 
 
 class AutoencoderKL(nn.Module):
@@ -370,21 +336,20 @@ class AutoencoderKL(nn.Module):
   mean, and decodes.
   """
   arch: AutoencoderConfig = AutoencoderConfig()
-  remat: bool = False
-  conv_impl: str = "auto"
-  attention_impl: str = "auto"
-  dtype: Any = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
+
+  @property
+  def dtype(self) -> Any:
+    return self.runtime.dtype
 
   def setup(self):
-    kw = dict(remat=self.remat, conv_impl=self.conv_impl, attention_impl=self.attention_impl,
-              dtype=self.dtype)
-    self.encoder = Encoder(self.arch, **kw)
-    self.decoder = Decoder(self.arch, **kw)
+    self.encoder = Encoder(self.arch, self.runtime)
+    self.decoder = Decoder(self.arch, self.runtime)
     lc = self.arch.latent_channels
     if self.arch.use_quant_conv:
-      self.quant_conv = Conv2d(2 * lc, 1, impl=self.conv_impl, dtype=self.dtype)
+      self.quant_conv = Conv2d(2 * lc, 1, runtime=self.runtime)
     if self.arch.use_post_quant_conv:
-      self.post_quant_conv = Conv2d(lc, 1, impl=self.conv_impl, dtype=self.dtype)
+      self.post_quant_conv = Conv2d(lc, 1, runtime=self.runtime)
 
   def _check_input(self, x: jax.Array) -> None:
     f = self.arch.downsample_factor
@@ -421,18 +386,17 @@ class AutoencoderKL(nn.Module):
 # ---------------------------------------------------------------------------- helpers
 
 
-def build(arch: AutoencoderConfig, *, dtype: str = "float32", remat: bool = False,
-          conv_impl: str = "auto", attention_impl: str = "auto") -> AutoencoderKL:
-  """The module for `arch` with runtime knobs (compute dtype name, remat, kernels)."""
-  return AutoencoderKL(arch=arch, remat=remat, conv_impl=conv_impl,
-                       attention_impl=attention_impl, dtype=layers.resolve_dtype(dtype))
+def build(arch: AutoencoderConfig,
+          runtime: runtime_lib.Runtime = runtime_lib.Runtime()) -> AutoencoderKL:
+  """The module for `arch`, run with `runtime` (compute dtype, remat, kernels)."""
+  return AutoencoderKL(arch=arch, runtime=runtime)
 
 
 def init_params(model: AutoencoderKL, rng: jax.Array, image_size: int | None = None
                 ) -> dict[str, Any]:
   """Random 'params' for `model` (shapes do not depend on the image size; the smallest is used).
 
-  As models.imagebrush.init_params, the initializers draw from an 'unsafe_rbg' key derived from
+  As imagebrush.build.init_params, the initializers draw from an 'unsafe_rbg' key derived from
   `rng`: deterministic per key and much cheaper to compile on CPU than threefry. Traceable.
   """
   size = image_size or model.arch.downsample_factor

@@ -13,7 +13,6 @@ scaled to [-1, 1], as pytorch-fid does.
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from typing import Any, Callable

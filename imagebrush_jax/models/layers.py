@@ -8,43 +8,15 @@ through a leaner XLA formulation (see `dot_product_attention`).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imagebrush_jax.models import runtime as runtime_lib
+
 Dtype = Any
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
-
-
-def resolve_dtype(name: str | Dtype) -> Dtype:
-  """Maps a config dtype name ('float32' | 'bfloat16' | 'float16') to a jnp dtype."""
-  if not isinstance(name, str):
-    return name
-  if name not in _DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {name!r}")
-  return _DTYPES[name]
-
-
-def remat_policy(name: str) -> Callable[..., bool] | None:
-  """Looks up a `jax.checkpoint_policies` entry by name ('' or None: save nothing)."""
-  if not name:
-    return None
-  policy = getattr(jax.checkpoint_policies, name, None)
-  if policy is None:
-    raise ValueError(f"model.remat_policy: jax.checkpoint_policies has no {name!r}")
-  return policy
-
-
-def maybe_remat(module_cls: type[nn.Module], enabled: bool, policy: str,
-                static_argnums: tuple[int, ...]) -> type[nn.Module]:
-  """Wraps a module class with `nn.remat` when `enabled` (argnums count `self` as 0)."""
-  if not enabled:
-    return module_cls
-  return nn.remat(module_cls, static_argnums=static_argnums, policy=remat_policy(policy))
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -97,8 +69,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   where it applies (GPU, bf16/fp16, head_dim % 8 == 0, <= 128) and 'einsum' elsewhere
   (`implementation=None` itself always picks XLA in jax 0.10, hence the explicit choice).
   """
-  if implementation not in ATTENTION_IMPLS:
-    raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, "
+  if implementation not in runtime_lib.ATTENTION_IMPLS:
+    raise ValueError(f"attention implementation must be one of {runtime_lib.ATTENTION_IMPLS}, "
                      f"got {implementation!r}")
   if implementation == "auto":
     if _cudnn_supported(q, k):
@@ -172,20 +144,20 @@ class TransformerBlock(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
   dropout: float = 0.0
-  attention_impl: str = "auto"
-  dtype: Dtype = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    width = x.shape[-1]
+    width, dtype = x.shape[-1], self.runtime.dtype
     if width % self.num_heads:
       raise ValueError(f"transformer width {width} is not divisible by {self.num_heads} heads")
-    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
                                      name=name)
-    h = Attention(self.num_heads, width // self.num_heads, implementation=self.attention_impl,
-                  dtype=self.dtype, name="attn")(norm("norm1")(x))
+    h = Attention(self.num_heads, width // self.num_heads,
+                  implementation=self.runtime.attention_impl, dtype=dtype,
+                  name="attn")(norm("norm1")(x))
     x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    h = FeedForward(self.mlp_ratio, "gelu", self.dropout, self.dtype, name="mlp")(
+    h = FeedForward(self.mlp_ratio, "gelu", self.dropout, dtype, name="mlp")(
         norm("norm2")(x), deterministic)
     return x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
 
@@ -196,16 +168,13 @@ class Transformer(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
   dropout: float = 0.0
-  attention_impl: str = "auto"
-  remat: bool = False
-  remat_policy: str = ""
-  dtype: Dtype = jnp.float32
+  runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    block_cls = maybe_remat(TransformerBlock, self.remat, self.remat_policy, static_argnums=(2,))
+    block_cls = self.runtime.maybe_remat(TransformerBlock, static_argnums=(2,))
     for i in range(self.depth):
-      x = block_cls(self.num_heads, self.mlp_ratio, self.dropout, self.attention_impl,
-                    self.dtype, name=f"block{i}")(x, deterministic)
-    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
+      x = block_cls(self.num_heads, self.mlp_ratio, self.dropout, self.runtime,
+                    name=f"block{i}")(x, deterministic)
+    return nn.LayerNorm(epsilon=1e-6, dtype=self.runtime.dtype, param_dtype=jnp.float32,
                         name="norm")(x)

@@ -1,6 +1,6 @@
 """Parameter counts of a config's model, from shapes only (nothing is allocated).
 
-  python -m imagebrush_jax.models.summary --config configs/default.py
+  python -m imagebrush_jax.imagebrush.summary --config configs/paper_256.py
 
 Prints one line per component and, last, one JSON line with the counts.
 """
@@ -16,7 +16,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from imagebrush_jax.models import imagebrush as ib
+from imagebrush_jax.imagebrush import build as build_lib
 
 
 def count(tree: Any) -> int:
@@ -25,21 +25,22 @@ def count(tree: Any) -> int:
 
 
 def param_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """Parameter counts: total, UNet, prompt encoder (ViT / mixer / other), edit proposal head."""
-  shapes = ib.param_shapes(ib.build_model(config), config)
+  """Parameter counts: total, UNet, prompt encoder (ViT / mixer / other), plug-ins (a variant's
+  extra UNet inputs; its extra prompt tokens count in prompt_other)."""
+  shapes = build_lib.param_shapes(build_lib.build_model(config), config)
   prompt = shapes["prompt_encoder"]
   vit, mixer = count(prompt["vit"]), count(prompt["mixer"])
   return dict(total=count(shapes), unet=count(shapes["unet"]), prompt_encoder=count(prompt),
               prompt_vit=vit, prompt_mixer=mixer,
               prompt_other=count(prompt) - vit - mixer,
-              edit_proposal=count(shapes.get("edit_proposal", {})))
+              extra_inputs=count(shapes.get("extra_inputs", {})))
 
 
 def main(argv: list[str]) -> None:
   del argv
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError("--config is required, e.g. --config configs/default.py")
+    raise app.UsageError("--config is required, e.g. --config configs/paper_256.py")
   counts = param_counts(config)
   for name, n in counts.items():
     print(f"{name:>16}: {n:>13,d}  ({n / 1e6:8.2f}M)")

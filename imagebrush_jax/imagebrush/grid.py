@@ -9,10 +9,15 @@ A batch is a dict of numpy arrays; B = grids in the batch, T = tile_size, K = nu
                                          the edit touches; [0, 0, 1, 1] when there is no box.
   task_id  int32   [B]                   index into tuple(train_tasks) + tuple(heldout_tasks).
 
-K = 1 is the paper's 2 x 2 grid {E, E'; I, M}; up to 8 example rows fit.
+K = 1 is the paper's 2 x 2 grid {E, E'; I, M}; up to 8 example rows fit. Every function that
+reads a grid works on numpy and jax arrays alike (host code and jitted code share this geometry);
+in diffusion space a cell is T / latent_factor wide.
 """
-from typing import Sequence
+from __future__ import annotations
 
+from typing import NamedTuple, Sequence
+
+import jax.numpy as jnp
 import numpy as np
 
 KEYS = ("grid", "mask", "box", "task_id")
@@ -59,18 +64,57 @@ def assemble_grid(example_pairs: Sequence[tuple[np.ndarray, np.ndarray]],
   return {"grid": grid, "mask": mask, "box": box}
 
 
-def split_grid(grid: np.ndarray, num_examples: int) -> dict[str, np.ndarray]:
-  """Inverse of assemble_grid on [..., (K+1)T, 2T, C]: example_before/after [..., K, T, T, C],
-  query_before / query_after [..., T, T, C]."""
-  t = grid.shape[-3] // (num_examples + 1)
-  if grid.shape[-3] != (num_examples + 1) * t or grid.shape[-2] != 2 * t:
-    raise ValueError(f"grid of shape {list(grid.shape)} is not {num_examples + 1} rows of two "
-                     f"square tiles")
-  cells = grid.reshape(grid.shape[:-3] + (num_examples + 1, t, 2, t, grid.shape[-1]))
-  cells = np.moveaxis(cells, -3, -4)  # [..., rows, 2, T, T, C]
-  return {
-      "example_before": cells[..., :-1, 0, :, :, :],
-      "example_after": cells[..., :-1, 1, :, :, :],
-      "query_before": cells[..., -1, 0, :, :, :],
-      "query_after": cells[..., -1, 1, :, :, :],
-  }
+class Cells(NamedTuple):
+  """The cells of grids [..., (K+1)T, 2T, C]: before/after [..., K, T, T, C], query/target."""
+  before: np.ndarray
+  after: np.ndarray
+  query: np.ndarray
+  target: np.ndarray
+
+
+def check_grid(grid, num_examples: int, tile: int | None = None, what: str = "grid") -> int:
+  """The tile size T of grids [..., (K+1)T, 2T, C]; refuses other shapes (naming `what`)."""
+  t = grid.shape[-2] // 2 if tile is None else tile
+  if t < 1 or tuple(grid.shape[-3:-1]) != ((num_examples + 1) * t, 2 * t):
+    raise ValueError(f"{what}: grid of shape {list(grid.shape)} is not {num_examples + 1} rows "
+                     f"of two square {t if tile else 'T'}-pixel tiles (K={num_examples})")
+  return t
+
+
+def split_cells(grid, num_examples: int, tile: int | None = None) -> Cells:
+  """Inverse of assemble_grid on [..., (K+1)T, 2T, C] (numpy or jax): the grid's Cells."""
+  t = check_grid(grid, num_examples, tile, "split_cells")
+  cells = grid.reshape(*grid.shape[:-3], num_examples + 1, t, 2, t, grid.shape[-1])
+  cells = cells.swapaxes(-4, -3)  # [..., rows, 2, T, T, C]
+  return Cells(before=cells[..., :-1, 0, :, :, :], after=cells[..., :-1, 1, :, :, :],
+               query=cells[..., -1, 0, :, :, :], target=cells[..., -1, 1, :, :, :])
+
+
+def target_cell(grid, num_examples: int):
+  """The bottom-right cell (I') of grids [..., (K+1)T, 2T, C] -> [..., T, T, C]."""
+  t = check_grid(grid, num_examples, None, "target_cell")
+  return grid[..., -t:, t:, :]
+
+
+def resize_mask(mask, height: int, width: int):
+  """Block-max downsampling of a [B, H, W, 1] mask to [B, height, width, 1] (integer factors)."""
+  b, h, w, c = mask.shape
+  if h % height or w % width:
+    raise ValueError(f"mask of size {h}x{w} cannot be reduced to {height}x{width}")
+  return mask.reshape(b, height, h // height, width, w // width, c).max(axis=(2, 4))
+
+
+def _xp(x):
+  return np if isinstance(x, (np.ndarray, np.generic)) else jnp
+
+
+def pixels_to_unit(x):
+  """uint8 pixels [0, 255] -> float32 in [-1, 1] (the diffusion range); numpy stays numpy."""
+  xp = _xp(x)
+  return xp.asarray(x, xp.float32) / 127.5 - 1.0
+
+
+def unit_to_pixels(x):
+  """float in [-1, 1] -> uint8 pixels, rounded and clipped; numpy stays numpy."""
+  xp = _xp(x)
+  return xp.clip(xp.round((xp.asarray(x, xp.float32) + 1.0) * 127.5), 0, 255).astype(xp.uint8)

@@ -1,5 +1,7 @@
-"""ImageBrush on a data batch: the training loss and the editing sampler, each one call.
+"""ImageBrush as a task: the training loss and the editing sampler on a data batch, and the
+Trainable the generic loop runs (model, loss, optimizer, sampler).
 
+    task = build(config, autoencoder)  # autoencoder = latent.load(config) in latent space
     loss_fn = make_loss_fn(model, config, space)  # (params, batch, rng, train) -> (loss, metrics)
     sample_fn = make_sample_fn(model, config, space)  # (params, batch, rng, **overrides) -> dict
 
@@ -23,23 +25,29 @@ import jax.numpy as jnp
 import ml_collections
 
 from imagebrush_jax import latent
+from imagebrush_jax import train_state
+from imagebrush_jax.converters import params_file
+from imagebrush_jax.converters import vit as vit_conv
 from imagebrush_jax.diffusion import ddim
 from imagebrush_jax.diffusion import losses
 from imagebrush_jax.diffusion.schedules import make_schedule
-from imagebrush_jax.models import imagebrush as ib
+from imagebrush_jax.imagebrush import build as build_lib
+from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.imagebrush import model as model_lib
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 _POSTERIOR_STREAM = 0x1A7E  # folded into the step's rng for posterior samples (latent space)
 
 
-def _inputs(batch: Mapping[str, Any], config: ml_collections.ConfigDict,
-            encode: Callable[[jax.Array], jax.Array] | None = None) -> ib.ModelInputs:
-  return ib.grid_to_model_inputs(batch, num_examples=config.data.num_examples,
-                                 tile_size=config.data.tile_size,
-                                 target_cell_fill=config.model.target_cell_fill, encode=encode)
+def _inputs(batch: Mapping[str, Any], model: model_lib.ImageBrush,
+            config: ml_collections.ConfigDict,
+            encode: Callable[[jax.Array], jax.Array] | None = None) -> model_lib.ModelInputs:
+  return model_lib.grid_to_model_inputs(batch, num_examples=config.data.num_examples,
+                                        tile_size=config.data.tile_size,
+                                        conditioning=model.conditioning, encode=encode)
 
 
-def make_loss_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict,
+def make_loss_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
                  space: latent.LatentSpace | None = None) -> LossFn:
   """The training objective on a uint8 batch: (params, batch, rng, train=True) -> (loss, metrics).
 
@@ -59,7 +67,7 @@ def make_loss_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict,
       params, ae_params = latent.split_params(params)
       posterior_rng = jax.random.fold_in(rng, _POSTERIOR_STREAM) if train else None
       encode = lambda grid: space.encode_grid(ae_params, grid, posterior_rng)
-    inputs = _inputs(batch, config, encode)
+    inputs = _inputs(batch, model, config, encode)
     rng_loss, rng_drop, rng_dropout = jax.random.split(rng, 3)
     b = inputs.x0.shape[0]
     if train:
@@ -81,17 +89,17 @@ def make_loss_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict,
   return loss_fn
 
 
-def make_denoise_fn(model: ib.ImageBrush) -> ddim.ApplyFn:
+def make_denoise_fn(model: model_lib.ImageBrush) -> ddim.ApplyFn:
   """The sampler's apply_fn: (params, x_t, t, cond dict with cond/mask/context) -> prediction."""
 
   def denoise_fn(params, x_t, t, cond):
     return model.apply({"params": params}, x_t, t, cond["cond"], cond["mask"], cond["context"],
-                       method=ib.ImageBrush.denoise)
+                       method=model_lib.ImageBrush.denoise)
 
   return denoise_fn
 
 
-def make_sample_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict,
+def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
                    space: latent.LatentSpace | None = None) -> Callable[..., dict]:
   """Edits a uint8 batch: (params, batch, rng, *, num_steps, guidance_scale, eta, spacing) -> dict.
 
@@ -114,19 +122,19 @@ def make_sample_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict,
     if space is not None:
       params, ae_params = latent.split_params(params)
       encode = lambda grid: space.encode_grid(ae_params, grid)
-    inputs = _inputs(batch, config, encode)
+    inputs = _inputs(batch, model, config, encode)
     variables = {"params": params}
     context = model.apply(variables, inputs.before, inputs.after, inputs.query, inputs.box,
-                          method=ib.ImageBrush.encode_prompt)
+                          method=model_lib.ImageBrush.encode_prompt)
     cond = dict(cond=inputs.cond, mask=inputs.mask, context=context)
     uncond = None
     if guided:
-      null = model.apply(variables, context, method=ib.ImageBrush.null_context)
+      null = model.apply(variables, context, method=model_lib.ImageBrush.null_context)
       uncond = dict(cond=inputs.cond, mask=inputs.mask, context=null)
     grid = ddim.ddim_sample(denoise_fn, params, cond, rng, schedule=schedule, known=inputs.x0,
                             mask=inputs.mask, num_steps=num_steps, guidance_scale=guidance_scale,
                             eta=eta, spacing=spacing, uncond=uncond, clip_x0=clip_x0)
-    target = ib.target_cell(grid, num_examples)
+    target = grid_lib.target_cell(grid, num_examples)
     if space is None:
       return dict(grid=grid, target=target)
     return dict(grid=grid, target=space.decode(ae_params, target), target_latent=target)
@@ -145,3 +153,47 @@ def make_sample_fn(model: ib.ImageBrush, config: ml_collections.ConfigDict,
 
   sample_fn.jitted = _sample  # exposes the compilation cache (e.g. jitted._cache_size())
   return sample_fn
+
+
+def build(config: ml_collections.ConfigDict,
+          autoencoder: tuple[latent.LatentSpace, dict] | None = None) -> train_state.Trainable:
+  """The Trainable of `config`; `autoencoder` = latent.load(config) in latent space.
+
+  In latent space (config.model.latent_factor > 1) the parameters also hold the frozen
+  autoencoder (params[latent.PARAMS_KEY]), which the optimizer leaves unchanged; see latent.py.
+  config.model.prompt.vit_init, if set, names a converted ViT file
+  (python -m imagebrush_jax.convert --from vit) that initialises the prompt encoder's backbone.
+  """
+  model = build_lib.build_model(config)
+  optimizer, schedule = train_state.make_optimizer(config.train)
+  space, frozen = autoencoder if autoencoder is not None else (None, None)
+  latent.check_space(config, space)
+  if space is not None:
+    optimizer = latent.freeze(optimizer)
+  vit_init = config.model.prompt.get("vit_init", "")
+  vit_start = None
+  if vit_init:
+    vit_start = vit_conv.params_for_config(vit_init, config.model.prompt, config.data.tile_size)
+    params_file.check_tree(vit_start,
+                           build_lib.param_shapes(model, config)["prompt_encoder"]["vit"],
+                           f"config.model.prompt.vit_init = {vit_init}")
+
+  def init_params(rng: jax.Array):
+    params = build_lib.init_params(model, config, rng)
+    if vit_start is not None:
+      prompt = {**params["prompt_encoder"], "vit": jax.tree.map(jnp.asarray, vit_start)}
+      params = {**params, "prompt_encoder": prompt}
+    if frozen is not None:
+      params = {**params, latent.PARAMS_KEY: jax.tree.map(jnp.asarray, frozen)}
+    return params
+
+  return train_state.Trainable(
+      init_params=init_params,
+      loss_fn=make_loss_fn(model, config, space),
+      optimizer=optimizer,
+      lr_schedule=schedule,
+      train_config=config.train,
+      seed=int(config.seed),
+      model=model,
+      extras={"sample_fn": make_sample_fn(model, config, space)},
+  )

@@ -1,7 +1,7 @@
 """The dihedral group of a square cell: its 8 flips, rotations and transposes.
 
-Both the UNet's target-cell conditioning ('query_dihedral') and the prompt encoder's pair input
-('concat_dihedral') stack these views as channels, so a geometric edit becomes a per-pixel choice.
+The CPU demo's conditioning and pair statistics (variants/cpu_demo.py) stack these views,
+so a geometric edit becomes a per-pixel choice.
 """
 from __future__ import annotations
 
@@ -16,8 +16,3 @@ def dihedral_views(cell: jax.Array) -> list[jax.Array]:
   rot = lambda k: jnp.rot90(cell, k, axes=(-3, -2))
   return [cell[..., :, ::-1, :], cell[..., ::-1, :, :], rot(1), rot(2), rot(3),
           jnp.swapaxes(cell, -3, -2), jnp.swapaxes(rot(2), -3, -2)]
-
-
-def stack_dihedral(cell: jax.Array) -> jax.Array:
-  """[..., T, T, C] -> [..., T, T, 8C]: the cell followed by its 7 other views, channel-stacked."""
-  return jnp.concatenate([cell, *dihedral_views(cell)], axis=-1)

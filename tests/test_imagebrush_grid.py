@@ -1,8 +1,11 @@
-"""Grid assembly: layout, mask and box exactly as documented in grid.py."""
+"""Grid geometry: assembly, layout, mask and box exactly as documented in grid.py; cells and
+pixel conversions on numpy and jax arrays alike."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagebrush_jax.data import grid as grid_lib
+from imagebrush_jax.imagebrush import grid as grid_lib
 
 
 def tiles(n, t=4, seed=0):
@@ -24,11 +27,11 @@ def test_layout_mask_and_box(k):
   np.testing.assert_array_equal(out["mask"], expected_mask)
   np.testing.assert_array_equal(out["box"], np.array([0.25, 0.5, 0.75, 1.0], np.float32))
   assert out["box"].dtype == np.float32
-  parts = grid_lib.split_grid(out["grid"], k)
-  np.testing.assert_array_equal(parts["example_before"], np.stack(cells[0:-2:2]))
-  np.testing.assert_array_equal(parts["example_after"], np.stack(cells[1:-2:2]))
-  np.testing.assert_array_equal(parts["query_before"], cells[-2])
-  np.testing.assert_array_equal(parts["query_after"], cells[-1])
+  parts = grid_lib.split_cells(out["grid"], k)
+  np.testing.assert_array_equal(parts.before, np.stack(cells[0:-2:2]))
+  np.testing.assert_array_equal(parts.after, np.stack(cells[1:-2:2]))
+  np.testing.assert_array_equal(parts.query, cells[-2])
+  np.testing.assert_array_equal(parts.target, cells[-1])
 
 
 def test_unknown_target_is_zeros_and_no_box_is_the_whole_tile():
@@ -39,12 +42,12 @@ def test_unknown_target_is_zeros_and_no_box_is_the_whole_tile():
   np.testing.assert_array_equal(out["box"], [0, 0, 1, 1])
 
 
-def test_split_grid_works_on_batches():
+def test_split_cells_works_on_batches():
   cells = tiles(4)
   one = grid_lib.assemble_grid([(cells[0], cells[1])], cells[2], cells[3])["grid"]
-  parts = grid_lib.split_grid(np.stack([one, one[::-1]]), 1)
-  assert parts["example_before"].shape == (2, 1, 4, 4, 3)
-  np.testing.assert_array_equal(parts["query_after"][0], cells[3])
+  parts = grid_lib.split_cells(np.stack([one, one[::-1]]), 1)
+  assert parts.before.shape == (2, 1, 4, 4, 3)
+  np.testing.assert_array_equal(parts.target[0], cells[3])
 
 
 @pytest.mark.parametrize("call,message", [
@@ -61,3 +64,30 @@ def test_split_grid_works_on_batches():
 def test_bad_inputs_get_clear_errors(call, message):
   with pytest.raises(ValueError, match=message):
     call(tiles(3))
+
+
+def test_split_cells_matches_slicing_on_numpy_and_jax():
+  k, t = 2, 4
+  grid = np.arange(2 * (k + 1) * t * 2 * t * 3).reshape(2, (k + 1) * t, 2 * t, 3)
+  for array in (grid, jnp.asarray(grid)):
+    before, after, query, target = (np.asarray(a) for a in grid_lib.split_cells(array, k, t))
+    for i in range(k):
+      np.testing.assert_array_equal(before[:, i], grid[:, i * t:(i + 1) * t, :t])
+      np.testing.assert_array_equal(after[:, i], grid[:, i * t:(i + 1) * t, t:])
+    np.testing.assert_array_equal(query, grid[:, k * t:, :t])
+    np.testing.assert_array_equal(target, grid[:, k * t:, t:])
+    np.testing.assert_array_equal(np.asarray(grid_lib.target_cell(array, k)), target)
+  with pytest.raises(ValueError, match="K=1"):
+    grid_lib.split_cells(grid, 1, t)
+
+
+def test_unit_pixel_round_trip_keeps_the_array_kind():
+  pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+  unit = grid_lib.pixels_to_unit(pixels)
+  assert isinstance(unit, np.ndarray) and unit.dtype == np.float32
+  assert unit.min() == -1.0 and unit.max() == 1.0
+  np.testing.assert_array_equal(grid_lib.unit_to_pixels(unit), pixels)
+  on_device = grid_lib.unit_to_pixels(jnp.asarray(unit) + 0.001)
+  assert isinstance(on_device, jax.Array)
+  np.testing.assert_array_equal(np.asarray(on_device), pixels)
+  np.testing.assert_array_equal(grid_lib.unit_to_pixels(np.float32([-2.0, 2.0])), [0, 255])

@@ -2,7 +2,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from imagebrush_jax.models import dihedral
+from imagebrush_jax.variants import dihedral
 
 
 def _group(x: np.ndarray) -> list[np.ndarray]:
@@ -19,13 +19,3 @@ def test_views_are_the_eight_symmetries_of_the_square():
   assert got == expected  # all 8, none repeated, identity excluded from dihedral_views
   np.testing.assert_array_equal(views[0], cell[:, ::-1])  # first: the left-right flip
   np.testing.assert_array_equal(views[1], cell[::-1])  # then the up-down flip
-
-
-def test_stack_dihedral_channels_and_leading_dims():
-  rng = np.random.default_rng(0)
-  cells = rng.standard_normal((2, 3, 5, 5, 2)).astype(np.float32)  # [B, K, T, T, C]
-  stacked = np.asarray(dihedral.stack_dihedral(jnp.asarray(cells)))
-  assert stacked.shape == (2, 3, 5, 5, 16)
-  np.testing.assert_array_equal(stacked[..., :2], cells)
-  np.testing.assert_array_equal(stacked[..., 2:4], cells[:, :, :, ::-1])
-  np.testing.assert_array_equal(stacked[1, 2, ..., 6:8], np.rot90(cells[1, 2], 1, axes=(0, 1)))

@@ -1,0 +1,102 @@
+"""ImageBrush from a config: modules built with the config's keyword arguments, then initialised.
+
+    model = build_model(config)        # the paper's model, plus config.model.variant's plug-ins
+    params = init_params(model, config, rng)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from imagebrush_jax import variants
+from imagebrush_jax.imagebrush import model as model_lib
+from imagebrush_jax.models import prompt_encoder as prompt_lib
+from imagebrush_jax.models import runtime as runtime_lib
+from imagebrush_jax.models import unet as unet_lib
+
+
+def check_sizes(config: ml_collections.ConfigDict) -> None:
+  """Refuses tile, latent, patch and UNet-level sizes that do not divide, naming the keys."""
+  m, tile = config.model, int(config.data.tile_size)
+  factor = int(m.latent_factor)
+  if factor < 1 or tile % factor:
+    raise ValueError(f"config.data.tile_size = {tile} is not divisible by "
+                     f"config.model.latent_factor = {factor}")
+  prompt_size = int(m.prompt.image_size) or tile
+  patch = int(m.prompt.vit.patch_size)
+  if patch < 1 or prompt_size % patch:
+    key = "config.model.prompt.image_size" if m.prompt.image_size else "config.data.tile_size"
+    raise ValueError(f"{key} = {prompt_size} (the prompt encoder's image size) is not divisible "
+                     f"by config.model.prompt.vit.patch_size = {patch}")
+  levels = len(m.unet.channels)
+  step = 2 ** (levels - 1)
+  if (tile // factor) % step:
+    raise ValueError(f"config.data.tile_size = {tile} gives {tile // factor}-cell tiles in "
+                     f"diffusion space, not divisible by {step}, the downsampling of the "
+                     f"{levels} levels of config.model.unet.channels")
+
+
+def build_model(config: ml_collections.ConfigDict) -> model_lib.ImageBrush:
+  """ImageBrush from `config.model`: UNet(**model.unet), PromptEncoder(ViT(**prompt.vit),
+  **prompt.mixer, ...), one Runtime for all, and the plug-ins of `model.variant` ('' = none)."""
+  check_sizes(config)
+  m, p = config.model, config.model.prompt
+  runtime = runtime_lib.Runtime.from_config(m)
+  plugins = variants.plugins(config, runtime)
+  vit = prompt_lib.ViT(**p.vit, dropout=p.dropout, runtime=runtime)
+  encoder = prompt_lib.PromptEncoder(
+      vit=vit, **p.mixer, max_examples=p.max_examples, box_fourier_freqs=p.box_fourier_freqs,
+      box_drop_rate=m.box_drop_rate, image_size=p.image_size, dropout=p.dropout,
+      extra_tokens=plugins.extra_tokens, runtime=runtime)
+  unet = unet_lib.UNet(**m.unet, out_channels=m.in_channels, runtime=runtime)
+  return model_lib.ImageBrush(unet=unet, prompt_encoder=encoder,
+                              conditioning=plugins.conditioning,
+                              extra_inputs=plugins.extra_inputs)
+
+
+def dummy_inputs(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
+                 batch_size: int = 1) -> dict[str, jax.Array]:
+  """Zero arguments of ImageBrush.__call__ at the shapes the config implies (init, eval_shape)."""
+  k, tile = config.data.num_examples, config.data.tile_size
+  t = tile // config.model.latent_factor
+  c = config.model.in_channels
+  grid = jnp.zeros((batch_size, (k + 1) * t, 2 * t, c), jnp.float32)
+  return dict(
+      x_t=grid, timesteps=jnp.zeros((batch_size,), jnp.int32),
+      cond=jnp.zeros((*grid.shape[:3], model.conditioning.channels(c)), jnp.float32),
+      mask=jnp.zeros((*grid.shape[:3], 1), jnp.float32),
+      before=jnp.zeros((batch_size, k, tile, tile, 3), jnp.float32),
+      after=jnp.zeros((batch_size, k, tile, tile, 3), jnp.float32),
+      query=jnp.zeros((batch_size, tile, tile, 3), jnp.float32),
+      box=jnp.tile(jnp.asarray(prompt_lib.WHOLE_IMAGE_BOX), (batch_size, 1)),
+      drop_prompt=jnp.zeros((batch_size,), bool))
+
+
+def init_params(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
+                rng: jax.Array) -> dict[str, Any]:
+  """Initialises the 'params' collection (float32) for the shapes in `config`.
+
+  The initializers draw from an 'unsafe_rbg' key derived from `rng` (XLA's RngBitGenerator):
+  deterministic per key, and one cheap kernel per parameter shape where threefry compiles a large
+  one (init then compiles ~3x faster on CPU). Called with a concrete key on CPU, the init is also
+  compiled at backend optimisation level 0: it runs once, its compile time is what counts.
+  Traceable, so it can run inside a jitted, sharded state initialisation.
+  """
+
+  def init(key):
+    bits = jax.random.bits(key, (4,), jnp.uint32)
+    init_key = jax.random.wrap_key_data(bits, impl="unsafe_rbg")
+    return model.init({"params": init_key}, **dummy_inputs(model, config))["params"]
+
+  if isinstance(rng, jax.core.Tracer) or jax.default_backend() != "cpu":
+    return init(rng)
+  return jax.jit(init).lower(rng).compile({"xla_backend_optimization_level": 0})(rng)
+
+
+def param_shapes(model: model_lib.ImageBrush, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The 'params' tree as ShapeDtypeStructs, without allocating (jax.eval_shape)."""
+  return jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, **dummy_inputs(model, config)))["params"]
