@@ -117,7 +117,6 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config_validation.validate(config)
   workdir_path = epath.Path(workdir)
-  workdir_path.mkdir(parents=True, exist_ok=True)
   tc = config.train
 
   # ------------------------------------------------------------ devices and mesh
@@ -128,7 +127,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
       f"{jax.process_count()}, mesh: {dict(mesh.shape)}")
 
   # ------------------------------------------------------------ model, optimizer, state
-  task = build_task(config)
+  task = build_task(config)  # model config errors stop the run before the workdir is made
+  workdir_path.mkdir(parents=True, exist_ok=True)
   abstract_state, state_shardings = train_state.state_shapes_and_shardings(
       task, mesh, config.sharding, jax.random.key(config.seed))
   train_step = train_state.jit_train_step(task, mesh, state_shardings)

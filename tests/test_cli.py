@@ -22,6 +22,11 @@ def _run(*args, cwd=ROOT):
      "error: config.train.batch_size must be > 0, got 0"),
     ("imagebrush_jax.train", ["--config.data.source=folder", "--config.data.folder.root=/no/such"],
      "error: folder source root '/no/such' is not a directory"),
+    ("imagebrush_jax.train", ["--config.model.variant=sepia"],
+     "error: config.model.variant must be '' (the paper's model) or one of ['cpu_demo'], got "
+     "'sepia'"),
+    ("imagebrush_jax.train", ["--config.model.conv_impl=fft"],
+     "error: config.model.conv_impl must be one of ('auto', 'xla', 'matmul_grad'), got 'fft'"),
     ("imagebrush_jax.train_autoencoder", ["--config.data.eval_fraction=2.0"],
      "error: config.data.eval_fraction must be in [0.0, 0.9], got 2.0"),
 ])
@@ -31,6 +36,8 @@ def test_config_errors_are_one_line(tmp_path, module, args, message):
   assert proc.returncode == 2, proc.stderr[-3000:]
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert lines == [message] and "Traceback" not in proc.stdout
+  if "model." in message:  # refused before anything is written
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_tfds_builder_without_a_folder_or_synthetic_name(tmp_path):
