@@ -30,8 +30,8 @@ def plugins(config: ml_collections.ConfigDict,
     raise ValueError(f"config.model.variant must be '' (the paper's model) or one of "
                      f"{sorted(VARIANTS)}, got {name!r}")
   make = VARIANTS[name]
-  accepted = [p for p in inspect.signature(make).parameters
-              if inspect.signature(make).parameters[p].kind == inspect.Parameter.KEYWORD_ONLY]
+  accepted = [p.name for p in inspect.signature(make).parameters.values()
+              if p.kind == inspect.Parameter.KEYWORD_ONLY]
   unknown = sorted(set(options) - set(accepted))
   if unknown:
     raise ValueError(f"config.model.variant_options has {unknown}, which variant {name!r} does "
