@@ -2,9 +2,10 @@
 iterator state (so resume is data-exact) and the config, saved asynchronously.
 
 Layout: WORKDIR/checkpoints/<step>/{state, data, config}. Orbax writes each step to a
-temporary folder and renames it when complete, so an interrupted save never leaves a
-half-written checkpoint behind: the next start resumes from the last complete one, and
-the trainer removes the leftover temporary folder. A checkpoint that cannot be read is
+temporary folder and renames it when complete (in a gs:// bucket, where renames are not
+atomic, it writes the step in place and adds a commit_success.txt marker last), so an
+interrupted save is never taken for a checkpoint: the next start resumes from the last
+complete one, and the trainer removes the leftover. A checkpoint that cannot be read is
 refused with its step and the config.checkpoint.restore_step that resumes from the one
 before it.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any, Sequence
 
 from absl import logging
@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from imagebrush_jax import files
 from imagebrush_jax import parallel
 from imagebrush_jax import shape_diff
 
@@ -53,10 +54,7 @@ def describe_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], limit: 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
   """WORKDIR/checkpoints, made absolute for local paths (orbax refuses relative ones)."""
-  path = epath.Path(workdir)
-  if "://" not in str(workdir):
-    path = epath.Path(os.path.abspath(workdir))
-  return path / "checkpoints"
+  return files.as_path(workdir) / "checkpoints"
 
 
 class Checkpointer:

@@ -19,11 +19,12 @@ from absl import logging
 from ml_collections import config_flags
 
 from imagebrush_jax import checkpoint as ckpt_lib
+from imagebrush_jax import files
 
 USAGE_ERROR = 2  # exit status of a configuration or input error, as argparse's
 # Errors that describe the user's config, files or run folder: their message is the report.
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError,
-               ckpt_lib.CheckpointCorruptError)
+               ckpt_lib.CheckpointCorruptError, files.StorageAccessError)
 
 
 class RunFlags:

@@ -17,12 +17,12 @@ needs no conversion: `imagebrush_jax.train_autoencoder` exports this format itse
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 
+from imagebrush_jax import files
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.converters import sd_vae
@@ -33,7 +33,7 @@ SOURCES = ("sd_vae", "vit")
 
 def convert_sd_vae(folder: str, output: str) -> list[str]:
   params, arch = sd_vae.convert(folder)
-  autoencoder_params.save(output, params, arch, source=f"sd_vae:{os.path.abspath(folder)}")
+  autoencoder_params.save(output, params, arch, source=f"sd_vae:{files.absolute(folder)}")
   n = params_file.flatten(params)
   return [f"AutoencoderKL: block_out_channels={list(arch.block_out_channels)}, "
           f"layers_per_block={arch.layers_per_block}, latent_channels={arch.latent_channels}, "
@@ -42,7 +42,7 @@ def convert_sd_vae(folder: str, output: str) -> list[str]:
 
 def convert_vit(path: str, output: str, num_heads: int | None, lossy: bool) -> list[str]:
   result = vit_conv.convert(path, num_heads=num_heads, lossy=lossy)
-  vit_conv.save(output, result, source=f"vit:{os.path.abspath(path)}")
+  vit_conv.save(output, result, source=f"vit:{files.absolute(path)}")
   a = result.architecture
   return result.notes + [
       f"ViT: patch_size={a['patch_size']}, width={a['width']}, depth={a['depth']}, "
@@ -54,7 +54,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   source, path, output = _FROM.value, _INPUT.value, _OUTPUT.value
-  if os.path.abspath(path) == os.path.abspath(output):
+  if files.absolute(path) == files.absolute(output):
     raise app.UsageError("--output must differ from --input")
   try:
     if source == "sd_vae":

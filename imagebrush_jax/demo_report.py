@@ -11,12 +11,12 @@ tasks); `python -m imagebrush_jax.evaluate` writes the full one.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
 from typing import Sequence
 
-from etils import epath
 import jax
 import numpy as np
 
@@ -32,10 +32,9 @@ REPORT_SEED = periodic_eval.EVAL_SEED_OFFSET + 7  # fresh scenes, none seen in t
 
 
 def read_jsonl(path) -> list[dict]:
-  path = epath.Path(path)
-  if not path.exists():
+  if not files.exists(path):
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [json.loads(line) for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def plot_curve(records: Sequence[dict], out_path, title: str = "") -> bool:
@@ -62,11 +61,10 @@ def plot_curve(records: Sequence[dict], out_path, title: str = "") -> bool:
   if title:
     ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  buf = epath.Path(out_path)
-  tmp = buf.parent / f".{buf.name}.tmp.png"
-  fig.savefig(str(tmp))
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
   plt.close(fig)
-  tmp.rename(buf)
+  files.write_bytes_atomic(out_path, buf.getvalue())
   return True
 
 
@@ -78,10 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--num_grids", type=int, default=240, help="grids for --metrics")
   p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of report.png")
   args = p.parse_args(argv)
-  workdir = epath.Path(args.workdir)
+  workdir = files.as_path(args.workdir)
   try:
     run = run_loading.load_run(str(workdir))
-  except (ValueError, FileNotFoundError, KeyError) as e:
+  except (ValueError, FileNotFoundError, KeyError, files.StorageAccessError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   config = run.config
@@ -129,8 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    num_steps=int(config.sampling.num_steps),
                    guidance_scale=float(config.sampling.guidance_scale),
                    seconds=round(time.perf_counter() - start, 1))
-    path = epath.Path(args.metrics)
-    path = path if path.is_absolute() or "/" in args.metrics else workdir / path
+    path = args.metrics if "/" in args.metrics else files.join(workdir, args.metrics)
     files.write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
     print(json.dumps({k: metrics[k] for k in ("step", "accuracy", "psnr", "copy_psnr")}))
   return 0

@@ -1,23 +1,190 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename, so a
-crash or a bad input never leaves a half-written file where a good one was expected."""
+"""The file layer: every path the project reads or writes, on local disk or in object storage
+(`gs://bucket/...`, through etils.epath and gcsfs).
+
+Writes are atomic. Locally a file is written under a temporary name in its folder and renamed
+into place; in a bucket the object is uploaded whole in one request, and an object store shows
+an upload whole or not at all. So a crash or a bad input never leaves a half-written file where
+a good one was expected. Logs that grow (`LineLog`) are appended to locally and rewritten whole
+in a bucket, where objects cannot be appended to.
+
+STORAGE_EMULATOR_HOST (e.g. http://127.0.0.1:9023, a `gcp-storage-emulator`) points gcsfs,
+google-cloud-storage and tensorstore (orbax's array writer) at a local emulator together.
+"""
 from __future__ import annotations
 
+import functools
 import io
 import json
+import logging
 import os
+import posixpath
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
+
+
+def _point_tensorstore_at_emulator() -> None:
+  """Under STORAGE_EMULATOR_HOST: tensorstore's GCS endpoint and a dummy token (an emulator
+  checks none), and no gcsfs bucket-layout probe (an emulator has no control-plane API)."""
+  host = os.environ.get("STORAGE_EMULATOR_HOST")
+  if not host:
+    return
+  if "://" not in host:
+    host = "http://" + host
+  os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", host)
+  os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
+  os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+_point_tensorstore_at_emulator()
+
+from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class StorageAccessError(OSError):
+  """A bucket cannot be reached: no credentials, no such bucket or no permission."""
+
+
+# ---------------------------------------------------------------------------- paths
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  """True for a URL such as gs://bucket/key (object storage), False for a local path."""
+  return "://" in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+  """A URL as given; a local path made absolute."""
+  path = os.fspath(path)
+  return path if is_remote(path) else os.path.abspath(path)
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """An epath.Path (absolute when local) for path operations on either kind of path."""
+  return epath.Path(absolute(path))
+
+
+def is_absolute(path: str | os.PathLike) -> bool:
+  return is_remote(path) or os.path.isabs(os.fspath(path))
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+  """`base`/parts, normalised (a/b/../c -> a/c); a part that is itself absolute wins."""
+  base = os.fspath(base)
+  for part in parts:
+    if is_absolute(part):
+      base = os.fspath(part)
+    elif is_remote(base):
+      scheme, rest = base.split("://", 1)
+      base = f"{scheme}://{posixpath.normpath(posixpath.join(rest, part))}"
+    else:
+      base = os.path.normpath(os.path.join(base, part))
+  return base
+
+
+def parent(path: str | os.PathLike) -> str:
+  """The folder holding `path` (absolute when local)."""
+  return str(as_path(path).parent)
+
+
+def bucket_of(path: str | os.PathLike) -> str:
+  """gs://bucket/a/b -> gs://bucket."""
+  scheme, rest = os.fspath(path).split("://", 1)
+  return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+# ---------------------------------------------------------------------------- access
+
+
+def check_access(path: str | os.PathLike) -> None:
+  """Fails early, in one line naming the bucket, when a gs:// path cannot be used: no
+  credentials (and how to log in), or a bucket that does not exist or is not ours to use.
+  Local paths and other schemes pass. Checked once per bucket and process."""
+  path = os.fspath(path)
+  if path.startswith("gs://"):
+    _check_bucket(bucket_of(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _check_bucket(bucket: str) -> None:
+  if not os.environ.get("STORAGE_EMULATOR_HOST"):
+    import google.auth  # pylint: disable=g-import-not-at-top
+    from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
+    auth_log = logging.getLogger("google.auth")  # its own warning would repeat ours
+    level = auth_log.level
+    auth_log.setLevel(logging.ERROR)
+    try:
+      google.auth.default()
+    except auth_exceptions.DefaultCredentialsError as e:
+      raise StorageAccessError(
+          f"{bucket}: no Google Cloud credentials found; log in with `gcloud auth "
+          f"application-default login` (a TPU or GCE VM uses its service account) or set "
+          f"GOOGLE_APPLICATION_CREDENTIALS to a key file") from e
+    finally:
+      auth_log.setLevel(level)
+  try:
+    found = epath.Path(bucket).exists()
+  except Exception as e:  # pylint: disable=broad-except  # gcsfs / google-auth raise many types
+    raise StorageAccessError(f"{bucket}: cannot reach the bucket: "
+                             f"{type(e).__name__}: {' '.join(str(e).split())}") from e
+  if not found:
+    raise StorageAccessError(f"{bucket}: no such bucket, or no permission to see it")
+
+
+# ---------------------------------------------------------------------------- queries
+
+
+def exists(path: str | os.PathLike) -> bool:
+  return as_path(path).exists()
+
+
+def isfile(path: str | os.PathLike) -> bool:
+  return as_path(path).is_file()
+
+
+def isdir(path: str | os.PathLike) -> bool:
+  return as_path(path).is_dir()
+
+
+def listdir(path: str | os.PathLike) -> list[str]:
+  """Sorted names in a folder (an object-store prefix)."""
+  return sorted(p.name for p in as_path(path).iterdir())
+
+
+def makedirs(path: str | os.PathLike) -> None:
+  """A local folder and its parents; in a bucket (no folders there) only checks access."""
+  if is_remote(path):
+    check_access(os.fspath(path))
+  else:
+    os.makedirs(os.fspath(path), exist_ok=True)
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+def open_read(path: str | os.PathLike) -> BinaryIO:
+  """A binary file object to read from (missing: FileNotFoundError, as for open())."""
+  if is_remote(path):
+    return as_path(path).open("rb")
+  return open(os.fspath(path), "rb")
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+  with open_read(path) as f:
+    return f.read()
+
+
+def read_text(path: str | os.PathLike) -> str:
+  return read_bytes(path).decode("utf-8")
 
 
 def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueError) -> dict[str, Any]:
   """The JSON object in `path`; an unreadable file, bad JSON or a non-object raises `error`
   with a message naming the file."""
   try:
-    with open(path) as f:
-      obj = json.load(f)
+    obj = json.loads(read_bytes(path))
   except OSError as e:
     raise error(f"cannot read {os.fspath(path)}: {e}") from e
   except ValueError as e:
@@ -25,6 +192,9 @@ def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueErro
   if not isinstance(obj, dict):
     raise error(f"{os.fspath(path)}: expected a JSON object, got {type(obj).__name__}")
   return obj
+
+
+# ---------------------------------------------------------------------------- writes
 
 
 def _default_file_mode() -> int:
@@ -35,7 +205,12 @@ def _default_file_mode() -> int:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+  """`data` becomes the whole content of `path` at once, or `path` is left as it was."""
   path = os.fspath(path)
+  if is_remote(path):
+    check_access(path)
+    as_path(path).write_bytes(bytes(data))  # one upload: the object appears whole or not at all
+    return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
@@ -56,11 +231,48 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
   write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def save_png_atomic(path: str | os.PathLike, image: np.ndarray) -> None:
-  """uint8 [H, W, 3] (or [H, W]) -> PNG file, atomically."""
-  image = np.asarray(image)
-  if image.dtype != np.uint8:
-    raise ValueError(f"save_png_atomic expects uint8, got {image.dtype} for {path}")
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+  """uint8 [H, W, 3] (or [H, W]) array, or a PIL image -> PNG file content."""
+  if not isinstance(image, Image.Image):
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+      raise ValueError(f"a PNG is written from uint8 pixels, got {image.dtype}")
+    image = Image.fromarray(image)
   buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="PNG")
-  write_bytes_atomic(path, buf.getvalue())
+  image.save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def save_png_atomic(path: str | os.PathLike, image: np.ndarray | Image.Image) -> None:
+  """uint8 [H, W, 3] (or [H, W]) array, or a PIL image -> PNG file, atomically."""
+  try:
+    data = png_bytes(image)
+  except ValueError as e:
+    raise ValueError(f"{os.fspath(path)}: {e}") from e
+  write_bytes_atomic(path, data)
+
+
+class LineLog:
+  """A text file that grows by whole lines (JSONL histories) and stays intact after a kill.
+
+  Locally each line is one append of one whole line. In a bucket an object cannot be
+  appended to: the log keeps its lines (those already there are read at start, so a resumed
+  run continues the same object) and uploads the whole object again after each line.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = os.fspath(path)
+    self._lines: list[str] | None = None
+    if is_remote(self.path):
+      self._lines = read_text(self.path).splitlines(keepends=True) if exists(self.path) else []
+      if self._lines and not self._lines[-1].endswith("\n"):
+        self._lines[-1] += "\n"
+
+  def append(self, line: str) -> None:
+    line = line.rstrip("\n") + "\n"
+    if self._lines is None:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(line)
+    else:
+      self._lines.append(line)
+      write_text_atomic(self.path, "".join(self._lines))

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import queue
 import sys
 import threading
@@ -141,7 +140,7 @@ def _loader(items: Iterable, out: queue.Queue, *, batch_size: int, num_examples:
       if not isinstance(item, manifest_lib.Row):
         out.put(("error",) + tuple(item))
         continue
-      if skip_existing and os.path.exists(item.output):
+      if skip_existing and files.exists(item.output):
         stats["skipped"] += 1
         continue
       try:
@@ -269,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p = _parser()
   args = p.parse_args(argv)
   _check_args(p, args)
-  if args.manifest and not os.path.isfile(args.manifest):
+  if args.manifest and not files.isfile(args.manifest):
     return cli.fail(f"manifest not found: {args.manifest}")
   single_row = None
   if not args.manifest:
@@ -279,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       p.error(str(e))
     single_row = manifest_lib.Row(
         line=0, examples=tuple(zip(args.before, args.after)), query=args.query,
-        output=os.path.abspath(args.output), box=box)
+        output=files.absolute(args.output), box=box)
 
   try:  # the messages name the folder, the checkpoint or the parameter that is wrong
     run = run_loading.load_run(args.workdir, args.step, use_ema=not args.raw_params)
@@ -311,11 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   editor = editor_lib.Editor(run, batch_size=args.batch_size, num_steps=args.steps,
                              guidance_scale=args.guidance, eta=args.eta)
   try:
-    os.makedirs(args.output_dir, exist_ok=True)
+    files.makedirs(args.output_dir)
   except OSError as e:
     return cli.fail(f"cannot create --output_dir {args.output_dir}: {_one_line(e)}")
   stats = edit_rows(editor, manifest_lib.read_manifest(args.manifest, args.output_dir),
-                    os.path.join(args.output_dir, ERRORS_FILE), seed=args.seed,
+                    files.join(args.output_dir, ERRORS_FILE), seed=args.seed,
                     skip_existing=not args.no_skip,
                     log=lambda m: print(m, file=sys.stderr))
   print(json.dumps(stats))

@@ -1,5 +1,6 @@
-"""Metric writers: TensorBoard event files (tensorboardX, no TensorFlow needed) and a
-console line with step, loss, steps/s, examples/s and ETA. Only process 0 writes."""
+"""Metric writers: TensorBoard event files (tensorboardX, no TensorFlow needed; in a gs://
+workdir each flush uploads the event file whole), a JSONL history and a console line with step,
+loss, steps/s, examples/s and ETA. Only process 0 writes."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,8 @@ from typing import Mapping
 from absl import logging
 import jax
 import numpy as np
+
+from imagebrush_jax import files
 
 
 class MetricWriter:
@@ -94,13 +97,14 @@ def log_line(text: str) -> None:
 class JsonlHistory:
   """Appends {"step", "wall_s", metrics...} lines to a JSONL file (process 0 only).
 
-  Each record is one write of one whole line, so a crash never leaves a partial record
-  behind an earlier good one; a resumed run keeps appending to the same file.
+  A files.LineLog: a crash never leaves a partial record behind an earlier good one, locally
+  or in a bucket; a resumed run keeps appending to the same file.
   """
 
   def __init__(self, path):
     self.path = path
     self.enabled = jax.process_index() == 0
+    self._log = files.LineLog(path) if self.enabled else None
     self._start = time.perf_counter()
 
   def append(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -108,5 +112,4 @@ class JsonlHistory:
       return
     record = {"step": int(step), "wall_s": round(time.perf_counter() - self._start, 3),
               **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(record) + "\n")
+    self._log.append(json.dumps(record))

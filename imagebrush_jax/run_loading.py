@@ -14,10 +14,10 @@ import dataclasses
 import json
 from typing import Any
 
-from etils import epath
 import ml_collections
 
 from imagebrush_jax import checkpoint as ckpt_lib
+from imagebrush_jax import files
 from imagebrush_jax import latent
 from imagebrush_jax.imagebrush import build as build_lib
 from imagebrush_jax.imagebrush import model as model_lib
@@ -54,8 +54,8 @@ def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
 
 def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
   """The run's config: the one saved in the checkpoint, else WORKDIR/config.json."""
-  path = epath.Path(workdir) / "config.json"
-  directory = epath.Path(workdir) / "checkpoints"
+  path = files.as_path(workdir) / "config.json"
+  directory = files.as_path(workdir) / "checkpoints"
   if directory.exists():
     checkpointer = _checkpointer(workdir)
     try:
@@ -85,7 +85,8 @@ def _check_shapes(saved: Any, wanted: Any, what: str) -> None:
 
 def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Run:
   """Config, model, latent space and parameters of the run in `workdir` (latest checkpoint)."""
-  if not epath.Path(workdir).exists():
+  files.check_access(workdir)
+  if not files.as_path(workdir).exists():
     raise FileNotFoundError(f"run folder {workdir} does not exist")
   key = "ema_params" if use_ema else "params"
   checkpointer = _checkpointer(workdir)

@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 from absl import app
 from absl import logging
-from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -116,7 +115,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
   mesh, workdir_path, writer) -> an object whose run(step, state) evaluates.
   """
   config_validation.validate(config)
-  workdir_path = epath.Path(workdir)
+  files.check_access(workdir)  # a bucket without credentials stops here, naming the bucket
+  workdir_path = files.as_path(workdir)
   tc = config.train
 
   # ------------------------------------------------------------ devices and mesh
@@ -128,7 +128,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
 
   # ------------------------------------------------------------ model, optimizer, state
   task = build_task(config)  # model config errors stop the run before the workdir is made
-  workdir_path.mkdir(parents=True, exist_ok=True)
+  files.makedirs(workdir_path)
   abstract_state, state_shardings = train_state.state_shapes_and_shardings(
       task, mesh, config.sharding, jax.random.key(config.seed))
   train_step = train_state.jit_train_step(task, mesh, state_shardings)

@@ -7,7 +7,9 @@
 #     launch/tpu_pod.sh configs/paper_256_tpu_pod.py [--config.key=value ...]
 #
 # Steps can be run one at a time: STEPS="create copy install train" (the default), or e.g.
-# STEPS=train to restart training on an existing slice (it resumes from WORKDIR).
+# STEPS=train to restart training on an existing slice (it resumes from the latest complete
+# checkpoint in WORKDIR). WORKDIR holds checkpoints, logs and samples (process 0 writes the
+# shared files); the training data must be on every worker's disk or a gcsfuse mount.
 # Credentials come from your gcloud login / the VM's service account; none are written here.
 set -euo pipefail
 cd "$(dirname "$0")/.."

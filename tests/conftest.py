@@ -4,7 +4,11 @@ with a persistent compilation cache shared by the session's subprocesses and rem
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+
+import pytest
 
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"  # also given to test subprocesses
 NUM_TEST_DEVICES = 4
@@ -24,3 +28,39 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
   atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs_emulator():
+  """A local Cloud Storage emulator (tests/gcs_emulator.py, bucket `test`) on a free 127.0.0.1
+  port: yields its URL, the STORAGE_EMULATOR_HOST of the processes that should use it. This
+  process's file layer (gcsfs) points at it while the module runs."""
+  import gcsfs  # pylint: disable=g-import-not-at-top
+  port = _free_port()
+  proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__),
+                                                        "gcs_emulator.py"), "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  keys = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
+  saved = {k: os.environ.get(k) for k in keys}
+  try:
+    assert "listening" in proc.stdout.readline(), "the storage emulator did not start"
+    host = f"http://127.0.0.1:{port}"
+    os.environ.update(STORAGE_EMULATOR_HOST=host, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    yield host
+  finally:
+    proc.kill()
+    proc.wait()
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    gcsfs.GCSFileSystem.clear_instance_cache()

@@ -48,15 +48,17 @@ class ParamsFileError(ValueError):
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """All tensors of a safetensors file as numpy arrays (memory-mapped), and its metadata.
+  """All tensors of a safetensors file as numpy arrays (memory-mapped when local), and its
+  metadata.
 
   Reads the format directly (8-byte header length, JSON header, raw little-endian data), so
   bfloat16 files load too (as ml_dtypes.bfloat16) and nothing needs torch.
   """
   path = os.fspath(path)
   try:
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with files.open_read(path) as f:
+      size = f.seek(0, os.SEEK_END)
+      f.seek(0)
       head = f.read(8)
       if len(head) != 8:
         raise ParamsFileError(f"{path}: too short to be a safetensors file ({size} bytes)")
@@ -73,8 +75,12 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     raise ParamsFileError(f"{path}: not a safetensors file (header is not a JSON object)")
   metadata = header.pop("__metadata__", None) or {}
   body = size - 8 - header_len
-  data = (np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len) if body
-          else np.zeros((0,), np.uint8))
+  if not body:
+    data = np.zeros((0,), np.uint8)
+  elif files.is_remote(path):  # object storage: read the whole file once
+    data = np.frombuffer(files.read_bytes(path), np.uint8)[8 + header_len:]
+  else:
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
   tensors = {}
   for name, info in header.items():
     try:
@@ -134,7 +140,7 @@ def load(path: str | os.PathLike, kind: str) -> tuple[dict[str, Any], dict[str, 
                                                        dict[str, str]]:
   """(params tree of float32 numpy arrays, architecture dict, metadata) of a converted file."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise ParamsFileError(f"parameter file {path} does not exist")
   tensors, metadata = read_safetensors(path)
   found = metadata.get(KIND_KEY)

@@ -13,7 +13,6 @@ error that lists them all.
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any, Mapping
 
@@ -146,11 +145,11 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: ae.AutoencoderConf
 
 def resolve_folder(folder: str) -> str:
   """The folder holding the VAE's config.json: `folder` itself or its `vae/` sub-folder."""
-  if os.path.isfile(os.path.join(folder, CONFIG)):
+  if files.isfile(files.join(folder, CONFIG)):
     return folder
-  if os.path.isfile(os.path.join(folder, "vae", CONFIG)):
-    return os.path.join(folder, "vae")
-  if not os.path.isdir(folder):
+  if files.isfile(files.join(folder, "vae", CONFIG)):
+    return files.join(folder, "vae")
+  if not files.isdir(folder):
     raise ConversionError(f"{folder} is not a folder (expected a diffusers AutoencoderKL folder "
                           f"with {CONFIG} and {WEIGHTS})")
   raise ConversionError(f"{folder} has no {CONFIG} (nor vae/{CONFIG}); expected a diffusers "
@@ -159,20 +158,19 @@ def resolve_folder(folder: str) -> str:
 
 def read_weights(folder: str) -> dict[str, np.ndarray]:
   """The folder's tensors: one safetensors file or the shards its index lists."""
-  single, index = os.path.join(folder, WEIGHTS), os.path.join(folder, WEIGHTS_INDEX)
-  if os.path.isfile(single):
+  single, index = files.join(folder, WEIGHTS), files.join(folder, WEIGHTS_INDEX)
+  if files.isfile(single):
     return params_file.read_safetensors(single)[0]
-  if os.path.isfile(index):
+  if files.isfile(index):
     try:
-      with open(index) as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
+      shards = sorted(set(json.loads(files.read_bytes(index))["weight_map"].values()))
     except (OSError, ValueError, KeyError, AttributeError) as e:
       raise ConversionError(f"{index}: not a safetensors index ({e})") from e
     state = {}
     for shard in shards:
-      state.update(params_file.read_safetensors(os.path.join(folder, shard))[0])
+      state.update(params_file.read_safetensors(files.join(folder, shard))[0])
     return state
-  others = sorted(n for n in os.listdir(folder) if n.endswith((".bin", ".pt", ".ckpt", ".pth")))
+  others = sorted(n for n in files.listdir(folder) if n.endswith((".bin", ".pt", ".ckpt", ".pth")))
   hint = (f"; found {', '.join(others)}: pickled PyTorch files are not read (unsafe), re-save "
           f"them as safetensors" if others else "")
   raise ConversionError(f"{folder} has no {WEIGHTS}{hint}")
@@ -181,9 +179,9 @@ def read_weights(folder: str) -> dict[str, np.ndarray]:
 def convert(folder: str) -> tuple[dict[str, Any], ae.AutoencoderConfig]:
   """(params, architecture) of the diffusers AutoencoderKL in `folder`."""
   folder = resolve_folder(folder)
-  config_path = os.path.join(folder, CONFIG)
+  config_path = files.join(folder, CONFIG)
   cfg = files.read_json_object(config_path, ConversionError)
   arch = architecture_from_diffusers(cfg, config_path)
   state = read_weights(folder)
-  params = convert_state_dict(state, arch, os.path.join(folder, WEIGHTS))
+  params = convert_state_dict(state, arch, files.join(folder, WEIGHTS))
   return params, arch

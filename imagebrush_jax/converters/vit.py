@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from typing import Any, Mapping
 
@@ -348,8 +347,8 @@ def convert_state_dict(state: Mapping[str, np.ndarray], options: Options, where:
 
 def read_hf_config(weights_path: str) -> dict[str, Any]:
   """The vision part of a config.json next to the weights ({} if there is none)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), "config.json")
-  if not os.path.isfile(path):
+  path = files.join(files.parent(weights_path), "config.json")
+  if not files.isfile(path):
     return {}
   cfg = files.read_json_object(path, ConversionError)
   for nested in ("vision_config", "model_args"):

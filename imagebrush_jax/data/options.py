@@ -8,6 +8,7 @@ import dataclasses
 import numbers
 from typing import Any, Sequence
 
+from imagebrush_jax import files
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import scenes
 from imagebrush_jax.data import tasks as tasks_lib
@@ -181,6 +182,13 @@ def from_config(config: Any) -> DataOptions:
   tfds_name = str(_get(d, "tfds.name"))
   if source == "tfds" and not tfds_name:
     raise ValueError("config.data.tfds.name must be set when config.data.source is 'tfds'")
+  for key, path in (("folder.root", folder_root), ("tfds.dir", str(_get(d, "tfds.dir")))):
+    if files.is_remote(path):
+      raise ValueError(
+          f"config.data.{key}={path}: training data is read from local disk; array_record "
+          f"shards and image folders cannot be read from object storage directly. Copy them "
+          f"(gcloud storage cp -r {path} /data/...) or mount the bucket with gcsfuse, and give "
+          f"the local path")
   return DataOptions(
       seed=_int(config.seed, "config.seed", 0, 2**32 - 1),
       batch_size=_int(config.train.batch_size, "config.train.batch_size", 1),

@@ -6,8 +6,6 @@ Grids come from the training stream of host 0 (--split train, with its crops, fl
 drops) or from make_eval_batches (--split eval: every train and held-out task in turn). The query
 box is drawn as a yellow frame on the target cell (omitted when it is the whole tile).
 """
-import os
-import tempfile
 from typing import Sequence
 
 from absl import app
@@ -17,6 +15,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from imagebrush_jax import files
 from imagebrush_jax.data import pipeline
 
 
@@ -69,20 +68,6 @@ def render_sheet(batch: dict[str, np.ndarray], names: Sequence[str], *, columns:
   return sheet
 
 
-def save_png_atomic(image: Image.Image, path: str) -> None:
-  """Writes to a temporary name in the same folder, then renames: never a half-written file."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      image.save(f, format="PNG")
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def main(argv: Sequence[str]) -> None:
   del argv
   config = _CONFIG.value
@@ -91,7 +76,7 @@ def main(argv: Sequence[str]) -> None:
   batch = collect(config, _NUM.value, _SPLIT.value)
   sheet = render_sheet(batch, pipeline.task_vocabulary(config), columns=_COLUMNS.value,
                        min_tile_px=_MIN_TILE.value)
-  save_png_atomic(sheet, _OUT.value)
+  files.save_png_atomic(_OUT.value, sheet)
   print(f"wrote {len(batch['grid'])} grids to {_OUT.value}")
 
 

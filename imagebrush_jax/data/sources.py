@@ -125,7 +125,7 @@ class SyntheticSource:
 def read_image(path: str) -> np.ndarray:
   """Decodes an image file to uint8 RGB [H, W, 3]; errors name the file."""
   try:
-    with Image.open(path) as image:
+    with files.open_read(path) as f, Image.open(f) as image:
       return np.asarray(image.convert("RGB"), dtype=np.uint8)
   except Exception as e:  # PIL raises many types for bad files
     raise ValueError(f"cannot read image {path}: {e}") from e
@@ -157,7 +157,7 @@ def _read_boxes(path: str, pair_ids: Sequence[str]) -> dict[str, np.ndarray]:
 
 def _index_task(task_dir: str, task: str, check_images: bool) -> list[tuple]:
   """[(pair_id, before_path, after_path, box)] of one task folder, sorted by pair id."""
-  files: dict[str, dict[str, str]] = {}
+  found: dict[str, dict[str, str]] = {}
   for name in sorted(os.listdir(task_dir)):
     path = os.path.join(task_dir, name)
     if name.startswith(".") or name == BOXES_FILE:
@@ -166,13 +166,13 @@ def _index_task(task_dir: str, task: str, check_images: bool) -> list[tuple]:
     if os.path.isdir(path) or not match or match["ext"].lower() not in IMAGE_EXTENSIONS:
       raise ValueError(f"{path}: not a pair image; expected <pair_id>_before.<ext> or "
                        f"<pair_id>_after.<ext> with ext one of {', '.join(IMAGE_EXTENSIONS)}")
-    roles = files.setdefault(match["pair_id"], {})
+    roles = found.setdefault(match["pair_id"], {})
     if match["role"] in roles:
       raise ValueError(f"{path}: pair {match['pair_id']!r} already has a {match['role']} image "
                        f"({roles[match['role']]})")
     roles[match["role"]] = path
   pairs = []
-  for pair_id, roles in files.items():
+  for pair_id, roles in found.items():
     for have, missing in (("before", "after"), ("after", "before")):
       if missing not in roles:
         raise ValueError(f"{roles[have]}: unpaired; no {pair_id}_{missing}.<ext> next to it")
@@ -184,7 +184,7 @@ def _index_task(task_dir: str, task: str, check_images: bool) -> list[tuple]:
     raise ValueError(f"task {task!r} ({task_dir}) has {len(pairs)} pair(s); a task needs at "
                      f"least two, one to show and one to ask about")
   boxes_path = os.path.join(task_dir, BOXES_FILE)
-  boxes = _read_boxes(boxes_path, files) if os.path.exists(boxes_path) else {}
+  boxes = _read_boxes(boxes_path, found) if os.path.exists(boxes_path) else {}
   return [(pair_id, b, a, boxes.get(pair_id)) for pair_id, b, a in pairs]
 
 

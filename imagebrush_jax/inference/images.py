@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imagebrush_jax import files
 from imagebrush_jax.data.augment import RESAMPLE
 
 
@@ -49,7 +50,7 @@ def load_rgb(path: str) -> np.ndarray:
   an ImageLoadError naming `path`, so callers can reject one input and go on.
   """
   try:
-    with Image.open(path) as img:
+    with files.open_read(path) as f, Image.open(f) as img:
       img.load()
       img = ImageOps.exif_transpose(img)
       image = _to_rgb_uint8(img)

@@ -14,6 +14,8 @@ import json
 import os
 from typing import Iterator
 
+from imagebrush_jax import files
+
 
 class RowError(ValueError):
   """A manifest row that cannot be used; the message says why."""
@@ -31,7 +33,7 @@ class Row:
 def _path(value, base: str, what: str) -> str:
   if not isinstance(value, str) or not value:
     raise RowError(f"{what} must be a non-empty path string, got {value!r}")
-  return value if os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+  return files.join(base, value)
 
 
 def parse_row(text: str, line: int, *, base_dir: str, output_dir: str) -> Row:
@@ -61,7 +63,7 @@ def parse_row(text: str, line: int, *, base_dir: str, output_dir: str) -> Row:
                   _path(ex["after"], base_dir, f"examples[{k}].after")))
   query = _path(obj["query"], base_dir, "query")
   out = obj["output"]
-  if not isinstance(out, str) or not out or os.path.isabs(out):
+  if not isinstance(out, str) or not out or files.is_absolute(out):
     raise RowError(f"'output' must be a relative file name in the output folder, got {out!r}")
   out_norm = os.path.normpath(out)
   if out_norm.startswith(os.pardir):
@@ -75,7 +77,7 @@ def parse_row(text: str, line: int, *, base_dir: str, output_dir: str) -> Row:
       raise RowError(f"'box' must be [x0, y0, x1, y1] numbers in the query's pixels, got {box!r}")
     box = tuple(float(v) for v in box)
   return Row(line=line, examples=tuple(pairs), query=query,
-             output=os.path.join(os.path.abspath(output_dir), out_norm), box=box)
+             output=files.join(files.absolute(output_dir), out_norm), box=box)
 
 
 def read_manifest(path: str, output_dir: str) -> Iterator[Row | tuple[int, str]]:
@@ -83,19 +85,19 @@ def read_manifest(path: str, output_dir: str) -> Iterator[Row | tuple[int, str]]
 
   Two rows writing the same output: the later one is an error.
   """
-  base_dir = os.path.dirname(os.path.abspath(path))
+  base_dir = files.parent(path)
   seen: dict[str, int] = {}
-  with open(path, encoding="utf-8", errors="replace") as f:
-    for line, text in enumerate(f, start=1):
-      if not text.strip():
-        continue
-      try:
-        row = parse_row(text, line, base_dir=base_dir, output_dir=output_dir)
-      except RowError as e:
-        yield (line, str(e))
-        continue
-      if row.output in seen:
-        yield (line, f"output {row.output} is already written by line {seen[row.output]}")
-        continue
-      seen[row.output] = line
-      yield row
+  text_lines = files.read_bytes(path).decode("utf-8", errors="replace").split("\n")
+  for line, text in enumerate(text_lines, start=1):
+    if not text.strip():
+      continue
+    try:
+      row = parse_row(text, line, base_dir=base_dir, output_dir=output_dir)
+    except RowError as e:
+      yield (line, str(e))
+      continue
+    if row.output in seen:
+      yield (line, f"output {row.output} is already written by line {seen[row.output]}")
+      continue
+    seen[row.output] = line
+    yield row

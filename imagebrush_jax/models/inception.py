@@ -13,6 +13,7 @@ scaled to [-1, 1], as pytorch-fid does.
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 from typing import Any, Callable
@@ -21,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from imagebrush_jax import files
 
 BN_EPS = 1e-3
 
@@ -222,26 +225,27 @@ def params_from_state_dict(state: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """A state dict from .safetensors, .npz or (with PyTorch installed) .pth/.pt."""
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"InceptionV3 weights not found: {path}")
   ext = os.path.splitext(path)[1].lower()
+  if ext not in (".safetensors", ".npz", ".pth", ".pt"):
+    raise ValueError(f"unsupported InceptionV3 weights format {ext!r} ({path}): use "
+                     f".safetensors, .npz or .pth")
+  content = files.read_bytes(path)  # local or gs://
   if ext == ".safetensors":
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    return dict(load_file(path))
+    from safetensors.numpy import load  # pylint: disable=g-import-not-at-top
+    return dict(load(content))
   if ext == ".npz":
-    with np.load(path) as data:
+    with np.load(io.BytesIO(content)) as data:
       return {k: data[k] for k in data.files}
-  if ext in (".pth", ".pt"):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(f"reading {path} needs PyTorch; convert it once where PyTorch is "
-                        f"installed: python -m imagebrush_jax.models.inception {path} "
-                        f"out.safetensors") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.numpy() for k, v in state.items()}
-  raise ValueError(f"unsupported InceptionV3 weights format {ext!r} ({path}): use "
-                   f".safetensors, .npz or .pth")
+  try:  # .pth / .pt
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"reading {path} needs PyTorch; convert it once where PyTorch is "
+                      f"installed: python -m imagebrush_jax.models.inception {path} "
+                      f"out.safetensors") from e
+  state = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+  return {k: v.numpy() for k, v in state.items()}
 
 
 def load_params(path: str) -> dict[str, Any]:
