@@ -2,6 +2,7 @@
 layer's reads, atomic writes and growing logs, parameter files, and the one-line errors for a
 bucket without credentials, a missing bucket and training data in a bucket. (A run trained,
 killed and resumed in a bucket, then used by infer and evaluate: test_train.py.)"""
+import json
 import subprocess
 
 import numpy as np
@@ -103,3 +104,22 @@ def test_missing_bucket_and_shards_in_a_bucket_are_one_line_errors(gcs_emulator)
       ("data.source", "tfds"), ("data.tfds.dir", "gs://test/tfds")]), env))
   assert "config.data.tfds.dir=gs://test/tfds" in line and "gcsfuse" in line
   assert not files.exists("gs://test/run_shards")  # nothing written for a run that cannot start
+
+
+def test_diffusers_folder_in_a_bucket_is_found_and_its_shards_read(gcs_emulator):
+  """The SD VAE converter's folder reading on a bucket: the vae/ sub-folder is found and the
+  safetensors shards its index lists are read (the conversion itself: test_convert_sd_vae)."""
+  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.converters import sd_vae  # pylint: disable=g-import-not-at-top
+  shards = {"model-1.safetensors": {"a.weight": np.ones((2, 3), np.float32)},
+            "model-2.safetensors": {"b.bias": np.arange(4, dtype=np.float32)}}
+  for name, tensors in shards.items():
+    files.write_bytes_atomic(f"gs://test/sd/vae/{name}", save(tensors))
+  index = {"weight_map": {k: name for name, t in shards.items() for k in t}}
+  files.write_text_atomic(f"gs://test/sd/vae/{sd_vae.WEIGHTS_INDEX}", json.dumps(index))
+  files.write_text_atomic(f"gs://test/sd/vae/{sd_vae.CONFIG}", "{}")
+  folder = sd_vae.resolve_folder("gs://test/sd")
+  assert folder == "gs://test/sd/vae"
+  state = sd_vae.read_weights(folder)
+  assert sorted(state) == ["a.weight", "b.bias"]
+  np.testing.assert_array_equal(state["b.bias"], np.arange(4, dtype=np.float32))
