@@ -189,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.num_examples < 1:
     p.error(f"--num_examples must be positive, got {args.num_examples}")
   try:
+    files.check_access(args.output)  # a bucket that cannot be used stops here, before any work
     metrics = evaluate_run(args.workdir, num_examples=args.num_examples, seed=args.seed,
                            step=args.step, batch_size=args.batch_size, num_steps=args.steps,
                            guidance_scale=args.guidance,

@@ -1,11 +1,12 @@
 """The file layer: every path the project reads or writes, on local disk or in object storage
-(`gs://bucket/...`, through etils.epath and gcsfs).
+(`gs://bucket/...`, through fsspec and gcsfs; etils.epath paths for orbax's directories).
 
 Writes are atomic. Locally a file is written under a temporary name in its folder and renamed
 into place; in a bucket the object is uploaded whole in one request, and an object store shows
 an upload whole or not at all. So a crash or a bad input never leaves a half-written file where
-a good one was expected. Logs that grow (`LineLog`) are appended to locally and rewritten whole
-in a bucket, where objects cannot be appended to.
+a good one was expected. Logs that grow (`LineLog`) are appended to locally; in a bucket, where
+objects cannot be appended to, they are uploaded whole again at most every `flush_secs` and on
+flush().
 
 STORAGE_EMULATOR_HOST (e.g. http://127.0.0.1:9023, a `gcp-storage-emulator`) points gcsfs,
 google-cloud-storage and tensorstore (orbax's array writer) at a local emulator together.
@@ -18,7 +19,9 @@ import json
 import logging
 import os
 import posixpath
+import re
 import tempfile
+import time
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -50,9 +53,19 @@ class StorageAccessError(OSError):
 # ---------------------------------------------------------------------------- paths
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def is_remote(path: str | os.PathLike) -> bool:
   """True for a URL such as gs://bucket/key (object storage), False for a local path."""
-  return "://" in os.fspath(path)
+  return bool(_URL.match(os.fspath(path)))
+
+
+def _fs(path: str):
+  """The fsspec file system of a URL's scheme (gcsfs for gs://). Used directly rather than
+  through epath, which switches to tf.io.gfile whenever TensorFlow happens to be installed."""
+  import fsspec  # pylint: disable=g-import-not-at-top
+  return fsspec.filesystem(path.split("://", 1)[0])
 
 
 def absolute(path: str | os.PathLike) -> str:
@@ -71,14 +84,18 @@ def is_absolute(path: str | os.PathLike) -> bool:
 
 
 def join(base: str | os.PathLike, *parts: str) -> str:
-  """`base`/parts, normalised (a/b/../c -> a/c); a part that is itself absolute wins."""
+  """`base`/parts, normalised (a/b/../c -> a/c); a part that is itself absolute wins; a
+  relative part may not climb out of a URL's bucket (ValueError)."""
   base = os.fspath(base)
   for part in parts:
     if is_absolute(part):
       base = os.fspath(part)
     elif is_remote(base):
       scheme, rest = base.split("://", 1)
-      base = f"{scheme}://{posixpath.normpath(posixpath.join(rest, part))}"
+      joined = posixpath.normpath(posixpath.join(rest, part))
+      if joined.split("/")[0] != rest.split("/")[0]:
+        raise ValueError(f"{part!r} leaves the bucket of {base}")
+      base = f"{scheme}://{joined}"
     else:
       base = os.path.normpath(os.path.join(base, part))
   return base
@@ -125,10 +142,11 @@ def _check_bucket(bucket: str) -> None:
     finally:
       auth_log.setLevel(level)
   try:
-    found = epath.Path(bucket).exists()
+    found = _fs(bucket).exists(bucket)
   except Exception as e:  # pylint: disable=broad-except  # gcsfs / google-auth raise many types
-    raise StorageAccessError(f"{bucket}: cannot reach the bucket: "
-                             f"{type(e).__name__}: {' '.join(str(e).split())}") from e
+    raise StorageAccessError(f"{bucket}: cannot reach the bucket ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())}); check the network and the "
+                             f"credentials (`gcloud auth application-default login`)") from e
   if not found:
     raise StorageAccessError(f"{bucket}: no such bucket, or no permission to see it")
 
@@ -137,20 +155,28 @@ def _check_bucket(bucket: str) -> None:
 
 
 def exists(path: str | os.PathLike) -> bool:
-  return as_path(path).exists()
+  path = os.fspath(path)
+  return _fs(path).exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def isfile(path: str | os.PathLike) -> bool:
-  return as_path(path).is_file()
+  path = os.fspath(path)
+  return _fs(path).isfile(path) if is_remote(path) else os.path.isfile(path)
 
 
 def isdir(path: str | os.PathLike) -> bool:
-  return as_path(path).is_dir()
+  path = os.fspath(path)
+  return _fs(path).isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
 def listdir(path: str | os.PathLike) -> list[str]:
   """Sorted names in a folder (an object-store prefix)."""
-  return sorted(p.name for p in as_path(path).iterdir())
+  path = os.fspath(path)
+  if not is_remote(path):
+    return sorted(os.listdir(path))
+  folder = path.split("://", 1)[1].rstrip("/")
+  entries = (p.rstrip("/") for p in _fs(path).ls(path, detail=False))
+  return sorted(posixpath.basename(p) for p in entries if p != folder)
 
 
 def makedirs(path: str | os.PathLike) -> None:
@@ -166,9 +192,8 @@ def makedirs(path: str | os.PathLike) -> None:
 
 def open_read(path: str | os.PathLike) -> BinaryIO:
   """A binary file object to read from (missing: FileNotFoundError, as for open())."""
-  if is_remote(path):
-    return as_path(path).open("rb")
-  return open(os.fspath(path), "rb")
+  path = os.fspath(path)
+  return _fs(path).open(path, "rb") if is_remote(path) else open(path, "rb")
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -209,7 +234,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
   path = os.fspath(path)
   if is_remote(path):
     check_access(path)
-    as_path(path).write_bytes(bytes(data))  # one upload: the object appears whole or not at all
+    _fs(path).pipe_file(path, bytes(data))  # one upload: the object appears whole or not at all
     return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
@@ -257,12 +282,16 @@ class LineLog:
 
   Locally each line is one append of one whole line. In a bucket an object cannot be
   appended to: the log keeps its lines (those already there are read at start, so a resumed
-  run continues the same object) and uploads the whole object again after each line.
+  run continues the same object) and uploads the whole object again when `flush_secs` have
+  passed since the last upload, and on flush() (the trainer flushes at every checkpoint, so a
+  killed run loses only lines after its last checkpoint, which the resumed run logs again).
   """
 
-  def __init__(self, path: str | os.PathLike):
+  def __init__(self, path: str | os.PathLike, flush_secs: float = 0.0):
     self.path = os.fspath(path)
+    self.flush_secs = float(flush_secs)
     self._lines: list[str] | None = None
+    self._dirty, self._uploaded = False, time.monotonic()
     if is_remote(self.path):
       self._lines = read_text(self.path).splitlines(keepends=True) if exists(self.path) else []
       if self._lines and not self._lines[-1].endswith("\n"):
@@ -273,6 +302,13 @@ class LineLog:
     if self._lines is None:
       with open(self.path, "a", encoding="utf-8") as f:
         f.write(line)
-    else:
-      self._lines.append(line)
+      return
+    self._lines.append(line)
+    self._dirty = True
+    if time.monotonic() - self._uploaded >= self.flush_secs:
+      self.flush()
+
+  def flush(self) -> None:
+    if self._dirty:
       write_text_atomic(self.path, "".join(self._lines))
+      self._dirty, self._uploaded = False, time.monotonic()

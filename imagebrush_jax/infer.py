@@ -268,6 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   p = _parser()
   args = p.parse_args(argv)
   _check_args(p, args)
+  try:  # a bucket that cannot be used stops the job here, before any work
+    for path in (args.workdir, args.manifest, args.output, args.output_dir):
+      if path:
+        files.check_access(path)
+  except files.StorageAccessError as e:
+    return cli.report(e)
   if args.manifest and not files.isfile(args.manifest):
     return cli.fail(f"manifest not found: {args.manifest}")
   single_row = None

@@ -98,14 +98,19 @@ class JsonlHistory:
   """Appends {"step", "wall_s", metrics...} lines to a JSONL file (process 0 only).
 
   A files.LineLog: a crash never leaves a partial record behind an earlier good one, locally
-  or in a bucket; a resumed run keeps appending to the same file.
+  or in a bucket (uploaded at most every `flush_secs` there, and on flush()); a resumed run
+  keeps appending to the same file.
   """
 
-  def __init__(self, path):
+  def __init__(self, path, flush_secs: float = 0.0):
     self.path = path
     self.enabled = jax.process_index() == 0
-    self._log = files.LineLog(path) if self.enabled else None
+    self._log = files.LineLog(path, flush_secs) if self.enabled else None
     self._start = time.perf_counter()
+
+  def flush(self) -> None:
+    if self._log is not None:
+      self._log.flush()
 
   def append(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:

@@ -54,23 +54,22 @@ def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
 
 def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
   """The run's config: the one saved in the checkpoint, else WORKDIR/config.json."""
-  path = files.as_path(workdir) / "config.json"
-  directory = files.as_path(workdir) / "checkpoints"
-  if directory.exists():
+  path = files.join(workdir, "config.json")
+  if files.exists(files.join(workdir, "checkpoints")):
     checkpointer = _checkpointer(workdir)
     try:
       step = checkpointer.latest_step() if step is None else step
       if step is not None:
         return config_from_json(checkpointer.saved_config(step))
     except ckpt_lib.CheckpointCorruptError:
-      if not path.exists():
+      if not files.exists(path):
         raise
     finally:
       checkpointer.manager.close()
-  if not path.exists():
+  if not files.exists(path):
     raise FileNotFoundError(f"{workdir} holds neither checkpoints with a config nor config.json")
   try:
-    return config_from_json(json.loads(path.read_text()))
+    return config_from_json(json.loads(files.read_text(path)))
   except (ValueError, TypeError) as e:
     raise ValueError(f"cannot read the run config {path}: {e}") from e
 
@@ -86,7 +85,7 @@ def _check_shapes(saved: Any, wanted: Any, what: str) -> None:
 def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Run:
   """Config, model, latent space and parameters of the run in `workdir` (latest checkpoint)."""
   files.check_access(workdir)
-  if not files.as_path(workdir).exists():
+  if not files.exists(workdir):
     raise FileNotFoundError(f"run folder {workdir} does not exist")
   key = "ema_params" if use_ema else "params"
   checkpointer = _checkpointer(workdir)

@@ -34,6 +34,9 @@ from imagebrush_jax.data import pipeline
 from imagebrush_jax.imagebrush import task as imagebrush_task
 
 State = dict[str, Any]
+# In a gs:// workdir the training history is uploaded whole at most this often, and at every
+# checkpoint (locally each record is appended at once).
+HISTORY_FLUSH_SECS = 30.0
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -156,7 +159,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
     files.write_text_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
     writer.write_scalars(0, {"params_millions": num_params / 1e6})
   progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, first_step)
-  history = metric_writers.JsonlHistory(workdir_path / "train_metrics.jsonl")
+  history = metric_writers.JsonlHistory(workdir_path / "train_metrics.jsonl",
+                                        flush_secs=HISTORY_FLUSH_SECS)
   evaluator = make_evaluator(config, task, mesh, workdir_path, writer)
   stop = _StopFlag(tc.stop_check_every)
   stop.install()
@@ -204,11 +208,13 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
           metric_count += _accumulate(metric_sums, pending, tc.num_steps)
           pending = None
         checkpointer.save(step, state, train_iter, config, force=True)
+        history.flush()  # every line up to a checkpoint is kept (uploaded, in a bucket)
       if stopping:
         metric_writers.log_line(f"stopped by SIGTERM at step {step}; checkpoint saved")
         break
   finally:
     try:
+      history.flush()
       checkpointer.close()
       writer.close()
       if hasattr(train_iter, "close"):

@@ -8,8 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 
+from configs import tiny_test
 from imagebrush_jax import files
 from imagebrush_jax.converters import params_file
+from imagebrush_jax.data import options
 import test_train
 
 ROOT = test_train.ROOT
@@ -56,6 +58,18 @@ def test_line_log_in_a_bucket_continues_after_a_restart(gcs_emulator):
       '{"step": 1}\n{"step": 2}\n{"step": 3}\n')
 
 
+def test_line_log_in_a_bucket_uploads_at_most_every_flush_secs_and_on_flush(gcs_emulator):
+  path = "gs://test/layer/throttled.jsonl"
+  log = files.LineLog(path, flush_secs=3600)
+  log.append('{"step": 1}')
+  assert not files.exists(path)  # held until an hour has passed or flush()
+  log.flush()
+  log.append('{"step": 2}')
+  assert files.read_text(path) == '{"step": 1}\n'
+  log.flush()
+  assert files.read_text(path) == '{"step": 1}\n{"step": 2}\n'
+
+
 def test_converted_params_file_round_trips_through_a_bucket(gcs_emulator):
   params = {"enc": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)},
             "bias": np.ones(3, np.float32)}
@@ -73,7 +87,9 @@ def test_paths_join_and_parent_on_urls_and_local_paths(tmp_path):
   assert files.join("gs://b/in", "/abs/a.png") == "/abs/a.png"
   assert files.parent("gs://b/in/rows.jsonl") == "gs://b/in"
   assert files.join(str(tmp_path), "a/../b.png") == str(tmp_path / "b.png")
-  assert files.is_remote("gs://b/k") and not files.is_remote(str(tmp_path))
+  assert files.is_remote("gs://b/k") and not files.is_remote("/data/a://b")
+  with pytest.raises(ValueError, match="leaves the bucket"):
+    files.join("gs://b/in", "../../other/a.png")
 
 
 # ---------------------------------------------------------------------------- errors
@@ -94,6 +110,13 @@ def test_bucket_without_credentials_fails_at_start_naming_it(tmp_path):
              GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9")
   line = _one_line_error(_run(_train_cmd("gs://team-bucket/runs/paper", STEPS), env))
   assert "gs://team-bucket" in line and "gcloud auth application-default login" in line
+
+
+def test_training_data_in_a_bucket_is_refused_naming_the_key():
+  config = tiny_test.get_config()
+  config.data.source, config.data.folder.root = "folder", "gs://test/pairs"
+  with pytest.raises(ValueError, match=r"config.data.folder.root=gs://test/pairs: .*gcsfuse"):
+    options.from_config(config)
 
 
 def test_missing_bucket_and_shards_in_a_bucket_are_one_line_errors(gcs_emulator):

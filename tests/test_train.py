@@ -233,7 +233,11 @@ def test_bucket_run_killed_and_resumed_matches_local_run_then_infer_and_evaluate
   assert sorted(got) == sorted(ref) == list(range(1, 21))
   np.testing.assert_allclose([got[s] for s in ref], list(ref.values()), rtol=1e-6)
   assert files.read_json_object(f"{workdir}/config.json")["train"]["num_steps"] == 20
-  assert any(n.startswith("events.out.tfevents") for n in files.listdir(f"{workdir}/tensorboard"))
+  events = [n for n in files.listdir(f"{workdir}/tensorboard") if "tfevents" in n]
+  assert any(b"train/loss" in files.read_bytes(f"{workdir}/tensorboard/{n}") for n in events)
+  steps = files.listdir(f"{workdir}/checkpoints")  # the killed save was cleaned up or completed
+  assert "20" in steps and all(
+      files.exists(f"{workdir}/checkpoints/{s}/commit_success.txt") for s in steps), steps
 
   rng = np.random.default_rng(0)
   for name in ("before", "after", "query"):

@@ -56,31 +56,27 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
   """
   path = os.fspath(path)
   try:
-    with files.open_read(path) as f:
-      size = f.seek(0, os.SEEK_END)
-      f.seek(0)
-      head = f.read(8)
-      if len(head) != 8:
-        raise ParamsFileError(f"{path}: too short to be a safetensors file ({size} bytes)")
-      (header_len,) = struct.unpack("<Q", head)
-      if header_len > size - 8:
-        raise ParamsFileError(f"{path}: not a safetensors file (header length {header_len} "
-                              f"exceeds the file size {size})")
-      header = json.loads(f.read(header_len))
+    if files.is_remote(path):  # object storage: the whole object, read once
+      raw = np.frombuffer(files.read_bytes(path), np.uint8)
+    else:  # mapped, read as touched (an empty file cannot be mapped)
+      raw = np.memmap(path, np.uint8, mode="r") if os.path.getsize(path) else np.zeros(0, np.uint8)
   except OSError as e:
     raise ParamsFileError(f"cannot read {path}: {e}") from e
+  size = raw.size
+  if size < 8:
+    raise ParamsFileError(f"{path}: too short to be a safetensors file ({size} bytes)")
+  (header_len,) = struct.unpack("<Q", raw[:8].tobytes())
+  if header_len > size - 8:
+    raise ParamsFileError(f"{path}: not a safetensors file (header length {header_len} "
+                          f"exceeds the file size {size})")
+  try:
+    header = json.loads(raw[8:8 + header_len].tobytes())
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ParamsFileError(f"{path}: not a safetensors file (bad JSON header: {e})") from e
   if not isinstance(header, dict):
     raise ParamsFileError(f"{path}: not a safetensors file (header is not a JSON object)")
   metadata = header.pop("__metadata__", None) or {}
-  body = size - 8 - header_len
-  if not body:
-    data = np.zeros((0,), np.uint8)
-  elif files.is_remote(path):  # object storage: read the whole file once
-    data = np.frombuffer(files.read_bytes(path), np.uint8)[8 + header_len:]
-  else:
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+  data = raw[8 + header_len:]
   tensors = {}
   for name, info in header.items():
     try:

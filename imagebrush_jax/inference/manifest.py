@@ -10,6 +10,7 @@ Blank lines are ignored (line numbers still count them).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from typing import Iterator
@@ -33,7 +34,10 @@ class Row:
 def _path(value, base: str, what: str) -> str:
   if not isinstance(value, str) or not value:
     raise RowError(f"{what} must be a non-empty path string, got {value!r}")
-  return files.join(base, value)
+  try:
+    return files.join(base, value)
+  except ValueError as e:  # a relative path that climbs out of the manifest's bucket
+    raise RowError(f"{what}: {e}") from e
 
 
 def parse_row(text: str, line: int, *, base_dir: str, output_dir: str) -> Row:
@@ -87,8 +91,8 @@ def read_manifest(path: str, output_dir: str) -> Iterator[Row | tuple[int, str]]
   """
   base_dir = files.parent(path)
   seen: dict[str, int] = {}
-  text_lines = files.read_bytes(path).decode("utf-8", errors="replace").split("\n")
-  for line, text in enumerate(text_lines, start=1):
+  content = files.read_bytes(path).decode("utf-8", errors="replace")
+  for line, text in enumerate(io.StringIO(content, newline=None), start=1):  # as text mode reads
     if not text.strip():
       continue
     try:
