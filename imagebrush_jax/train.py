@@ -208,7 +208,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
           metric_count += _accumulate(metric_sums, pending, tc.num_steps)
           pending = None
         checkpointer.save(step, state, train_iter, config, force=True)
-        history.flush()  # every line up to a checkpoint is kept (uploaded, in a bucket)
+        history.flush()  # every record up to a checkpoint is kept (uploaded, in a bucket)
+        writer.flush()
       if stopping:
         metric_writers.log_line(f"stopped by SIGTERM at step {step}; checkpoint saved")
         break

@@ -1,6 +1,7 @@
 """Test session setup, before JAX is imported anywhere: 4 simulated CPU devices, and a
 compile-time-friendly XLA CPU backend (tests are dominated by compilation, not by run time),
-with a persistent compilation cache shared by the session's subprocesses and removed at exit."""
+with a persistent compilation cache shared by the session's subprocesses and removed at exit;
+and the `gcs_emulator` fixture (a local Cloud Storage emulator for gs:// tests)."""
 import atexit
 import os
 import shutil
