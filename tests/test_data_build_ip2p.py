@@ -1,0 +1,121 @@
+"""InstructPix2Pix readers on small files written in both published layouts: parquet shards
+with the Hugging Face schema metadata (written by pyarrow) and prompt folders with JPEGs."""
+import io
+import json
+
+import numpy as np
+from PIL import Image
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from imagebrush_jax.data.build import ip2p
+
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+HF_FEATURES = {"original_prompt": {"dtype": "string", "_type": "Value"},
+               "original_image": {"_type": "Image"},
+               "edit_prompt": {"dtype": "string", "_type": "Value"},
+               "edited_prompt": {"dtype": "string", "_type": "Value"},
+               "edited_image": {"_type": "Image"}}
+
+
+def _jpeg(seed: int) -> bytes:
+  pixels = np.random.default_rng(seed).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="JPEG")
+  return buf.getvalue()
+
+
+# (edit_prompt, has images): rows 0-2 in row group 0, rows 3-5 in row group 1.
+ROWS = [("Make it snowy.", True), ("make it  SNOWY", True), ("Turn the sky red", True),
+        ("a lone instruction", True), ("turn the sky red!", False), (None, True)]
+
+
+def _write_parquet(path, before_column="original_image"):
+  cells = [{"bytes": _jpeg(2 * i), "path": f"{i}_0.jpg"} if ok else None
+           for i, (_, ok) in enumerate(ROWS)]
+  table = pa.table({
+      "original_prompt": [f"photo {i}" for i in range(len(ROWS))],
+      before_column: pa.array(cells, IMAGE),
+      "edit_prompt": [text for text, _ in ROWS],
+      "edited_prompt": [f"edited photo {i}" for i in range(len(ROWS))],
+      "edited_image": pa.array([{"bytes": _jpeg(2 * i + 1), "path": f"{i}_1.jpg"}
+                                for i in range(len(ROWS))], IMAGE),
+  })
+  table = table.replace_schema_metadata(
+      {"huggingface": json.dumps({"info": {"features": HF_FEATURES}})})
+  pq.write_table(table, path, row_group_size=3)
+  return path
+
+
+def test_instructions_normalise_case_spaces_and_final_punctuation():
+  assert ip2p.normalise_instruction("  Make it  SNOWY!! ") == "make it snowy"
+  assert ip2p.normalise_instruction("Turn the sky red.") == "turn the sky red"
+  assert ip2p.normalise_instruction("add a hat, please") == "add a hat, please"
+  assert ip2p.normalise_instruction(" ?! ") == ""
+
+
+def test_parquet_index_groups_instructions_and_skips_singletons(tmp_path):
+  shard = str(_write_parquet(tmp_path / "train-00000-of-00001.parquet"))
+  assert pq.ParquetFile(shard).num_row_groups == 2
+  refs, skipped = ip2p.index(str(tmp_path))
+  assert [r.item for r in refs] == [0, 1, 2, 3, 4]
+  assert [s.where for s in skipped] == [f"{shard} row 5"]  # no instruction
+  tasks, singletons = ip2p.group_by_task(refs)
+  assert list(tasks) == ["make it snowy", "turn the sky red"]
+  assert [r.item for r in tasks["make it snowy"]] == [0, 1]
+  assert [r.item for r in tasks["turn the sky red"]] == [2, 4]
+  assert [s.where for s in singletons] == [f"{shard} 3"]
+  assert "a lone instruction" in singletons[0].reason
+  assert tasks["turn the sky red"][1].pair_id == "train-00000-of-00001.parquet:4"
+
+
+def test_parquet_rows_are_read_across_row_groups_with_missing_images_as_none(tmp_path):
+  shard = str(_write_parquet(tmp_path / "a.parquet"))
+  got = list(ip2p.read_parquet(shard, [4, 0, 2]))
+  assert [row for row, _, _ in got] == [0, 2, 4]
+  assert got[0][1] == _jpeg(0) and got[0][2] == _jpeg(1)
+  assert got[1][1] == _jpeg(4) and got[1][2] == _jpeg(5)
+  assert got[2][1] is None and got[2][2] == _jpeg(9)  # row 4 has no before image
+  with pytest.raises(ValueError, match="has 6 rows, no row 9"):
+    list(ip2p.read_parquet(shard, [9]))
+
+
+def test_parquet_column_names_are_configurable_and_missing_ones_named(tmp_path):
+  shard = str(_write_parquet(tmp_path / "small.parquet", before_column="input_image"))
+  with pytest.raises(ValueError, match=r"small.parquet: no column 'original_image' \(it has "):
+    ip2p.index_parquet(shard)
+  columns = ip2p.Columns(before="input_image")
+  refs, _ = ip2p.index_parquet(shard, columns)
+  assert len(refs) == 5
+  (row, before, _), = ip2p.read_parquet(shard, [1], columns)
+  assert row == 1 and before == _jpeg(2)
+  (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+  with pytest.raises(ValueError, match="broken.parquet: not a readable parquet file"):
+    ip2p.index_parquet(str(tmp_path / "broken.parquet"))
+
+
+def test_prompt_folders_are_indexed_from_seeds_json(tmp_path):
+  folders = {"0001": ("Make it snowy", [11, 12]), "0002": ("make it snowy.", [13]),
+             "0003": ("Add a moon", [14])}
+  for name, (edit, seeds) in folders.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "prompt.json").write_text(
+        json.dumps({"input": "a photo", "edit": edit, "output": "a snowy photo"}))
+    for seed in seeds:
+      (tmp_path / name / f"{seed}_0.jpg").write_bytes(_jpeg(seed))
+      (tmp_path / name / f"{seed}_1.jpg").write_bytes(_jpeg(seed + 100))
+  (tmp_path / "0004").mkdir()  # no prompt.json
+  listing = [[name, seeds] for name, (_, seeds) in folders.items()] + [["0004", [15]], "junk"]
+  (tmp_path / "seeds.json").write_text(json.dumps(listing))
+
+  refs, skipped = ip2p.index(str(tmp_path))
+  assert [(r.task, r.item) for r in refs] == [("make it snowy", "11"), ("make it snowy", "12"),
+                                              ("make it snowy", "13"), ("add a moon", "14")]
+  assert [s.where for s in skipped] == [str(tmp_path / "0004"), f"{tmp_path}/seeds.json entry 4"]
+  tasks, singletons = ip2p.group_by_task(refs)
+  assert list(tasks) == ["make it snowy"] and len(singletons) == 1
+  assert ip2p.read_prompt_folder(refs[2]) == (_jpeg(13), _jpeg(113))
+  assert refs[2].pair_id == "0002:13"
+  with pytest.raises(FileNotFoundError, match="seeds.json not found"):
+    ip2p.index_prompt_folders(str(tmp_path / "0001"))
