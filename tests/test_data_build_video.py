@@ -1,0 +1,72 @@
+"""Video frame pairs on short clips encoded with PyAV, a DAVIS frame folder and a broken clip."""
+import av
+import numpy as np
+from PIL import Image
+import pytest
+
+from imagebrush_jax.data.build import video
+
+
+def _frame(t: int) -> np.ndarray:
+  """A 32x32 frame whose flat colour encodes t (survives lossy coding to a few levels)."""
+  return np.full((32, 32, 3), (20 * t, 255 - 20 * t, 128), np.uint8)
+
+
+def _write_clip(path, num_frames: int, codec: str = "mpeg4") -> None:
+  with av.open(str(path), mode="w") as container:
+    stream = container.add_stream(codec, rate=10)
+    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+    for t in range(num_frames):
+      for packet in stream.encode(av.VideoFrame.from_ndarray(_frame(t), format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+def test_windows_do_not_overlap():
+  assert video.pair_windows(10, 2) == [(0, 2), (3, 5), (6, 8)]
+  assert video.pair_windows(3, 2) == [(0, 2)]
+  assert video.pair_windows(2, 2) == []
+  with pytest.raises(ValueError, match="at least 1"):
+    video.pair_windows(10, 0)
+
+
+def test_clips_are_found_recursively_and_decoded_into_frame_pairs(tmp_path):
+  (tmp_path / "walk").mkdir()
+  _write_clip(tmp_path / "walk" / "a.mp4", 9)
+  _write_clip(tmp_path / "b.webm", 5, codec="libvpx")
+  (tmp_path / "notes.txt").write_text("not a clip")
+  sequences = video.find_sequences(str(tmp_path))
+  assert [s.name for s in sequences] == ["b", "walk/a"]
+  pairs = list(video.read_pairs(sequences[1], gap=2))
+  assert [(t, u) for t, u, _, _ in pairs] == video.pair_windows(9, 2) == [(0, 2), (3, 5), (6, 8)]
+  for t, u, before, after in pairs:
+    assert before.shape == after.shape == (32, 32, 3) and before.dtype == np.uint8
+    np.testing.assert_allclose(before.reshape(-1, 3).mean(0), _frame(t)[0, 0], atol=6)
+    np.testing.assert_allclose(after.reshape(-1, 3).mean(0), _frame(u)[0, 0], atol=6)
+  assert [(t, u) for t, u, _, _ in video.read_pairs(sequences[0], gap=1)] == [(0, 1), (2, 3)]
+
+
+def test_a_broken_clip_is_a_video_error_naming_it(tmp_path):
+  (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+  (seq,) = video.find_sequences(str(tmp_path))
+  with pytest.raises(video.VideoError, match="broken.mp4: cannot decode"):
+    list(video.read_pairs(seq, gap=1))
+
+
+def test_davis_frame_folders_are_sequences(tmp_path):
+  for name, count in (("bear", 5), ("car", 3)):
+    folder = tmp_path / "JPEGImages" / "480p" / name
+    folder.mkdir(parents=True)
+    for t in range(count):
+      Image.fromarray(_frame(t)).save(folder / f"{t:05d}.jpg", quality=95)
+  (tmp_path / "JPEGImages" / "480p" / "car" / "00001.jpg").write_bytes(b"not a jpeg")
+  sequences = video.find_sequences(str(tmp_path))
+  assert [(s.name, len(s.frames)) for s in sequences] == [("bear", 5), ("car", 3)]
+  pairs = list(video.read_pairs(sequences[0], gap=1))
+  assert [(t, u) for t, u, _, _ in pairs] == [(0, 1), (2, 3)]
+  np.testing.assert_allclose(pairs[1][3].reshape(-1, 3).mean(0), _frame(3)[0, 0], atol=4)
+  with pytest.raises(video.VideoError, match="00001.jpg: cannot decode frame"):
+    list(video.read_pairs(sequences[1], gap=1))
+  with pytest.raises(FileNotFoundError, match="no '1080p' frames"):
+    video.find_sequences(str(tmp_path), resolution="1080p")
