@@ -268,8 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   p = _parser()
   args = p.parse_args(argv)
   _check_args(p, args)
-  try:  # a bucket that cannot be used stops the job here, before any work
-    for path in (args.workdir, args.manifest, args.output, args.output_dir):
+  try:  # a bucket that cannot be used stops the job here (load_run checks --workdir's)
+    for path in (args.manifest, args.output, args.output_dir):
       if path:
         files.check_access(path)
   except files.StorageAccessError as e:

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 from PIL import Image
@@ -60,20 +59,10 @@ def test_bucket_run_killed_and_resumed_matches_local_run_then_infer_and_evaluate
   test_train._run_cli(local, STEPS)  # pylint: disable=protected-access  # the reference
   workdir, env = "gs://test/run", bucket_env(gcs_emulator)
   cmd, _ = test_train._cli(workdir, STEPS)  # pylint: disable=protected-access
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  deadline = time.monotonic() + 300
-  try:
-    while not files.exists(f"{workdir}/checkpoints/10/commit_success.txt"):
-      assert proc.poll() is None, "the run ended before step 10's checkpoint was seen"
-      assert time.monotonic() < deadline, "no checkpoint in the bucket within 300 s"
-      time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    out, _ = proc.communicate(timeout=60)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  assert proc.returncode == -signal.SIGKILL, f"finished before the kill: {out[-2000:]}"
+  marker = f"{workdir}/checkpoints/10/commit_success.txt"
+  code, out, err = test_train.run_and_signal_when(
+      cmd, env, lambda: files.exists(marker), signal.SIGKILL, "step 10's checkpoint was seen")
+  assert code == -signal.SIGKILL, f"finished before the kill: {out[-2000:]}{err[-3000:]}"
   logged = _losses_by_step(files.read_text(f"{workdir}/train_metrics.jsonl"))
   assert 10 <= max(logged) < 20, f"killed at step {max(logged)}"
 

@@ -123,29 +123,37 @@ def test_two_processes_match_one_process(sharded_run, tmp_path):
   _assert_trees_close(p_got, p_ref, atol=1e-5)
 
 
+def run_and_signal_when(cmd, env, ready, sig, what: str):
+  """Runs `cmd` and sends it `sig` once ready() holds; returns (returncode, stdout, stderr).
+  Fails if the run ends first, or if `what` is not seen within 300 s."""
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 300
+  try:
+    while not ready():
+      assert proc.poll() is None, f"the run ended before {what}"
+      assert time.monotonic() < deadline, f"{what} not seen within 300 s"
+      time.sleep(0.01)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return proc.returncode, out, err
+
+
 def _train_until_sigterm(workdir, overrides, after_step: int):
   """Runs the CLI and sends it SIGTERM once `after_step` is logged; returns its stdout."""
   cmd, env = _cli(workdir, overrides, devices=1)
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
   history = workdir / "train_metrics.jsonl"
 
   def last_logged_step():  # complete lines only: the run may be writing the next one
     lines = history.read_text().split("\n")[:-1] if history.exists() else []
     return json.loads(lines[-1])["step"] if lines else 0
 
-  deadline = time.monotonic() + 300
-  try:
-    while last_logged_step() < after_step:
-      assert proc.poll() is None, "the run ended before it was signalled"
-      assert time.monotonic() < deadline, f"step {after_step} not reached within 300 s"
-      time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  assert proc.returncode == 0, out[-3000:] + err[-5000:]
+  code, out, err = run_and_signal_when(cmd, env, lambda: last_logged_step() >= after_step,
+                                       signal.SIGTERM, f"step {after_step} was logged")
+  assert code == 0, out[-3000:] + err[-5000:]
   return out
 
 
