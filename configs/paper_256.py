@@ -14,12 +14,17 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   # ---------------------------------------------------------------- data
-  # Your before/after pairs, written once as array_record shards (README: "Your own pairs"):
-  #   python -m imagebrush_jax.data.tfds_builder --config configs/paper_256.py \
-  #       --config.data.folder.root=/data/pairs --config.data.tfds.dir=/data/tfds
-  # then train with --config.data.tfds.dir=/data/tfds (and the task lists of your data set).
+  # The paper's data: InstructPix2Pix pairs grouped by instruction and frame pairs of videos,
+  # each built once into a data set folder (README: "Training data"):
+  #   python -m imagebrush_jax.data.build --source ip2p --input /data/ip2p --output /data/ip2p_256
+  #   python -m imagebrush_jax.data.build --source video --input /data/DAVIS --output /data/video_256
+  # and mixed in equal parts. Every task of their train splits is trained on (empty task
+  # lists); their held-out tasks are evaluated. Give other folders with --config.data.mixture.
   c.data.source = "tfds"
-  c.data.tfds.name = "image_brush_pairs/folder"
+  c.data.mixture = (("/data/ip2p_256", 1.0), ("/data/video_256", 1.0))
+  c.data.train_tasks = ()
+  c.data.heldout_tasks = ()
+  c.data.eval_fraction = 0.0  # evaluation reads the held-out tasks, never trained on
   c.data.tile_size = 256  # the paper's tiles: a 512 x 512 grid for K = 1
   c.data.num_workers = 8
   c.data.prefetch_buffer = 8

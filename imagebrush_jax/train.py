@@ -31,6 +31,7 @@ from imagebrush_jax import parallel
 from imagebrush_jax import periodic_eval
 from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.data import task_lists
 from imagebrush_jax.imagebrush import task as imagebrush_task
 
 State = dict[str, Any]
@@ -95,6 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> State
   In latent space the autoencoder file is read here, once; the saved config records its
   architecture, so the finished run needs no file but its own checkpoints.
   """
+  config = task_lists.resolve(config)  # empty task lists: the built data set's (saved so)
   build_task = imagebrush_task.build
   autoencoder = latent.load(config)
   if autoencoder is not None:

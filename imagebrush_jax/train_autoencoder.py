@@ -36,6 +36,7 @@ from imagebrush_jax import parallel
 from imagebrush_jax import train
 from imagebrush_jax import train_state
 from imagebrush_jax.converters import autoencoder_params
+from imagebrush_jax.data import task_lists
 from imagebrush_jax.data import tiles
 from imagebrush_jax.models import autoencoder as ae
 from imagebrush_jax.models import runtime as runtime_lib
@@ -206,7 +207,7 @@ class Evaluator:
 # ====================================================================== entry points
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the autoencoder per config in workdir, resuming from its latest checkpoint if any."""
-  return train.run_training(config, workdir, build_task=build_task,
+  return train.run_training(task_lists.resolve(config), workdir, build_task=build_task,
                             make_train_iterator=tiles.make_train_iterator,
                             make_evaluator=Evaluator)
 

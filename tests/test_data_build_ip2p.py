@@ -1,30 +1,14 @@
 """InstructPix2Pix readers on small files written in both published layouts: parquet shards
 with the Hugging Face schema metadata (written by pyarrow) and prompt folders with JPEGs."""
-import io
 import json
 
-import numpy as np
-from PIL import Image
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from imagebrush_jax.data.build import ip2p
-
-IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-HF_FEATURES = {"original_prompt": {"dtype": "string", "_type": "Value"},
-               "original_image": {"_type": "Image"},
-               "edit_prompt": {"dtype": "string", "_type": "Value"},
-               "edited_prompt": {"dtype": "string", "_type": "Value"},
-               "edited_image": {"_type": "Image"}}
-
-
-def _jpeg(seed: int) -> bytes:
-  pixels = np.random.default_rng(seed).integers(0, 256, (12, 16, 3), dtype=np.uint8)
-  buf = io.BytesIO()
-  Image.fromarray(pixels).save(buf, format="JPEG")
-  return buf.getvalue()
-
+from published_data import jpeg as _jpeg
+from published_data import write_parquet
+from published_data import write_prompt_folders
 
 # (edit_prompt, has images): rows 0-2 in row group 0, rows 3-5 in row group 1.
 ROWS = [("Make it snowy.", True), ("make it  SNOWY", True), ("Turn the sky red", True),
@@ -32,20 +16,8 @@ ROWS = [("Make it snowy.", True), ("make it  SNOWY", True), ("Turn the sky red",
 
 
 def _write_parquet(path, before_column="original_image"):
-  cells = [{"bytes": _jpeg(2 * i), "path": f"{i}_0.jpg"} if ok else None
-           for i, (_, ok) in enumerate(ROWS)]
-  table = pa.table({
-      "original_prompt": [f"photo {i}" for i in range(len(ROWS))],
-      before_column: pa.array(cells, IMAGE),
-      "edit_prompt": [text for text, _ in ROWS],
-      "edited_prompt": [f"edited photo {i}" for i in range(len(ROWS))],
-      "edited_image": pa.array([{"bytes": _jpeg(2 * i + 1), "path": f"{i}_1.jpg"}
-                                for i in range(len(ROWS))], IMAGE),
-  })
-  table = table.replace_schema_metadata(
-      {"huggingface": json.dumps({"info": {"features": HF_FEATURES}})})
-  pq.write_table(table, path, row_group_size=3)
-  return path
+  return write_parquet(path, [(text, _jpeg(2 * i) if ok else None, _jpeg(2 * i + 1))
+                              for i, (text, ok) in enumerate(ROWS)], before_column=before_column)
 
 
 def test_instructions_normalise_case_spaces_and_final_punctuation():
@@ -98,13 +70,7 @@ def test_parquet_column_names_are_configurable_and_missing_ones_named(tmp_path):
 def test_prompt_folders_are_indexed_from_seeds_json(tmp_path):
   folders = {"0001": ("Make it snowy", [11, 12]), "0002": ("make it snowy.", [13]),
              "0003": ("Add a moon", [14])}
-  for name, (edit, seeds) in folders.items():
-    (tmp_path / name).mkdir()
-    (tmp_path / name / "prompt.json").write_text(
-        json.dumps({"input": "a photo", "edit": edit, "output": "a snowy photo"}))
-    for seed in seeds:
-      (tmp_path / name / f"{seed}_0.jpg").write_bytes(_jpeg(seed))
-      (tmp_path / name / f"{seed}_1.jpg").write_bytes(_jpeg(seed + 100))
+  write_prompt_folders(tmp_path, folders)
   (tmp_path / "0004").mkdir()  # no prompt.json
   listing = [[name, seeds] for name, (_, seeds) in folders.items()] + [["0004", [15]], "junk"]
   (tmp_path / "seeds.json").write_text(json.dumps(listing))

@@ -1,26 +1,11 @@
 """Video frame pairs on short clips encoded with PyAV, a DAVIS frame folder and a broken clip."""
-import av
 import numpy as np
-from PIL import Image
 import pytest
 
 from imagebrush_jax.data.build import video
-
-
-def _frame(t: int) -> np.ndarray:
-  """A 32x32 frame whose flat colour encodes t (survives lossy coding to a few levels)."""
-  return np.full((32, 32, 3), (20 * t, 255 - 20 * t, 128), np.uint8)
-
-
-def _write_clip(path, num_frames: int, codec: str = "mpeg4") -> None:
-  with av.open(str(path), mode="w") as container:
-    stream = container.add_stream(codec, rate=10)
-    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-    for t in range(num_frames):
-      for packet in stream.encode(av.VideoFrame.from_ndarray(_frame(t), format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+from published_data import frame as _frame
+from published_data import write_clip as _write_clip
+from published_data import write_davis
 
 
 def test_windows_do_not_overlap():
@@ -55,11 +40,7 @@ def test_a_broken_clip_is_a_video_error_naming_it(tmp_path):
 
 
 def test_davis_frame_folders_are_sequences(tmp_path):
-  for name, count in (("bear", 5), ("car", 3)):
-    folder = tmp_path / "JPEGImages" / "480p" / name
-    folder.mkdir(parents=True)
-    for t in range(count):
-      Image.fromarray(_frame(t)).save(folder / f"{t:05d}.jpg", quality=95)
+  write_davis(tmp_path, {"bear": 5, "car": 3})
   (tmp_path / "JPEGImages" / "480p" / "car" / "00001.jpg").write_bytes(b"not a jpeg")
   sequences = video.find_sequences(str(tmp_path))
   assert [(s.name, len(s.frames)) for s in sequences] == [("bear", 5), ("car", 3)]

@@ -241,7 +241,7 @@ def test_eval_rejects_tasks_without_an_id():
      "registered task"),
     ("train_tasks", ("hflip", 3), "config.data.train_tasks\\[1\\] must be a non-empty string, "
      "got 3"),
-    ("train_tasks", (), "config.data.train_tasks must not be empty"),
+    ("train_tasks", (), "config.data.train_tasks is empty: only data sets written by python "),
     ("train_tasks", ("hflip", "hflip"), "config.data.train_tasks lists 'hflip' twice"),
     ("heldout_tasks", ("hflip+invert", "rot90"), "config.data.heldout_tasks repeats train task "
      "'rot90'"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import shlex
 import subprocess
@@ -17,6 +18,8 @@ import sys
 import numpy as np
 from PIL import Image
 import pytest
+
+import published_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = ".venv/bin/python"
@@ -64,8 +67,8 @@ TINY_AUTOENCODER = _flags("autoencoder.arch.block_out_channels=(8,8,8,8)",
                           "train.eval_num_grids=8", "train.sample_num_grids=2",
                           "checkpoint.every=2", "data.num_workers=0")
 PAPER = ('launch/local.sh configs/paper_256.py runs/paper '
-         '--config.model.autoencoder.params=sd_vae.safetensors --config.data.tfds.dir=/data/tfds '
-         '--config.data.train_tasks="(\'mirror\',\'neg\')" --config.data.heldout_tasks="()"')
+         '--config.model.autoencoder.params=sd_vae.safetensors '
+         '--config.data.mixture="((\'/data/ip2p_256\',1.0),(\'/data/video_256\',1.0))"')
 
 # (command as the README shows it, what to append; or None and why it does not run here).
 # Listed in an order that runs each command after the ones that make its inputs.
@@ -80,12 +83,19 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "--config.data.source=folder --config.data.folder.root=/data/pairs "
      "--config.data.train_tasks=\"('mirror','neg')\" --config.data.heldout_tasks=\"()\"",
      TINY_DEFAULT, ""),
-    (f"{PY} -m imagebrush_jax.data.tfds_builder --config configs/default.py "
-     "--config.data.folder.root=/data/pairs --config.data.tfds.dir=/data/tfds", [], ""),
+    (f"{PY} -m imagebrush_jax.data.build --source folder --input /data/pairs "
+     "--output /data/pairs_16 --tile_size 16", [], ""),
     (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/mine_shards "
-     "--config.data.source=tfds --config.data.tfds.name=image_brush_pairs/folder "
-     "--config.data.tfds.dir=/data/tfds --config.data.train_tasks=\"('mirror','neg')\" "
-     "--config.data.heldout_tasks=\"()\"", TINY_DEFAULT, ""),
+     "--config.data.source=tfds --config.data.tfds.dir=/data/pairs_16 "
+     "--config.data.train_tasks=\"()\" --config.data.heldout_tasks=\"()\"", TINY_DEFAULT, ""),
+    ("huggingface-cli download timbrooks/instructpix2pix-clip-filtered --repo-type dataset "
+     "--local-dir /data/ip2p", None, "a download; the test writes parquet shards in its layout"),
+    ("unzip DAVIS-2017-trainval-480p.zip -d /data", None,
+     "a download; the test writes DAVIS frame folders"),
+    (f"{PY} -m imagebrush_jax.data.build --source ip2p --input /data/ip2p "
+     "--output /data/ip2p_256 --heldout_fraction 0.02", ["--tile_size", "32"], ""),
+    (f"{PY} -m imagebrush_jax.data.build --source video --input /data/DAVIS "
+     "--output /data/video_256 --frame_gap 4 --heldout_fraction 0.1", ["--tile_size", "32"], ""),
     (f"{PY} -m imagebrush_jax.train --config configs/cpu_demo.py --workdir runs/demo "
      "--config.train.batch_size=64 --config.train.learning_rate=5e-4",
      [a for a in TINY_DEFAULT if "batch_size" not in a], ""),
@@ -141,6 +151,15 @@ def _make_inputs(work: str) -> None:
                      ("x.png", (32, 32))):
     Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(
         os.path.join(work, name))
+  # InstructPix2Pix's parquet layout (3 instructions, 3 pairs each) and DAVIS frame folders.
+  os.makedirs(os.path.join(work, "data", "ip2p", "data"))
+  edits = ["Make it snowy", "add a moon", "turn it into a painting"]
+  published_data.write_parquet(
+      os.path.join(work, "data", "ip2p", "data", "train-00000-of-00001.parquet"),
+      [(edits[i % 3], published_data.jpeg(2 * i, (40, 40)),
+        published_data.jpeg(2 * i + 1, (40, 40))) for i in range(9)])
+  published_data.write_davis(pathlib.Path(work, "data", "DAVIS"),
+                             {"bear": 10, "car": 10, "dog": 10})
   with open(os.path.join(work, "rows.jsonl"), "w") as f:
     f.write(json.dumps({"examples": [{"before": "a.png", "after": "b.png"}], "query": "q.png",
                         "output": "q_edited.png", "box": [0, 0, 20, 20]}) + "\n")
@@ -206,7 +225,13 @@ def test_readme_commands_run_at_tiny_size(tmp_path):
   assert Image.open(os.path.join(work, "paper_out.png")).size == (35, 27)
   metrics = json.load(open(os.path.join(work, "paper_metrics.json")))
   assert metrics["num_examples"] == 8 and np.isfinite(metrics["psnr"])
-  assert set(metrics["per_task"]) == {"mirror", "neg"} and metrics["accuracy"] is None
+  # Its tasks are those of the two built data sets: 2 + 2 trained on, 1 + 1 held out.
+  saved = json.load(open(os.path.join(work, "runs/paper/config.json")))["data"]
+  trained, held = saved["train_tasks"], saved["heldout_tasks"]
+  assert len(trained) == 4 and len(held) == 2 and not set(trained) & set(held)
+  assert set(trained + held) == {"make it snowy", "add a moon", "turn it into a painting",
+                                 "bear", "car", "dog"}
+  assert set(metrics["per_task"]) == set(trained + held) and metrics["accuracy"] is None
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from typing import Any, Sequence
 from imagebrush_jax import files
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import scenes
+from imagebrush_jax.data import task_lists
 from imagebrush_jax.data import tasks as tasks_lib
+from imagebrush_jax.data import tfds_format
 
 SOURCES = ("synthetic", "folder", "tfds")
 RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
@@ -36,6 +38,7 @@ class DataOptions:
   tfds_dir: str | None
   tfds_split: str
   tfds_synthetic_pairs: int
+  mixture: tuple[tuple[str, float], ...]  # (built data set folder, weight); () = one source
   eval_fraction: float
   resize_method: str
   crop_scale: float
@@ -158,8 +161,37 @@ def _scene_params(data: Any) -> scenes.SceneParams:
   )
 
 
+def _mixture(value: Any, source: str, tfds_dir: str) -> tuple[tuple[str, float], ...]:
+  """config.data.mixture: (built data set folder, weight) pairs, read by the tfds source."""
+  key = "config.data.mixture"
+  if isinstance(value, str) or not isinstance(value, (tuple, list)):
+    raise ValueError(f"{key} must be a tuple of (data set folder, weight), got {value!r}")
+  if value and (source != "tfds" or tfds_dir):
+    raise ValueError(f"{key} is read by config.data.source=tfds instead of "
+                     f"config.data.tfds.dir; set the source to tfds and leave tfds.dir empty")
+  entries = []
+  for i, entry in enumerate(value):
+    if (isinstance(entry, str) or not isinstance(entry, (tuple, list)) or len(entry) != 2
+        or not isinstance(entry[0], str)):
+      raise ValueError(f"{key}[{i}] must be (data set folder, weight), got {entry!r}")
+    weight = _float(entry[1], f"{key}[{i}] weight", 0.0, float("inf"))
+    if weight <= 0:
+      raise ValueError(f"{key}[{i}] weight must be positive, got {weight}")
+    if not tfds_format.is_built_dir(entry[0]):
+      raise FileNotFoundError(f"{key}[{i}] = {entry[0]!r} is not a data set written by "
+                              f"python -m imagebrush_jax.data.build")
+    entries.append((entry[0], weight))
+  dirs = [e[0] for e in entries]
+  if len(set(dirs)) != len(dirs):
+    raise ValueError(f"{key} lists {next(d for d in dirs if dirs.count(d) > 1)!r} twice")
+  return tuple(entries)
+
+
 def from_config(config: Any) -> DataOptions:
-  """Checks `config.data` (and config.seed, config.train.batch_size) and freezes it."""
+  """Checks `config.data` (and config.seed, config.train.batch_size) and freezes it. An empty
+  config.data.train_tasks reads the tasks of a built data set (task_lists.py)."""
+  if not _get(config.data, "train_tasks"):
+    config = task_lists.resolve(config)
   d = config.data
   source = _choice(_get(d, "source"), "config.data.source", SOURCES)
   train = _strings(_get(d, "train_tasks"), "config.data.train_tasks", allow_empty=False)
@@ -182,13 +214,19 @@ def from_config(config: Any) -> DataOptions:
   tfds_name = str(_get(d, "tfds.name"))
   if source == "tfds" and not tfds_name:
     raise ValueError("config.data.tfds.name must be set when config.data.source is 'tfds'")
-  for key, path in (("folder.root", folder_root), ("tfds.dir", str(_get(d, "tfds.dir")))):
+  raw_mixture = d.get("mixture", ())
+  mixture_paths = [(f"mixture[{i}]", str(e[0])) for i, e in enumerate(raw_mixture)
+                   if isinstance(e, (tuple, list)) and e] if isinstance(raw_mixture, (
+                       tuple, list)) else []
+  for key, path in [("folder.root", folder_root), ("tfds.dir", str(_get(d, "tfds.dir")))
+                    ] + mixture_paths:
     if files.is_remote(path):
       raise ValueError(
           f"config.data.{key}={path}: training data is read from local disk; array_record "
           f"shards and image folders cannot be read from object storage directly. Copy them "
           f"(gcloud storage cp -r {path} /data/...) or mount the bucket with gcsfuse, and give "
           f"the local path")
+  mixture = _mixture(raw_mixture, source, str(_get(d, "tfds.dir")))
   return DataOptions(
       seed=_int(config.seed, "config.seed", 0, 2**32 - 1),
       batch_size=_int(config.train.batch_size, "config.train.batch_size", 1),
@@ -205,6 +243,7 @@ def from_config(config: Any) -> DataOptions:
       tfds_split=str(_get(d, "tfds.split")),
       tfds_synthetic_pairs=_int(_get(d, "tfds.synthetic_pairs"),
                                 "config.data.tfds.synthetic_pairs", 2),
+      mixture=mixture,
       eval_fraction=_float(_get(d, "eval_fraction"), "config.data.eval_fraction", 0.0, 0.9),
       resize_method=_choice(_get(d, "resize_method"), "config.data.resize_method",
                             RESIZE_METHODS),

@@ -23,6 +23,7 @@ import numpy as np
 from imagebrush_jax.data import episodes
 from imagebrush_jax.data import options as options_lib
 from imagebrush_jax.data import sources
+from imagebrush_jax.data import tfds_format
 
 # Size of the global index space; at a million grids a second it lasts 146,000 years.
 NUM_INDICES = 2**62
@@ -70,6 +71,33 @@ def _grids(source: sources.PairSource, opts: options_lib.DataOptions, indices: g
   return indices
 
 
+class _Take(grain.transforms.Map):
+  """Global index -> that element of a random-access dataset."""
+
+  def __init__(self, dataset: grain.MapDataset):
+    self.dataset = dataset
+
+  def map(self, index: int):
+    return self.dataset[index]
+
+
+def _mixed_grids(source: sources.PairSource, opts: options_lib.DataOptions) -> grain.MapDataset:
+  """Training grids of config.data.mixture: each data set's train tasks in their own stream
+  (seeded apart), interleaved by grain in proportion to the weights. Element i depends on i
+  alone, so the stream resumes exactly from the iterator's position."""
+  parts = []
+  for i, (path, weight) in enumerate(opts.mixture):
+    counts = tfds_format.built_task_counts(path)
+    mine = [t for t in opts.train_tasks if t in counts["train"] or t in counts["heldout"]]
+    if not mine:
+      raise ValueError(f"config.data.mixture[{i}] = ({path!r}, {weight}) has none of "
+                       f"config.data.train_tasks")
+    grids = _grids(source, opts, grain.MapDataset.range(NUM_INDICES), tasks=mine,
+                   seed=opts.seed + i, train=True)
+    parts.append(grids)
+  return grain.MapDataset.mix(parts, [w for _, w in opts.mixture])
+
+
 def make_train_dataset(config: Any, *, process_index: int, process_count: int
                        ) -> grain.IterDataset:
   """The host's infinite stream of batches, as a grain IterDataset (not started yet)."""
@@ -82,7 +110,10 @@ def make_train_dataset(config: Any, *, process_index: int, process_count: int
   indices = grain.MapDataset.range(NUM_INDICES // process_count).map(
       functools.partial(_host_index, global_batch=opts.batch_size, host_batch=batch,
                         process_index=process_index))
-  ds = _grids(source, opts, indices, tasks=opts.train_tasks, seed=opts.seed, train=True)
+  if opts.mixture:
+    ds = indices.map(_Take(_mixed_grids(source, opts)))
+  else:
+    ds = _grids(source, opts, indices, tasks=opts.train_tasks, seed=opts.seed, train=True)
   ds = ds.batch(batch, drop_remainder=True)  # batches do not depend on the number of workers
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=opts.read_threads,
                                             prefetch_buffer_size=opts.prefetch_buffer))

@@ -11,7 +11,9 @@ indices of that task's pairs, so that an episode can draw several distinct pairs
 
 Sources are picklable, so grain can hand them to worker processes.
 """
+import bisect
 import dataclasses
+import logging
 import os
 import re
 from typing import Protocol, Sequence
@@ -220,6 +222,10 @@ class FolderSource:
   def pair_id(self, index: int) -> str:
     return self._pairs[index][1]
 
+  def pair_files(self, index: int) -> tuple[str, str, np.ndarray | None]:
+    """(before file, after file, box) of pair `index`, without reading the images."""
+    return self._pairs[index][2:]
+
   def __getitem__(self, index: int) -> Pair:
     task, pair_id, before, after, box = self._pairs[index]
     return Pair(read_image(before), read_image(after), task, pair_id, box)
@@ -228,33 +234,73 @@ class FolderSource:
 # ---------------------------------------------------------------- TFDS
 
 
+class _NoDecoderNotice(logging.Filter):
+  """Drops TFDS's advice to install OpenCV for decoding images (PIL decodes them here)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "OpenCV is not installed" not in record.getMessage()
+
+
+def _quiet_decoder_notice() -> None:
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _NoDecoderNotice) for f in absl_logger.filters):
+    absl_logger.addFilter(_NoDecoderNotice())
+
+
 class TfdsSource:
-  """Pairs from `image_brush_pairs` array_record shards, via `tfds.data_source`."""
+  """Pairs from `image_brush_pairs` array_record shards, via TFDS's data source (no TensorFlow).
+
+  `data_dir` either holds TFDS data sets (`name` picks one, `split` its split), or is a folder
+  written by `python -m imagebrush_jax.data.build`: then the source holds both its splits, the
+  train split's records first, and `name` and `split` are not used.
+  """
 
   def __init__(self, name: str, *, data_dir: str | None = None, split: str = "train"):
+    self.name, self.data_dir, self.split = name, data_dir, split
+    self.built = tfds_format.is_built_dir(data_dir)
+    builder = self._builder()
+    self.tasks = tuple(builder.info.features["task"].names)
+    splits = ([s for s in tfds_format.BUILT_SPLITS if s in builder.info.splits] if self.built
+              else [split])
+    self._by_task: dict[str, range] = {}
+    self._starts: list[int] = []  # first index of each split
+    self._sizes: list[int] = []
+    self._pair_ids: list[str] | None = []
+    for s in splits:
+      start = sum(self._sizes)
+      num = builder.info.splits[s].num_examples
+      self._starts.append(start)
+      self._sizes.append(num)
+      for task, r in tfds_format.task_ranges(builder.info, s, num).items():
+        self._by_task[task] = range(start + r.start, start + r.stop)
+      ids = tfds_format.pair_ids(builder.info, s)
+      self._pair_ids = None if ids is None or self._pair_ids is None else self._pair_ids + ids
+    self._splits = tuple(splits)
+    self._data = None
+
+  def _builder(self):
     # Imported here: TFDS is slow to import and only this source needs it.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    self.name, self.data_dir, self.split = name, data_dir, split
+    where = self.data_dir or "the default dir"
     try:
-      builder = tfds.builder(name, data_dir=data_dir)
+      if self.built:
+        return tfds.builder_from_directory(self.data_dir)
+      builder = tfds.builder(self.name, data_dir=self.data_dir)
     except Exception as e:
-      raise ValueError(f"cannot open TFDS data set {name!r} in {data_dir or 'the default dir'}: "
-                       f"{e}. Write it first: python -m imagebrush_jax.data.tfds_builder "
-                       f"--config ...") from e
+      raise ValueError(f"cannot open TFDS data set {self.name!r} in {where}: {e}. Write it "
+                       f"first: python -m imagebrush_jax.data.build ...") from e
     if not builder.is_prepared():
       raise FileNotFoundError(
-          f"TFDS data set {name!r} is not in {data_dir or 'the default dir'}; write it first: "
-          f"python -m imagebrush_jax.data.tfds_builder --config ...")
-    self.tasks = tuple(builder.info.features["task"].names)
-    num = builder.info.splits[split].num_examples
-    self._by_task = tfds_format.task_ranges(builder.info, split, num)
-    self._pair_ids = tfds_format.pair_ids(builder.info, split)
-    self._data = None
+          f"TFDS data set {self.name!r} is not in {where}, and no folder written by python -m "
+          f"imagebrush_jax.data.build is there; write it first (python -m "
+          f"imagebrush_jax.data.build --output DIR ..., then config.data.tfds.dir=DIR)")
+    return builder
 
   def _records(self):
     if self._data is None:
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      self._data = tfds.data_source(self.name, data_dir=self.data_dir, split=self.split)
+      _quiet_decoder_notice()
+      builder = self._builder()
+      self._data = [builder.as_data_source(split=s) for s in self._splits]
     return self._data
 
   def __getstate__(self):  # reopen the shards in each worker process
@@ -263,11 +309,12 @@ class TfdsSource:
     return state
 
   def __len__(self) -> int:
-    return sum(len(r) for r in self._by_task.values())
+    return sum(self._sizes)
 
   def pair_indices(self, task: str) -> Sequence[int]:
     if task not in self._by_task:
-      raise _task_error(task, f"TFDS data set {self.name}", self.tasks)
+      raise _task_error(task, f"TFDS data set {self.data_dir if self.built else self.name}",
+                        self.tasks)
     return self._by_task[task]
 
   def pair_id(self, index: int) -> str:
@@ -276,12 +323,61 @@ class TfdsSource:
     return self[index].pair_id  # a data set written without the id list: read the record
 
   def __getitem__(self, index: int) -> Pair:
-    record = self._records()[int(index)]
+    index = int(index)
+    part = bisect.bisect_right(self._starts, index) - 1
+    record = self._records()[part][index - self._starts[part]]
     box = np.asarray(record["box"], np.float32) if record["has_box"] else None
     pair_id = record["pair_id"]
     return Pair(np.asarray(record["before"]), np.asarray(record["after"]),
                 self.tasks[int(record["task"])],
                 pair_id.decode() if isinstance(pair_id, bytes) else str(pair_id), box)
+
+
+# ---------------------------------------------------------------- mixture
+
+
+class MixtureSource:
+  """Several sources as one: their index spaces end to end, their task names pooled (each
+  name in one source only). `parts[i]` is source i's task names (for weighting them)."""
+
+  def __init__(self, parts: Sequence[PairSource], names: Sequence[str]):
+    self.sources, self.names = tuple(parts), tuple(names)
+    self.starts, owner, start = [], {}, 0
+    for source, name in zip(self.sources, self.names):
+      self.starts.append(start)
+      for task in source.tasks:
+        if task in owner:
+          raise ValueError(f"task {task!r} is in both {owner[task]} and {name}; tasks of a "
+                           f"mixture must have distinct names")
+        owner[task] = name
+      start += len(source)
+    self.tasks = tuple(owner)
+    self.parts = tuple(tuple(source.tasks) for source in self.sources)
+    self._owner = {task: self.names.index(n) for task, n in owner.items()}
+
+  def __len__(self) -> int:
+    return sum(len(s) for s in self.sources)
+
+  def _locate(self, index: int) -> tuple[int, int]:
+    part = bisect.bisect_right(self.starts, int(index)) - 1
+    return part, int(index) - self.starts[part]
+
+  def pair_indices(self, task: str) -> Sequence[int]:
+    if task not in self._owner:
+      raise _task_error(task, f"the mixture of {', '.join(self.names)}", self.tasks)
+    part = self._owner[task]
+    local, start = self.sources[part].pair_indices(task), self.starts[part]
+    if isinstance(local, range):
+      return range(local.start + start, local.stop + start, local.step)
+    return [start + i for i in local]
+
+  def pair_id(self, index: int) -> str:
+    part, local = self._locate(index)
+    return self.sources[part].pair_id(local)
+
+  def __getitem__(self, index: int) -> Pair:
+    part, local = self._locate(index)
+    return self.sources[part][local]
 
 
 # ---------------------------------------------------------------- from the config
@@ -298,6 +394,9 @@ def make_source(opts, *, seed: int, part: str = "all") -> PairSource:
     return SyntheticSource(opts.all_tasks, opts.scene, opts.render_size, seed)
   if opts.source == "folder":
     source = FolderSource(opts.folder_root, check_images=opts.folder_check_images)
+  elif opts.source == "tfds" and opts.mixture:
+    dirs = [path for path, _ in opts.mixture]
+    source = MixtureSource([TfdsSource(opts.tfds_name, data_dir=path) for path in dirs], dirs)
   elif opts.source == "tfds":
     source = TfdsSource(opts.tfds_name, data_dir=opts.tfds_dir, split=opts.tfds_split)
   else:

@@ -53,21 +53,12 @@ class ImageBrushPairs(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    image = tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8,
-                                 encoding=tfds.features.Encoding.ZLIB)
     # When reading, the task names come back from the data set's own label file.
     names = list(self._pairs.tasks) if self._pairs is not None else None
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.splitlines()[0],
-        features=tfds.features.FeaturesDict({
-            "before": image,
-            "after": image,
-            "task": tfds.features.ClassLabel(names=names),
-            "pair_id": tfds.features.Text(),
-            "box": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-            "has_box": tfds.features.Tensor(shape=(), dtype=np.bool_),
-        }),
+        features=tfds_format.features(names),
         metadata=tfds.core.MetadataDict(),
         disable_shuffling=True,  # keep tasks in contiguous index ranges
     )

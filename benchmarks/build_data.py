@@ -1,0 +1,119 @@
+"""Building and reading a data set at the paper's tile size, against what paper training needs.
+
+    python benchmarks/build_data.py [--pairs 96] [--hosts 3] [--host_cores N]
+
+Writes `--pairs` 512-pixel JPEG pairs (rendered scenes: photo-like JPEG sizes, not noise) as an
+InstructPix2Pix parquet shard, builds it with one worker at 256-pixel tiles (pairs built per
+second per worker), then reads it with the training pipeline at 256-pixel tiles, in the main
+process (grids per second per worker). A paper-config step (batch 288 over `--hosts` hosts) at
+1 s per step needs 288 / hosts grids per second per host; `read_headroom` = grids/s per worker x
+the host's cores / that need, target >= 5. The last line printed is one JSON object.
+"""
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+
+from configs import default
+from configs import paper_256
+from imagebrush_jax.data import options as options_lib
+from imagebrush_jax.data import pipeline
+from imagebrush_jax.data import scenes
+from imagebrush_jax.data import tasks as tasks_lib
+from imagebrush_jax.data.build import writer
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+TARGET_HEADROOM = 5.0
+PAPER_BATCH = 288
+SOURCE_SIZE = 512
+TILE = 256
+
+_PAIRS = flags.DEFINE_integer("pairs", 96, "Pairs built (12 per instruction).")
+_BATCHES = flags.DEFINE_integer("batches", 12, "Training batches of 8 grids timed.")
+_HOSTS = flags.DEFINE_integer("hosts", 3, "Hosts sharing batch 288 (the paper: 24 GPUs, 3x8).")
+_CORES = flags.DEFINE_integer("host_cores", os.cpu_count() or 1, "Cores of a training host.")
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="JPEG", quality=95)
+  return buf.getvalue()
+
+
+def write_source(path: str, num_pairs: int) -> None:
+  """num_pairs 512-pixel scene pairs (the 'invert' edit), 12 per instruction, as one shard."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  params = options_lib.from_config(default.get_config()).scene
+  task = tasks_lib.get_task("invert")
+  rng = np.random.default_rng(0)
+  rows = []
+  for i in range(num_pairs):
+    before, after, _ = task.make_pair(scenes.sample_scene(rng, params), SOURCE_SIZE)
+    rows.append((f"edit number {i // 12}", _jpeg(before), _jpeg(after)))
+  image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+  pq.write_table(pa.table({
+      "original_image": pa.array([{"bytes": b, "path": ""} for _, b, _ in rows], image),
+      "edited_image": pa.array([{"bytes": a, "path": ""} for _, _, a in rows], image),
+      "edit_prompt": [t for t, _, _ in rows]}), path, row_group_size=32)
+
+
+def read_grids_per_s(data_dir: str, batches: int) -> float:
+  """Grids/s of the training iterator over the built data set, in the main process."""
+  config = paper_256.get_config()
+  config.data.mixture = ()
+  config.data.tfds.dir = data_dir
+  config.data.num_workers = 0
+  config.train.batch_size = 8
+  it = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  next(it)  # opens the shards
+  start = time.perf_counter()
+  grids = sum(len(next(it)["grid"]) for _ in range(batches))
+  return grids / (time.perf_counter() - start)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  with tempfile.TemporaryDirectory() as tmp:
+    os.makedirs(os.path.join(tmp, "in"))
+    write_source(os.path.join(tmp, "in", "train-00000.parquet"), _PAIRS.value)
+    out = os.path.join(tmp, "built")
+    start = time.perf_counter()
+    summary = writer.build(writer.BuildOptions(
+        source="ip2p", input=os.path.join(tmp, "in"), output=out, tile_size=TILE, workers=1))
+    build_rate = summary["pairs"] / (time.perf_counter() - start)
+    print(f"build: {build_rate:.1f} pairs/s with 1 worker ({summary['pairs']} pairs)", flush=True)
+    read_rate = read_grids_per_s(out, _BATCHES.value)
+  print(f"read: {read_rate:.1f} grids/s per worker at {TILE}-pixel tiles", flush=True)
+  need = PAPER_BATCH / _HOSTS.value  # grids/s per host at 1 s per step
+  headroom = read_rate * _CORES.value / need
+  print(json.dumps({
+      "benchmark": "build_data",
+      "build_pairs_per_s_per_worker": round(build_rate, 2),
+      "read_grids_per_s_per_worker": round(read_rate, 2),
+      "need_grids_per_s_per_host": round(need, 1),
+      "workers_needed_per_host": math.ceil(need / read_rate),
+      "host_cores": _CORES.value,
+      "read_headroom": round(headroom, 2),
+      "target_headroom": TARGET_HEADROOM,
+      "meets_target": headroom >= TARGET_HEADROOM,
+      "tile_size": TILE,
+      "source_size": SOURCE_SIZE,
+      "stored_size": summary["image_size"],
+  }))
+
+
+if __name__ == "__main__":
+  app.run(main)
