@@ -35,15 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.folder = ml_collections.ConfigDict()
   c.data.folder.root = ""
   c.data.folder.check_images = True  # open every image header when the folder is indexed
-  # TFDS source: array_record shards. tfds.dir is either a folder written by
-  # `python -m imagebrush_jax.data.build` (name and split unused: its train and heldout splits
-  # are both read; empty train_tasks / heldout_tasks take its tasks), or a TFDS data_dir
-  # holding `name` written by `python -m imagebrush_jax.data.tfds_builder`.
+  # TFDS source: a data set folder written by `python -m imagebrush_jax.data.build` (array_record
+  # shards; its train and heldout splits). Empty train_tasks / heldout_tasks take its tasks.
   c.data.tfds = ml_collections.ConfigDict()
-  c.data.tfds.name = "image_brush_pairs/synthetic"  # image_brush_pairs/{folder,synthetic}
-  c.data.tfds.dir = ""  # data_dir; "" = TFDS's default (~/tensorflow_datasets)
-  c.data.tfds.split = "train"
-  c.data.tfds.synthetic_pairs = 256  # pairs per task written by image_brush_pairs/synthetic
+  c.data.tfds.dir = ""
   # Several built data sets at once: ((folder, weight), ...), with source tfds and tfds.dir "".
   # Training grids come from each in proportion to its weight (grain's mixing).
   c.data.mixture = ()

@@ -11,7 +11,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.crop_scale = 1.25  # 8-pixel tiles cropped from 10-pixel renders
   c.data.num_workers = 0  # no worker processes in unit tests
   c.data.prefetch_buffer = 2
-  c.data.tfds.synthetic_pairs = 4
   c.data.eval_batch_size = 8
   # END data
   # ---------------------------------------------------------------- model + diffusion

@@ -40,11 +40,7 @@ def test_config_errors_are_one_line(tmp_path, module, args, message):
     assert not os.path.exists(tmp_path / "run")
 
 
-def test_tfds_builder_without_a_folder_or_synthetic_name(tmp_path):
-  proc = _run("imagebrush_jax.data.tfds_builder", "--config", "configs/tiny_test.py",
-              "--config.data.tfds.name=mnist", f"--config.data.tfds.dir={tmp_path}")
+def test_data_build_input_errors_are_one_line(tmp_path):
+  proc = _run("imagebrush_jax.data.build", "--source", "folder", "--output", str(tmp_path))
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines() == [
-      "error: set config.data.folder.root to write your pairs as image_brush_pairs/folder, or "
-      "config.data.tfds.name=image_brush_pairs/synthetic to write synthetic pairs "
-      "(config.data.tfds.name is 'mnist')"]
+  assert proc.stderr.strip().splitlines() == ["error: --input is required for --source folder"]

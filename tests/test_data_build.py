@@ -76,13 +76,14 @@ def test_ip2p_parquet_build_groups_by_instruction_and_lists_what_it_skips(tmp_pa
       ("add a moon!", jpeg(12, big), jpeg(13, big)),
       ("MAKE IT SNOWY", jpeg(14, big), jpeg(15, big)),
       (None, jpeg(16, big), jpeg(17, big))])
+  (tmp_path / "in" / "c.parquet").write_bytes(b"PAR1 a damaged download")
   out = tmp_path / "ip2p_16"
   proc = _cli("--source", "ip2p", "--input", str(tmp_path / "in"), "--output", str(out),
               "--tile_size", "16", "--workers", "2")
   assert proc.returncode == 0, proc.stderr[-2000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   assert {k: summary[k] for k in ("tasks", "pairs", "skipped", "heldout_tasks", "shards")} == {
-      "tasks": 2, "pairs": 5, "skipped": 4, "heldout_tasks": 0, "shards": 1}
+      "tasks": 2, "pairs": 5, "skipped": 5, "heldout_tasks": 0, "shards": 1}
   assert summary["seconds"] > 0 and summary["image_size"] == 18
   errors = [json.loads(line) for line in open(out / "errors.jsonl")]
   where = {e["where"]: e["reason"] for e in errors}
@@ -91,8 +92,9 @@ def test_ip2p_parquet_build_groups_by_instruction_and_lists_what_it_skips(tmp_pa
   assert "has no other pair" in where[f"{a} 3"]  # the lone instruction
   assert "cannot decode image" in where[f"{a} pair a.parquet:4"]
   assert where["'turn the sky red' pair a.parquet:2"] == "its task has no other pair left"
+  assert "not a readable parquet file" in where[str(tmp_path / "in" / "c.parquet")]
 
-  source = sources.TfdsSource("", data_dir=str(out))
+  source = sources.TfdsSource(str(out))
   assert {t: len(source.pair_indices(t)) for t in ("add a moon", "make it snowy")} == {
       "add a moon": 2, "make it snowy": 3}
   assert [source.pair_id(i) for i in source.pair_indices("make it snowy")] == [
@@ -123,7 +125,7 @@ def test_prompt_folder_build_skips_a_missing_image(tmp_path):
   os.remove(tmp_path / "in" / "0003" / "15_1.jpg")
   summary = writer.build(_options("ip2p", tmp_path / "in", tmp_path / "out"))
   assert (summary["tasks"], summary["pairs"], summary["skipped"]) == (1, 3, 2)
-  source = sources.TfdsSource("", data_dir=str(tmp_path / "out"))
+  source = sources.TfdsSource(str(tmp_path / "out"))
   assert [source.pair_id(i) for i in source.pair_indices("make it snowy")] == [
       "0001:11", "0001:12", "0002:13"]
   reasons = [e["reason"] for e in writer.iter_errors(str(tmp_path / "out"))]
@@ -140,7 +142,7 @@ def test_video_build_pairs_frames_of_each_sequence_and_skips_a_broken_clip(tmp_p
   assert (summary["tasks"], summary["pairs"], summary["skipped"]) == (2, 5, 1)
   (error,) = writer.iter_errors(str(tmp_path / "clips_16"))
   assert error["where"].endswith("broken.mp4") and "cannot decode" in error["reason"]
-  source = sources.TfdsSource("", data_dir=str(tmp_path / "clips_16"))
+  source = sources.TfdsSource(str(tmp_path / "clips_16"))
   assert [source.pair_id(i) for i in source.pair_indices("walk/a")] == [
       "000000-000002", "000003-000005", "000006-000008"]
   pair = source[source.pair_indices("walk/a")[1]]
@@ -152,7 +154,7 @@ def test_video_build_pairs_frames_of_each_sequence_and_skips_a_broken_clip(tmp_p
   summary = writer.build(_options("video", tmp_path / "davis", tmp_path / "davis_16",
                                   read=units.SourceOptions(frame_gap=1)))
   assert (summary["tasks"], summary["pairs"], summary["skipped"]) == (2, 5, 1)
-  source = sources.TfdsSource("", data_dir=str(tmp_path / "davis_16"))
+  source = sources.TfdsSource(str(tmp_path / "davis_16"))
   assert len(source.pair_indices("bear")) == 3 and len(source.pair_indices("dog")) == 2
   with pytest.raises(KeyError, match="'car' is not in"):
     source.pair_indices("car")  # its broken frame withdrew the pairs it had given
@@ -163,7 +165,7 @@ def test_heldout_tasks_are_disjoint_and_output_does_not_depend_on_workers(tmp_pa
   writer.build(_synthetic(tmp_path / "two", heldout_fraction=0.34, workers=2))
   assert one["heldout_tasks"] == 2 and one["tasks"] == 6 and one["shards"] == 5
   assert _shard_bytes(tmp_path / "one") == _shard_bytes(tmp_path / "two")
-  source = sources.TfdsSource("", data_dir=str(tmp_path / "one"))
+  source = sources.TfdsSource(str(tmp_path / "one"))
   config = tiny_test.get_config()
   config.data.source, config.data.tfds.dir = "tfds", str(tmp_path / "one")
   config.data.train_tasks, config.data.heldout_tasks, config.data.eval_fraction = (), (), 0.0

@@ -38,10 +38,11 @@ def test_preview_writes_the_training_grids_labelled(tmp_path):
   assert os.listdir(out.parent) == ["grids.png"]  # no temporary file left behind
 
 
-def test_tfds_builder_cli_writes_a_readable_data_set(tmp_path):
-  run("imagebrush_jax.data.tfds_builder", "--config", "configs/tiny_test.py",
-      f"--config.data.tfds.dir={tmp_path}", "--config.data.tfds.synthetic_pairs=2")
-  src = sources.TfdsSource("image_brush_pairs/synthetic", data_dir=str(tmp_path))
+def test_data_build_cli_writes_a_data_set_training_reads(tmp_path):
+  run("imagebrush_jax.data.build", "--source", "synthetic", "--config", "configs/tiny_test.py",
+      "--output", str(tmp_path / "built"), "--tile_size", "8", "--crop_scale", "1.25",
+      "--pairs_per_task", "2", "--workers", "1")
+  src = sources.TfdsSource(str(tmp_path / "built"))
   config = tiny_test.get_config()
   assert src.tasks == pipeline.task_vocabulary(config)
   assert len(src) == 2 * len(src.tasks)

@@ -1,4 +1,4 @@
-"""Folder and TFDS sources: round trips on a tiny data set made here, and a clear error, naming
+"""Folder and built (TFDS) sources: round trips on a tiny data set made here, and a clear error, naming
 the file or task, for each way a folder can be wrong."""
 import json
 import os
@@ -8,10 +8,12 @@ from PIL import Image
 import pytest
 
 from configs import tiny_test
+from imagebrush_jax.data import augment
 from imagebrush_jax.data import options
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.data import sources
-from imagebrush_jax.data import tfds_builder
+from imagebrush_jax.data.build import units
+from imagebrush_jax.data.build import writer
 
 BOXES = {"p0": [0.1, 0.2, 0.6, 0.9]}
 
@@ -49,7 +51,7 @@ def folder_config(root, **data):
   c.data.train_tasks = ("brighten", "invert")
   c.data.heldout_tasks = ()
   c.data.eval_fraction = 0.0  # three pairs a task: too few to hold any out (tests below split)
-  for k, v in data.items():  # tfds_name -> c.data.tfds.name
+  for k, v in data.items():  # folder_root -> c.data.folder.root
     section, key = k.split("_", 1)
     if section in ("tfds", "folder"):
       c.data[section][key] = v
@@ -211,52 +213,51 @@ def test_bad_boxes_file(tmp_path, content, message):
 # ---------------------------------------------------------------- TFDS
 
 
-def test_tfds_round_trip_of_a_folder(tmp_path):
+def _build(source: str, input_path, output, **kw) -> str:
+  """python -m imagebrush_jax.data.build at tiny_test's sizes (tile 8, 10-pixel renders), PNG."""
+  writer.build(writer.BuildOptions(source=source, input=str(input_path), output=str(output),
+                                   tile_size=8, crop_scale=1.25, image_format="png", **kw))
+  return str(output)
+
+
+def test_a_built_folder_gives_the_grids_of_the_folder(tmp_path):
   make_folder(tmp_path / "pairs")
-  config = folder_config(tmp_path / "pairs", tfds_name="image_brush_pairs/folder",
-                         tfds_dir=str(tmp_path / "tfds"))
-  path = tfds_builder.build(options.from_config(config))
-  assert os.path.isdir(path) and any("array_record" in f for f in os.listdir(path))
+  built = sources.TfdsSource(_build("folder", tmp_path / "pairs", tmp_path / "built"))
   folder = sources.FolderSource(str(tmp_path / "pairs"))
-  tfds_src = sources.TfdsSource("image_brush_pairs/folder", data_dir=str(tmp_path / "tfds"))
-  assert tfds_src.tasks == folder.tasks and len(tfds_src) == len(folder)
+  assert set(built.tasks) == set(folder.tasks) and len(built) == len(folder)
   for task in folder.tasks:
-    assert list(tfds_src.pair_indices(task)) == list(folder.pair_indices(task))
+    assert list(built.pair_indices(task)) == list(folder.pair_indices(task))
   for i in range(len(folder)):
-    a, b = folder[i], tfds_src[i]
+    a, b = folder[i], built[i]
     assert (a.task, a.pair_id) == (b.task, b.pair_id)
-    np.testing.assert_array_equal(a.before, b.before)
-    np.testing.assert_array_equal(a.after, b.after)
+    # Stored as the pipeline renders it: resized to the 10-pixel render, losslessly.
+    np.testing.assert_array_equal(augment.resize(a.before, 10, "bilinear"), b.before)
+    np.testing.assert_array_equal(augment.resize(a.after, 10, "bilinear"), b.after)
     assert (a.box is None) == (b.box is None)
     if a.box is not None:
       np.testing.assert_array_equal(a.box, b.box)
   # Same pairs at the same indices: the pipeline gives the same grids from either source.
-  with config.unlocked():
-    config.data.source = "tfds"
-  from_tfds = pipeline.make_eval_batches(config, num_grids=6, seed=3)
-  with config.unlocked():
-    config.data.source = "folder"
+  config = folder_config(tmp_path / "pairs")
   from_folder = pipeline.make_eval_batches(config, num_grids=6, seed=3)
-  for x, y in zip(from_tfds, from_folder):
+  with config.unlocked():
+    config.data.source, config.data.tfds.dir = "tfds", str(tmp_path / "built")
+  from_built = pipeline.make_eval_batches(config, num_grids=6, seed=3)
+  for x, y in zip(from_built, from_folder):
     for key in x:
       np.testing.assert_array_equal(x[key], y[key])
 
 
-def test_tfds_synthetic_pairs_match_the_synthetic_source(tmp_path):
+def test_built_synthetic_pairs_are_the_synthetic_source_s(tmp_path):
   config = tiny_test.get_config()
-  config.data.tfds.name = "image_brush_pairs/synthetic"
-  config.data.tfds.dir = str(tmp_path)
-  config.data.tfds.synthetic_pairs = 3
-  config.data.train_tasks = ("invert", "recolor")
-  config.data.heldout_tasks = ("hflip+delete",)
   opts = options.from_config(config)
-  tfds_builder.build(opts)
-  stored = sources.TfdsSource(opts.tfds_name, data_dir=opts.tfds_dir)
-  synthetic = sources.make_source(opts, seed=opts.seed)
-  assert stored.tasks == ("invert", "recolor", "hflip+delete") and len(stored) == 9
-  for task in stored.tasks:
-    for j, index in enumerate(stored.pair_indices(task)):
-      a, b = stored[index], synthetic[synthetic.pair_indices(task)[j]]
+  built = sources.TfdsSource(_build(
+      "synthetic", "", tmp_path / "built", synthetic_tasks=("invert", "recolor"),
+      pairs_per_task=3, read=units.SourceOptions(synthetic_scene=opts.scene, synthetic_size=10)))
+  assert built.tasks == ("invert", "recolor") and len(built) == 6
+  for task in built.tasks:
+    rendered = sources.SyntheticSource([task], opts.scene, 10, 0)
+    for j, index in enumerate(built.pair_indices(task)):
+      a, b = built[index], rendered[j]
       assert (a.task, a.pair_id) == (b.task, b.pair_id)
       np.testing.assert_array_equal(a.before, b.before)
       np.testing.assert_array_equal(a.after, b.after)
@@ -266,21 +267,13 @@ def test_tfds_synthetic_pairs_match_the_synthetic_source(tmp_path):
         np.testing.assert_array_equal(a.box, b.box)
 
 
-def test_tfds_data_set_that_was_never_written(tmp_path):
-  with pytest.raises(FileNotFoundError, match="write it first"):
-    sources.TfdsSource("image_brush_pairs/folder", data_dir=str(tmp_path))
-
-
-def test_builder_writes_the_folder_when_given_else_needs_the_synthetic_name(tmp_path):
-  make_folder(tmp_path / "pairs")
-  config = folder_config(tmp_path / "pairs", tfds_name="mnist", tfds_dir=str(tmp_path / "tfds"))
-  assert tfds_builder.config_to_write(options.from_config(config)) == "folder"
+def test_a_data_set_that_was_never_written(tmp_path):
+  with pytest.raises(FileNotFoundError, match="is not a data set folder; write it first"):
+    sources.TfdsSource(str(tmp_path))
   config = tiny_test.get_config()
-  config.data.tfds.name = "mnist"
-  with pytest.raises(ValueError, match="set config.data.folder.root to write your pairs as "
-                                       "image_brush_pairs/folder, or config.data.tfds.name="
-                                       "image_brush_pairs/synthetic"):
-    tfds_builder.build(options.from_config(config))
+  config.data.source = "tfds"
+  with pytest.raises(ValueError, match="config.data.tfds.dir must name a data set folder"):
+    options.from_config(config)
 
 
 # ---------------------------------------------------------------- train / held-out split
@@ -327,11 +320,8 @@ def test_eval_fraction_holds_out_pairs_that_training_never_shows(tmp_path):
   assert len(trained) == 20 - len(held)  # 96 grids show every training pair
 
   with config.unlocked():
-    config.data.tfds.dir = str(tmp_path / "tfds")
-  tfds_builder.build(options.from_config(config))
-  with config.unlocked():
     config.data.source = "tfds"
-    config.data.tfds.name = "image_brush_pairs/folder"
+    config.data.tfds.dir = _build("folder", tmp_path / "pairs", tmp_path / "built")
   stored = sources.make_source(options.from_config(config), seed=0, part="heldout")
   for task in split.tasks:
     assert stored.parts(task) == split.parts(task)

@@ -4,9 +4,10 @@
   tasks.py        task registry (global and object-level edits, compositions 'a+b')
   scenes.py       procedural scenes: sampling, rendering at any tile size, geometry edits
   imageops.py     pixel ops behind the global tasks
-  sources.py      synthetic, folder and TFDS pair sources (random access by index)
-  tfds_format.py  the TFDS data set's layout (task ranges, pair ids), for writer and reader
-  tfds_builder.py TFDS builder writing pairs as array_record shards (no TensorFlow)
+  sources.py      synthetic, folder, built (TFDS) and mixture pair sources (random access)
+  tfds_format.py  a built data set's layout (task ranges, pair ids), for writer and reader
+  task_lists.py   empty task lists filled from built data sets
+  build/          python -m imagebrush_jax.data.build: data sets from published data
   splits.py       training / evaluation pairs of a stored source, by a hash of task/pair_id
   options.py      validated view of config.data
   augment.py      resize, crop and flip applied alike to every cell of a grid

@@ -34,10 +34,7 @@ class DataOptions:
   scene: scenes.SceneParams
   folder_root: str
   folder_check_images: bool
-  tfds_name: str
-  tfds_dir: str | None
-  tfds_split: str
-  tfds_synthetic_pairs: int
+  tfds_dir: str
   mixture: tuple[tuple[str, float], ...]  # (built data set folder, weight); () = one source
   eval_fraction: float
   resize_method: str
@@ -211,9 +208,6 @@ def from_config(config: Any) -> DataOptions:
   if source == "folder" and not folder_root:
     raise ValueError("config.data.folder.root must name a folder when config.data.source is "
                      "'folder'")
-  tfds_name = str(_get(d, "tfds.name"))
-  if source == "tfds" and not tfds_name:
-    raise ValueError("config.data.tfds.name must be set when config.data.source is 'tfds'")
   raw_mixture = d.get("mixture", ())
   mixture_paths = [(f"mixture[{i}]", str(e[0])) for i, e in enumerate(raw_mixture)
                    if isinstance(e, (tuple, list)) and e] if isinstance(raw_mixture, (
@@ -227,6 +221,10 @@ def from_config(config: Any) -> DataOptions:
           f"(gcloud storage cp -r {path} /data/...) or mount the bucket with gcsfuse, and give "
           f"the local path")
   mixture = _mixture(raw_mixture, source, str(_get(d, "tfds.dir")))
+  if source == "tfds" and not mixture and not str(_get(d, "tfds.dir")):
+    raise ValueError("config.data.tfds.dir must name a data set folder written by python -m "
+                     "imagebrush_jax.data.build (or config.data.mixture several) when "
+                     "config.data.source is 'tfds'")
   return DataOptions(
       seed=_int(config.seed, "config.seed", 0, 2**32 - 1),
       batch_size=_int(config.train.batch_size, "config.train.batch_size", 1),
@@ -238,11 +236,7 @@ def from_config(config: Any) -> DataOptions:
       scene=_scene_params(d),
       folder_root=folder_root,
       folder_check_images=bool(_get(d, "folder.check_images")),
-      tfds_name=tfds_name,
-      tfds_dir=str(_get(d, "tfds.dir")) or None,
-      tfds_split=str(_get(d, "tfds.split")),
-      tfds_synthetic_pairs=_int(_get(d, "tfds.synthetic_pairs"),
-                                "config.data.tfds.synthetic_pairs", 2),
+      tfds_dir=str(_get(d, "tfds.dir")),
       mixture=mixture,
       eval_fraction=_float(_get(d, "eval_fraction"), "config.data.eval_fraction", 0.0, 0.9),
       resize_method=_choice(_get(d, "resize_method"), "config.data.resize_method",

@@ -6,8 +6,9 @@ indices of that task's pairs, so that an episode can draw several distinct pairs
   * SyntheticSource: procedural scenes, an effectively infinite index space;
   * FolderSource: ROOT/<task>/<pair_id>_before.<ext> and <pair_id>_after.<ext> (png, jpg, jpeg,
     webp), plus optional ROOT/<task>/boxes.json {"<pair_id>": [x0, y0, x1, y1]} in [0, 1];
-  * TfdsSource: array_record shards of the `image_brush_pairs` TFDS builder (tfds_builder.py),
-    read with `tfds.data_source` (no TensorFlow needed).
+  * TfdsSource: a data set folder written by `python -m imagebrush_jax.data.build` (array_record
+    shards of TFDS records, read with TFDS's data source: no TensorFlow needed);
+  * MixtureSource: several of those as one (config.data.mixture).
 
 Sources are picklable, so grain can hand them to worker processes.
 """
@@ -248,53 +249,37 @@ def _quiet_decoder_notice() -> None:
 
 
 class TfdsSource:
-  """Pairs from `image_brush_pairs` array_record shards, via TFDS's data source (no TensorFlow).
+  """Pairs of a data set folder written by `python -m imagebrush_jax.data.build` (array_record
+  shards of TFDS records, read with TFDS's data source: no TensorFlow). Both its splits are
+  held, the train split's records first; a task's pairs are in one split only."""
 
-  `data_dir` either holds TFDS data sets (`name` picks one, `split` its split), or is a folder
-  written by `python -m imagebrush_jax.data.build`: then the source holds both its splits, the
-  train split's records first, and `name` and `split` are not used.
-  """
-
-  def __init__(self, name: str, *, data_dir: str | None = None, split: str = "train"):
-    self.name, self.data_dir, self.split = name, data_dir, split
-    self.built = tfds_format.is_built_dir(data_dir)
+  def __init__(self, data_dir: str):
+    self.data_dir = data_dir
     builder = self._builder()
     self.tasks = tuple(builder.info.features["task"].names)
-    splits = ([s for s in tfds_format.BUILT_SPLITS if s in builder.info.splits] if self.built
-              else [split])
+    self._splits = tuple(s for s in tfds_format.BUILT_SPLITS if s in builder.info.splits)
     self._by_task: dict[str, range] = {}
     self._starts: list[int] = []  # first index of each split
-    self._sizes: list[int] = []
-    self._pair_ids: list[str] | None = []
-    for s in splits:
-      start = sum(self._sizes)
-      num = builder.info.splits[s].num_examples
+    self._pair_ids: list[str] = []
+    for split in self._splits:
+      start, num = len(self._pair_ids), builder.info.splits[split].num_examples
       self._starts.append(start)
-      self._sizes.append(num)
-      for task, r in tfds_format.task_ranges(builder.info, s, num).items():
+      for task, r in tfds_format.task_ranges(builder.info, split, num).items():
         self._by_task[task] = range(start + r.start, start + r.stop)
-      ids = tfds_format.pair_ids(builder.info, s)
-      self._pair_ids = None if ids is None or self._pair_ids is None else self._pair_ids + ids
-    self._splits = tuple(splits)
+      self._pair_ids += tfds_format.pair_ids(builder.info, split, num)
     self._data = None
 
   def _builder(self):
     # Imported here: TFDS is slow to import and only this source needs it.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    where = self.data_dir or "the default dir"
-    try:
-      if self.built:
-        return tfds.builder_from_directory(self.data_dir)
-      builder = tfds.builder(self.name, data_dir=self.data_dir)
-    except Exception as e:
-      raise ValueError(f"cannot open TFDS data set {self.name!r} in {where}: {e}. Write it "
-                       f"first: python -m imagebrush_jax.data.build ...") from e
-    if not builder.is_prepared():
+    if not tfds_format.is_built_dir(self.data_dir):
       raise FileNotFoundError(
-          f"TFDS data set {self.name!r} is not in {where}, and no folder written by python -m "
-          f"imagebrush_jax.data.build is there; write it first (python -m "
-          f"imagebrush_jax.data.build --output DIR ..., then config.data.tfds.dir=DIR)")
-    return builder
+          f"config.data.tfds.dir={self.data_dir!r} is not a data set folder; write it first: "
+          f"python -m imagebrush_jax.data.build --output DIR ... (README: Training data)")
+    try:
+      return tfds.builder_from_directory(self.data_dir)
+    except Exception as e:
+      raise ValueError(f"cannot open the data set in {self.data_dir}: {e}") from e
 
   def _records(self):
     if self._data is None:
@@ -309,18 +294,15 @@ class TfdsSource:
     return state
 
   def __len__(self) -> int:
-    return sum(self._sizes)
+    return len(self._pair_ids)
 
   def pair_indices(self, task: str) -> Sequence[int]:
     if task not in self._by_task:
-      raise _task_error(task, f"TFDS data set {self.data_dir if self.built else self.name}",
-                        self.tasks)
+      raise _task_error(task, f"the data set in {self.data_dir}", self.tasks)
     return self._by_task[task]
 
   def pair_id(self, index: int) -> str:
-    if self._pair_ids is not None:
-      return self._pair_ids[int(index)]
-    return self[index].pair_id  # a data set written without the id list: read the record
+    return self._pair_ids[int(index)]
 
   def __getitem__(self, index: int) -> Pair:
     index = int(index)
@@ -396,9 +378,9 @@ def make_source(opts, *, seed: int, part: str = "all") -> PairSource:
     source = FolderSource(opts.folder_root, check_images=opts.folder_check_images)
   elif opts.source == "tfds" and opts.mixture:
     dirs = [path for path, _ in opts.mixture]
-    source = MixtureSource([TfdsSource(opts.tfds_name, data_dir=path) for path in dirs], dirs)
+    source = MixtureSource([TfdsSource(path) for path in dirs], dirs)
   elif opts.source == "tfds":
-    source = TfdsSource(opts.tfds_name, data_dir=opts.tfds_dir, split=opts.tfds_split)
+    source = TfdsSource(opts.tfds_dir)
   else:
     raise ValueError(f"config.data.source must be synthetic, folder or tfds; got "
                      f"{opts.source!r}")

@@ -62,12 +62,25 @@ class Skip:
 # ---------------------------------------------------------------------------- parquet
 
 
+class UnreadableShard(ValueError):
+  """A parquet shard that cannot be opened or whose data cannot be read; names the file."""
+
+
 def _parquet_file(path: str):
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   try:
     return pq.ParquetFile(files.open_read(path))
   except Exception as e:  # pylint: disable=broad-except  # pyarrow raises several types
-    raise ValueError(f"{path}: not a readable parquet file: {' '.join(str(e).split())}") from e
+    raise UnreadableShard(f"{path}: not a readable parquet file: "
+                          f"{' '.join(str(e).split())}") from e
+
+
+def _read_group(pf, path: str, group: int, columns: Sequence[str]):
+  try:
+    return pf.read_row_group(group, columns=list(columns))
+  except Exception as e:  # pylint: disable=broad-except  # pyarrow raises several types
+    raise UnreadableShard(f"{path}: row group {group} cannot be read: "
+                          f"{' '.join(str(e).split())}") from e
 
 
 def _check_columns(path: str, names: Sequence[str], wanted: Sequence[str]) -> None:
@@ -101,7 +114,7 @@ def index_parquet(path: str, columns: Columns = Columns()) -> tuple[list[PairRef
                                                columns.instruction))
   refs, skips, row = [], [], 0
   for group in range(pf.num_row_groups):
-    table = pf.read_row_group(group, columns=[columns.instruction])
+    table = _read_group(pf, path, group, [columns.instruction])
     for text in table.column(0).to_pylist():
       task = normalise_instruction(text) if isinstance(text, str) else ""
       if task:
@@ -135,7 +148,7 @@ def read_parquet(path: str, rows: Sequence[int], columns: Columns = Columns()
       mine.append(wanted[k])
       k += 1
     if mine:
-      table = pf.read_row_group(group, columns=[columns.before, columns.after])
+      table = _read_group(pf, path, group, [columns.before, columns.after])
       before, after = table.column(0), table.column(1)
       for row in mine:
         yield (row, _image_bytes(before[row - start].as_py()),
@@ -210,7 +223,7 @@ def group_by_task(refs: Sequence[PairRef]) -> tuple[dict[str, list[PairRef]], li
 
 def index(path: str, columns: Columns = Columns()) -> tuple[list[PairRef], list[Skip]]:
   """PairRefs of either layout under `path`: prompt folders when it holds seeds.json, else
-  its parquet shards."""
+  its parquet shards (one that cannot be read is skipped)."""
   if files.isdir(path) and files.exists(files.join(path, SEEDS_FILE)):
     return index_prompt_folders(path)
   refs, skips = [], []
@@ -218,7 +231,10 @@ def index(path: str, columns: Columns = Columns()) -> tuple[list[PairRef], list[
   if not shards:
     raise FileNotFoundError(f"{path} holds neither {SEEDS_FILE} nor .parquet shards")
   for shard in shards:
-    r, s = index_parquet(shard, columns)
+    try:
+      r, s = index_parquet(shard, columns)
+    except UnreadableShard as e:  # a damaged download: skipped and listed, the rest is built
+      r, s = [], [Skip(shard, str(e))]
     refs += r
     skips += s
   return refs, skips
