@@ -149,6 +149,11 @@ def test_video_build_pairs_frames_of_each_sequence_and_skips_a_broken_clip(tmp_p
   np.testing.assert_allclose(pair.before.reshape(-1, 3).mean(0), frame(3)[0, 0], atol=8)
   np.testing.assert_allclose(pair.after.reshape(-1, 3).mean(0), frame(5)[0, 0], atol=8)
 
+  (tmp_path / "short").mkdir()
+  write_clip(tmp_path / "short" / "c.mp4", 4)  # too short for a pair at gap 4
+  with pytest.raises(ValueError, match="no task has two readable pairs; .* listed in .*errors"):
+    writer.build(_options("video", tmp_path / "short", tmp_path / "short_16"))
+
   write_davis(tmp_path / "davis", {"bear": 6, "car": 4, "dog": 4})
   (tmp_path / "davis" / "JPEGImages" / "480p" / "car" / "00002.jpg").write_bytes(b"junk")
   summary = writer.build(_options("video", tmp_path / "davis", tmp_path / "davis_16",

@@ -309,7 +309,7 @@ def _load_plan(opts: BuildOptions, work: str) -> tuple[list, list, list]:
             f"flags, or delete the folder")
     return (stored["vocabulary"], [units_lib.Unit.from_json(u) for u in stored["units"]],
             stored["skips"])
-  if os.path.isdir(opts.output) and os.listdir(opts.output):
+  if os.path.isdir(opts.output) and set(os.listdir(opts.output)) - {WORK_DIR}:
     raise ValueError(f"--output {opts.output} is not empty and holds no build; give a new or "
                      f"empty folder")
   vocabulary, units, skips = units_lib.plan_units(
@@ -345,6 +345,11 @@ def _write_metadata(opts: BuildOptions, vocabulary: Sequence[str], layout: Layou
       metadata=tfds.core.MetadataDict({
           tfds_format.RANGES_KEY: layout.ranges, tfds_format.IDS_KEY: layout.pair_ids,
           "build": summary}))
+
+
+def _write_errors(path: str, skips: Sequence[Sequence[str]]) -> None:
+  files.write_text_atomic(path, "".join(json.dumps({"where": w, "reason": r}) + "\n"
+                                        for w, r in skips))
 
 
 def build(opts: BuildOptions, *, progress: bool = False) -> dict:
@@ -384,6 +389,11 @@ def build(opts: BuildOptions, *, progress: bool = False) -> dict:
   ordered = [markers[i] for i in range(len(units))]
   layout = lay_out(ordered, opts)
   skips = skips + [s for m in ordered for s in m["skips"]] + layout.skips
+  errors_path = os.path.join(opts.output, ERRORS_FILE)
+  if not layout.ranges["train"]:
+    _write_errors(errors_path, skips)
+    raise ValueError(f"--input {opts.input}: no task has two readable pairs; what was "
+                     f"skipped, and why, is listed in {errors_path}")
   calls = []
   for split, shards in layout.shards.items():
     for i, entries in enumerate(shards):
@@ -394,8 +404,7 @@ def build(opts: BuildOptions, *, progress: bool = False) -> dict:
     _run(calls, opts, vocabulary, lambda args, result: bar.update(1))
 
   # finish: the error list, the summary, then TFDS's metadata (dataset_info.json marks it done)
-  files.write_text_atomic(os.path.join(opts.output, ERRORS_FILE),
-                          "".join(json.dumps({"where": w, "reason": r}) + "\n" for w, r in skips))
+  _write_errors(errors_path, skips)
   summary = {
       "dir": opts.output,
       "tasks": sum(len(r) for r in layout.ranges.values()),
