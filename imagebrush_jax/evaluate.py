@@ -129,11 +129,13 @@ def make_distance(inception_weights: str | None, batch_size: int = 32) -> fid_li
   return fid_lib.FID(inception.load_activations_fn(inception_weights, batch_size=batch_size))
 
 
-def evaluate_run(workdir: str, *, num_examples: int, seed: int = DEFAULT_SEED,
+def evaluate_run(workdir: str | None, *, num_examples: int, seed: int = DEFAULT_SEED,
                  step: int | None = None, batch_size: int | None = None,
                  num_steps: int | None = None, guidance_scale: float | None = None,
-                 inception_weights: str | None = None, cycle_metrics: bool = True) -> dict:
-  run = run_loading.load_run(workdir, step)
+                 inception_weights: str | None = None, cycle_metrics: bool = True,
+                 params: str | None = None) -> dict:
+  """Metrics of the run in `workdir` (at `step`), or of the run exported to `params`."""
+  run = run_loading.load(workdir, params, step)
   config = run.config
   if seed == int(config.seed):
     raise ValueError(f"--seed {seed} is the training seed: evaluation needs a fresh one")
@@ -157,7 +159,7 @@ def evaluate_run(workdir: str, *, num_examples: int, seed: int = DEFAULT_SEED,
                              generate=generate, edit=edit if cycle_metrics else None,
                              distance=make_distance(inception_weights),
                              train_tasks=tuple(config.data.train_tasks))
-  metrics.update(step=run.step, workdir=str(workdir), seed=seed,
+  metrics.update(step=run.step, workdir=str(run.workdir), seed=seed,
                  train_tasks=list(config.data.train_tasks),
                  heldout_tasks=list(config.data.heldout_tasks),
                  sampling={"num_steps": num_steps or int(config.sampling.num_steps),
@@ -173,7 +175,9 @@ def evaluate_run(workdir: str, *, num_examples: int, seed: int = DEFAULT_SEED,
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="python -m imagebrush_jax.evaluate",
                               description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", required=True)
+  run = p.add_mutually_exclusive_group(required=True)
+  run.add_argument("--workdir", help="training run folder (latest checkpoint)")
+  run.add_argument("--params", help="a run exported by python -m imagebrush_jax.export")
   p.add_argument("--num_examples", type=int, required=True, help="evaluation grids")
   p.add_argument("--output", required=True, help="metrics JSON file (written atomically)")
   p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="fresh data seed")
@@ -194,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            step=args.step, batch_size=args.batch_size, num_steps=args.steps,
                            guidance_scale=args.guidance,
                            inception_weights=args.inception_weights,
-                           cycle_metrics=not args.no_cycle)
+                           cycle_metrics=not args.no_cycle, params=args.params)
   except cli.USER_ERRORS as e:  # pylint: disable=catching-non-exception
     return cli.report(e)
   files.write_text_atomic(args.output, json.dumps(metrics, indent=2) + "\n")

@@ -3,7 +3,8 @@
 Single edit (latest checkpoint of WORKDIR, EMA parameters):
   python -m imagebrush_jax.infer --workdir DIR --before a.png --after b.png --query q.png \
       --output out.png [--box x0,y0,x1,y1] [--steps 50] [--guidance 7.5] [--seed 0]
-(--before / --after repeat, in order, for several example pairs.)
+(--before / --after repeat, in order, for several example pairs; --params model.safetensors, a
+run exported by `python -m imagebrush_jax.export`, stands in for --workdir.)
 
 Batch edit from a JSON-lines manifest (see inference/manifest.py for the row format):
   python -m imagebrush_jax.infer --workdir DIR --manifest rows.jsonl --output_dir OUT \
@@ -218,7 +219,9 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m imagebrush_jax.infer",
                               description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--workdir", required=True, help="training run folder (latest checkpoint)")
+  run = p.add_mutually_exclusive_group(required=True)
+  run.add_argument("--workdir", help="training run folder (latest checkpoint)")
+  run.add_argument("--params", help="a run exported by python -m imagebrush_jax.export")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--raw_params", action="store_true",
                  help="use the raw parameters instead of the EMA ones")
@@ -287,14 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         output=files.absolute(args.output), box=box)
 
   try:  # the messages name the folder, the checkpoint or the parameter that is wrong
-    run = run_loading.load_run(args.workdir, args.step, use_ema=not args.raw_params)
+    run = run_loading.load(args.workdir, args.params, args.step, use_ema=not args.raw_params)
   except cli.USER_ERRORS as e:  # pylint: disable=catching-non-exception
     return cli.report(e)
   try:
     spec = tile_spec(run.config)
   except ValueError as e:
-    return cli.fail(f"the run config of {args.workdir}: {e}")
-  print(f"loaded {args.workdir} step {run.step} "
+    return cli.fail(f"the run config of {args.workdir or args.params}: {e}")
+  print(f"loaded {args.workdir or args.params} step {run.step} "
         f"({'raw' if args.raw_params else 'EMA'} parameters)", file=sys.stderr)
 
   if single_row is not None:

@@ -3,6 +3,8 @@ its model, its latent space and its EMA parameters, all from the run's own check
 
     run = load_run(workdir)            # latest checkpoint
     run.config, run.model, run.space, run.params, run.step
+    save_params_file(run, "model.safetensors")   # the same, as one file
+    run = load_params_file("model.safetensors")
 
 Only the arrays a tool uses are read (the EMA parameters, and in latent space the frozen
 autoencoder's), never the optimizer state; the autoencoder's architecture comes from the saved
@@ -19,6 +21,7 @@ import ml_collections
 from imagebrush_jax import checkpoint as ckpt_lib
 from imagebrush_jax import files
 from imagebrush_jax import latent
+from imagebrush_jax.converters import params_file
 from imagebrush_jax.imagebrush import build as build_lib
 from imagebrush_jax.imagebrush import model as model_lib
 from imagebrush_jax.models import autoencoder as ae
@@ -82,6 +85,57 @@ def _check_shapes(saved: Any, wanted: Any, what: str) -> None:
         + ckpt_lib.describe_mismatch(saved_shapes, wanted_shapes))
 
 
+MODEL_KIND = "imagebrush"  # params_file kind of an exported run
+
+
+def _assemble(config: ml_collections.ConfigDict, params: Any, step: int, where: str,
+              workdir: str) -> Run:
+  """A Run from its config and parameters, after checking every array's shape against the
+  model the config builds (`where` names the checkpoint or file in errors)."""
+  model = build_lib.build_model(config)
+  space = latent.from_config(config)
+  if space is not None:
+    _check_shapes(params.get(latent.PARAMS_KEY, {}), ae.param_shapes(space.model),
+                  f"the autoencoder in {where}")
+  own = {k: v for k, v in params.items() if k != latent.PARAMS_KEY}
+  _check_shapes(own, build_lib.param_shapes(model, config), where)
+  return Run(config=config, model=model, params=params, step=int(step), workdir=str(workdir),
+             space=space)
+
+
+def save_params_file(run: Run, path: str) -> None:
+  """The run's parameters (the frozen autoencoder's included) and its config as one safetensors
+  file: no pickle, readable by any safetensors library, loaded by load_params_file."""
+  params_file.save(path, run.params, kind=MODEL_KIND,
+                   architecture={"config": run.config.to_dict(), "step": run.step,
+                                 "run": run.workdir},
+                   source=f"{run.workdir} step {run.step}")
+
+
+def load_params_file(path: str) -> Run:
+  """A run exported by save_params_file (`python -m imagebrush_jax.export`)."""
+  params, arch, _ = params_file.load(path, MODEL_KIND)
+  try:
+    config, step, workdir = config_from_json(arch["config"]), arch["step"], arch["run"]
+  except (KeyError, TypeError, AttributeError) as e:
+    raise params_file.ParamsFileError(f"{path}: its architecture metadata lacks the run's "
+                                      f"config, step or folder ({e})") from e
+  return _assemble(config, params, step, f"parameter file {path}", workdir)
+
+
+def load(workdir: str | None = None, params: str | None = None, step: int | None = None, *,
+         use_ema: bool = True) -> Run:
+  """A run from its folder (`workdir`, at `step`) or from its exported file (`params`)."""
+  if (workdir is None) == (params is None):
+    raise ValueError("give a run folder (--workdir) or an exported file (--params), not both")
+  if params is not None:
+    if step is not None or not use_ema:
+      raise ValueError("--step and --raw_params choose a checkpoint of a run folder; an "
+                       "exported file holds one set of parameters")
+    return load_params_file(params)
+  return load_run(workdir, step, use_ema=use_ema)
+
+
 def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> Run:
   """Config, model, latent space and parameters of the run in `workdir` (latest checkpoint)."""
   files.check_access(workdir)
@@ -96,9 +150,7 @@ def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> 
   if step is None:
     raise FileNotFoundError(f"no checkpoints in {ckpt_lib.checkpoint_dir(workdir)}")
   config = load_config(workdir, step)
-  model = build_lib.build_model(config)
-  space = latent.from_config(config)
-  if space is None:
+  if not latent.is_latent(config):
     step, state = ckpt_lib.load_arrays(workdir, step, [key])
     params = state[key]
   else:
@@ -106,9 +158,4 @@ def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> 
     step, state = ckpt_lib.load_arrays(workdir, step, [key, f"params/{latent.PARAMS_KEY}"])
     params = {**{k: v for k, v in state[key].items() if k != latent.PARAMS_KEY},
               latent.PARAMS_KEY: state["params"][latent.PARAMS_KEY]}
-    _check_shapes(params[latent.PARAMS_KEY], ae.param_shapes(space.model),
-                  f"the autoencoder in checkpoint step {step} in {workdir}")
-  own = {k: v for k, v in params.items() if k != latent.PARAMS_KEY}
-  _check_shapes(own, build_lib.param_shapes(model, config), f"checkpoint step {step} in {workdir}")
-  return Run(config=config, model=model, params=params, step=int(step), workdir=str(workdir),
-             space=space)
+  return _assemble(config, params, step, f"checkpoint step {step} in {workdir}", workdir)

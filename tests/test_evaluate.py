@@ -150,3 +150,13 @@ def test_evaluate_cli_on_tiny_checkpoint(tmp_path):
   # The training seed is refused: evaluation data must be fresh.
   assert evaluate.main(["--workdir", tiny_workdir(), "--num_examples", "2", "--output",
                         str(tmp_path / "x.json"), "--seed", "0"]) == 2
+  # The run exported as one file scores exactly the same.
+  from imagebrush_jax import export  # pylint: disable=g-import-not-at-top
+  exported = str(tmp_path / "m.safetensors")
+  assert export.main(["--workdir", tiny_workdir(), "--output", exported]) == 0
+  assert evaluate.main(["--params", exported, "--num_examples", "6",
+                        "--output", str(tmp_path / "p.json"), "--steps", "2",
+                        "--batch_size", "4"]) == 0
+  from_file = json.loads((tmp_path / "p.json").read_text())
+  for key in ("accuracy", "psnr", "ssim", "copy_psnr", "prompt_fidelity", "step", "workdir"):
+    assert from_file[key] == m[key], key

@@ -4,6 +4,7 @@ import json
 import os
 import warnings
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -252,3 +253,51 @@ def test_cli_usage_errors(image_dir):
     infer.main(["--workdir", "x", "--before", "a", "--query", "q", "--output", "o"])
   with pytest.raises(SystemExit):
     infer.main(["--workdir", "x", "--manifest", "m.jsonl"])  # no --output_dir
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def test_exported_file_edits_exactly_as_the_checkpoint_and_re_exports_byte_identical(
+    workdir, image_dir, tmp_path):
+  from imagebrush_jax import export  # pylint: disable=g-import-not-at-top
+  model_file = tmp_path / "model.safetensors"
+  assert export.main(["--workdir", workdir, "--output", str(model_file)]) == 0
+  from_run, from_file = run_loading.load_run(workdir), run_loading.load_params_file(
+      str(model_file))
+  assert from_file.step == from_run.step and from_file.workdir == workdir
+  assert from_file.config.to_dict() == from_run.config.to_dict()
+  for a, b in zip(jax.tree.leaves(from_run.params), jax.tree.leaves(from_file.params)):
+    np.testing.assert_array_equal(a, b)
+  again = tmp_path / "again.safetensors"
+  run_loading.save_params_file(from_file, str(again))
+  assert again.read_bytes() == model_file.read_bytes()
+
+  edit = ["--before", str(image_dir / "a.png"), "--after", str(image_dir / "b.png"),
+          "--query", str(image_dir / "a.png"), "--steps", "2", "--seed", "3"]
+  assert infer.main(["--workdir", workdir, "--output", str(tmp_path / "w.png"), *edit]) == 0
+  assert infer.main(["--params", str(model_file), "--output", str(tmp_path / "p.png"),
+                     *edit]) == 0
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "w.png")),
+                                np.asarray(Image.open(tmp_path / "p.png")))
+
+
+def test_export_errors_name_the_file(workdir, tmp_path, capsys):
+  from imagebrush_jax.converters import params_file  # pylint: disable=g-import-not-at-top
+  vae_like = tmp_path / "vae.safetensors"
+  params_file.save(str(vae_like), {"w": np.zeros(2, np.float32)}, kind="autoencoder_kl",
+                   architecture={})
+  assert infer.main(["--params", str(vae_like), "--before", "a.png", "--after", "b.png",
+                     "--query", "q.png", "--output", str(tmp_path / "o.png")]) == 2
+  assert f"{vae_like}: holds a 'autoencoder_kl' model, not a 'imagebrush' one" in (
+      capsys.readouterr().err)
+  with pytest.raises(ValueError, match="--step and --raw_params choose a checkpoint"):
+    run_loading.load(params=str(vae_like), step=2)
+  model_file = tmp_path / "model.safetensors"
+  run = run_loading.load_run(workdir)
+  broken = dict(run.params)
+  broken.pop(sorted(broken)[0])  # a missing key
+  run_loading.save_params_file(run_loading.Run(run.config, run.model, broken, run.step,
+                                               run.workdir, run.space), str(model_file))
+  with pytest.raises(Exception, match=f"parameter file {model_file} does not fit its own config"):
+    run_loading.load_params_file(str(model_file))

@@ -121,15 +121,29 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return tree
 
 
+def float32_safetensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
+  """The safetensors encoding of float32 `tensors`, tensors and metadata in key order: the same
+  input always gives the same bytes (the safetensors library orders its header by hashing)."""
+  header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+  chunks, offset = [], 0
+  for name in sorted(tensors):
+    data = np.ascontiguousarray(np.asarray(tensors[name], "<f4")).tobytes()
+    header[name] = {"dtype": "F32", "shape": list(np.shape(tensors[name])),
+                    "data_offsets": [offset, offset + len(data)]}
+    chunks.append(data)
+    offset += len(data)
+  raw = json.dumps(header, separators=(",", ":")).encode()
+  raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as the library writes it
+  return struct.pack("<Q", len(raw)) + raw + b"".join(chunks)
+
+
 def save(path: str | os.PathLike, params: Mapping[str, Any], *, kind: str,
          architecture: Mapping[str, Any], source: str = "") -> None:
-  """Writes a 'params' tree as a converted-params file (float32), atomically."""
-  tensors = {name: np.ascontiguousarray(np.asarray(value, np.float32))
-             for name, value in flatten(params).items()}
+  """Writes a 'params' tree as a converted-params file (float32), atomically; the same
+  parameters give the same bytes however the tree was built."""
   metadata = {KIND_KEY: kind, ARCH_KEY: json.dumps(dict(architecture), sort_keys=True),
               VERSION_KEY: FORMAT_VERSION, SOURCE_KEY: source}
-  from safetensors.numpy import save as st_save  # pylint: disable=g-import-not-at-top
-  files.write_bytes_atomic(path, st_save(tensors, metadata=metadata))
+  files.write_bytes_atomic(path, float32_safetensors(flatten(params), metadata))
 
 
 def load(path: str | os.PathLike, kind: str) -> tuple[dict[str, Any], dict[str, Any],
