@@ -207,7 +207,8 @@ def test_readme_commands_run_at_tiny_size(tmp_path):
       assert "step 2/2 | loss" in proc.stdout, (command, proc.stdout[-3000:])
   expect = ["runs/demo/metrics.json", "runs/demo/report.png", "runs/demo/accuracy_curve.png",
             "grids.png", "sd_vae.safetensors", "y.png", "vit.safetensors", "out.png",
-            "out/q_edited.png", "metrics.json", "model.safetensors", "out_file.png", "runs/autoencoder_tiny/autoencoder.safetensors",
+            "out/q_edited.png", "metrics.json", "model.safetensors", "out_file.png",
+            "runs/autoencoder_tiny/autoencoder.safetensors",
             "runs/mine/checkpoints/2", "runs/mine_shards/checkpoints/2", "runs/paper/checkpoints/2",
             "runs/latent_tiny/checkpoints/2"]
   missing = [p for p in expect if not os.path.exists(os.path.join(work, p))]
