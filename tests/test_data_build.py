@@ -21,6 +21,7 @@ from imagebrush_jax.data import sources
 from imagebrush_jax.data import task_lists
 from imagebrush_jax.data.build import units
 from imagebrush_jax.data.build import writer
+from imagebrush_jax.metrics import image_quality
 from published_data import frame
 from published_data import jpeg
 from published_data import write_clip
@@ -58,8 +59,7 @@ def _shard_bytes(path) -> dict[str, bytes]:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-  mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-  return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+  return float(image_quality.psnr(a[None], b[None])[0])
 
 
 def test_ip2p_parquet_build_groups_by_instruction_and_lists_what_it_skips(tmp_path):

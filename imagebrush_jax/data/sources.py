@@ -320,7 +320,7 @@ class TfdsSource:
 
 class MixtureSource:
   """Several sources as one: their index spaces end to end, their task names pooled (each
-  name in one source only). `parts[i]` is source i's task names (for weighting them)."""
+  name in one source only)."""
 
   def __init__(self, parts: Sequence[PairSource], names: Sequence[str]):
     self.sources, self.names = tuple(parts), tuple(names)
@@ -334,7 +334,6 @@ class MixtureSource:
         owner[task] = name
       start += len(source)
     self.tasks = tuple(owner)
-    self.parts = tuple(tuple(source.tasks) for source in self.sources)
     self._owner = {task: self.names.index(n) for task, n in owner.items()}
 
   def __len__(self) -> int:

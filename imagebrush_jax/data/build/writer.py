@@ -105,11 +105,14 @@ class BuildOptions:
 
 # ---------------------------------------------------------------------------- pass 1: encode
 
-_WORKER: dict[str, Any] = {}  # per process: the features and options encode_unit uses
+_WORKER: dict[str, Any] = {}  # per process: what encode_unit uses (set by _init_worker)
 
 
 def _init_worker(vocabulary: Sequence[str], opts: BuildOptions) -> None:
-  _WORKER["features"] = tfds_format.features(vocabulary, opts.image_format)
+  from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
+  features = tfds_format.features(vocabulary, opts.image_format)
+  _WORKER["features"] = features
+  _WORKER["serializer"] = example_serializer.ExampleSerializer(features.get_serialized_info())
   _WORKER["opts"] = opts
 
 
@@ -118,22 +121,19 @@ def _encode_image(image: bytes | np.ndarray, opts: BuildOptions) -> bytes:
     with Image.open(io.BytesIO(image)) as decoded:
       image = np.asarray(decoded.convert("RGB"), np.uint8)
   image = augment.resize(image, opts.image_size, opts.resize_method)
+  if opts.image_format == "png":
+    return files.png_bytes(image)
   buf = io.BytesIO()
-  if opts.image_format == "jpeg":
-    Image.fromarray(image).save(buf, format="JPEG", quality=opts.jpeg_quality)
-  else:
-    Image.fromarray(image).save(buf, format="PNG")
+  Image.fromarray(image).save(buf, format="JPEG", quality=opts.jpeg_quality)
   return buf.getvalue()
 
 
-def _serialize(features, example: dict) -> bytes:
+def _serialize(example: dict) -> bytes:
   """features.serialize_example, with the proto's map fields in a fixed order (protobuf's
   default order follows the process's string hashing, so identical input would give different
   bytes in different worker processes)."""
-  from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
-  serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
-  return serializer.get_tf_example(features.encode_example(example)).SerializeToString(
-      deterministic=True)
+  encoded = _WORKER["features"].encode_example(example)
+  return _WORKER["serializer"].get_tf_example(encoded).SerializeToString(deterministic=True)
 
 
 def unit_paths(work: str, index: int) -> tuple[str, str]:
@@ -147,7 +147,6 @@ def encode_unit(index: int, unit: units_lib.Unit, work: str) -> dict:
   marker. Runs in a worker process set up by _init_worker."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   opts: BuildOptions = _WORKER["opts"]
-  features = _WORKER["features"]
   records_path, marker_path = unit_paths(work, index)
   records: list[list[str] | None] = []
   skips: list[list[str]] = []
@@ -168,7 +167,7 @@ def encode_unit(index: int, unit: units_lib.Unit, work: str) -> dict:
                       f"cannot decode image: {' '.join(str(e).split())}"])
         continue
       box = event.box
-      writer.write(_serialize(features, {
+      writer.write(_serialize({
           "before": before, "after": after, "task": event.task, "pair_id": event.pair_id,
           "box": np.asarray(box if box is not None else (0, 0, 1, 1), np.float32),
           "has_box": box is not None}))
