@@ -158,6 +158,16 @@ def _scene_params(data: Any) -> scenes.SceneParams:
   )
 
 
+def _check_local(key: str, path: str) -> None:
+  """Training data is read from local disk: a bucket URL is refused, naming the key."""
+  if files.is_remote(path):
+    raise ValueError(
+        f"{key}={path}: training data is read from local disk; array_record "
+        f"shards and image folders cannot be read from object storage directly. Copy them "
+        f"(gcloud storage cp -r {path} /data/...) or mount the bucket with gcsfuse, and give "
+        f"the local path")
+
+
 def _mixture(value: Any, source: str, tfds_dir: str) -> tuple[tuple[str, float], ...]:
   """config.data.mixture: (built data set folder, weight) pairs, read by the tfds source."""
   key = "config.data.mixture"
@@ -171,6 +181,7 @@ def _mixture(value: Any, source: str, tfds_dir: str) -> tuple[tuple[str, float],
     if (isinstance(entry, str) or not isinstance(entry, (tuple, list)) or len(entry) != 2
         or not isinstance(entry[0], str)):
       raise ValueError(f"{key}[{i}] must be (data set folder, weight), got {entry!r}")
+    _check_local(f"{key}[{i}]", entry[0])
     weight = _float(entry[1], f"{key}[{i}] weight", 0.0, float("inf"))
     if weight <= 0:
       raise ValueError(f"{key}[{i}] weight must be positive, got {weight}")
@@ -208,19 +219,9 @@ def from_config(config: Any) -> DataOptions:
   if source == "folder" and not folder_root:
     raise ValueError("config.data.folder.root must name a folder when config.data.source is "
                      "'folder'")
-  raw_mixture = d.get("mixture", ())
-  mixture_paths = [(f"mixture[{i}]", str(e[0])) for i, e in enumerate(raw_mixture)
-                   if isinstance(e, (tuple, list)) and e] if isinstance(raw_mixture, (
-                       tuple, list)) else []
-  for key, path in [("folder.root", folder_root), ("tfds.dir", str(_get(d, "tfds.dir")))
-                    ] + mixture_paths:
-    if files.is_remote(path):
-      raise ValueError(
-          f"config.data.{key}={path}: training data is read from local disk; array_record "
-          f"shards and image folders cannot be read from object storage directly. Copy them "
-          f"(gcloud storage cp -r {path} /data/...) or mount the bucket with gcsfuse, and give "
-          f"the local path")
-  mixture = _mixture(raw_mixture, source, str(_get(d, "tfds.dir")))
+  for key, path in (("folder.root", folder_root), ("tfds.dir", str(_get(d, "tfds.dir")))):
+    _check_local(f"config.data.{key}", path)
+  mixture = _mixture(d.get("mixture", ()), source, str(_get(d, "tfds.dir")))
   if source == "tfds" and not mixture and not str(_get(d, "tfds.dir")):
     raise ValueError("config.data.tfds.dir must name a data set folder written by python -m "
                      "imagebrush_jax.data.build (or config.data.mixture several) when "
