@@ -95,6 +95,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.unet.transformer_depth = 1
   c.model.unet.norm_groups = 32
   c.model.unet.dropout = 0.0
+  # A converted UNet to start from (python -m imagebrush_jax.convert --from sd_unet): its
+  # architecture must be model.unet's, its cross-attention width model.prompt.mixer.width; the
+  # input convolution is widened with zeros for the known grid and mask. "" = random.
+  c.model.unet_init = ""
 
   c.model.prompt = ml_collections.ConfigDict()
   c.model.prompt.image_size = 0  # resize prompt tiles to this before the ViT; 0 = tile size

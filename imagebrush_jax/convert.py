@@ -6,17 +6,24 @@
   python -m imagebrush_jax.convert --from vit --input FILE.safetensors --output vit.safetensors \
       [--num_heads 12] [--lossy]
       timm / Hugging Face ViT, SigLIP or CLIP vision weights -> the prompt encoder's ViT.
+  python -m imagebrush_jax.convert --from sd_unet --input DIR --output unet.safetensors [--verify]
+      DIR: a diffusers UNet2DConditionModel folder (Stable Diffusion 1.x / 2.x `unet/`) -> the
+      UNet in SD's layout, for config.model.unet_init. --verify (needs torch + diffusers) runs
+      diffusers' UNet and the converted one on the same random input and prints a JSON line with
+      their max_abs_diff; the exit status is 1 if it exceeds 1e-4.
 
 The output is a safetensors file whose tensors are the Flax parameters under their '/'-joined
-paths (e.g. `encoder/conv_in/kernel`, HWIO / [in, out] layouts, float32) and whose header metadata
-holds `imagebrush_jax.kind` ('autoencoder_kl' | 'vit'), `imagebrush_jax.architecture` (JSON of the
-sizes), `imagebrush_jax.version` and `imagebrush_jax.source`; see converters/params_file.py. No
-pickle is read or written. The file is written atomically. Missing or unexpected keys and shape
-mismatches stop the conversion with one error that lists them. (An autoencoder trained here
-needs no conversion: `imagebrush_jax.train_autoencoder` exports this format itself.)
+paths (e.g. `encoder/conv_in/kernel`, HWIO / [in, out] layouts, float32) and whose header
+metadata holds `imagebrush_jax.kind` ('autoencoder_kl' | 'vit' | 'unet'),
+`imagebrush_jax.architecture` (JSON of the sizes), `imagebrush_jax.version` and
+`imagebrush_jax.source`; see converters/params_file.py. No pickle is read or written. The file
+is written atomically. Missing or unexpected keys and shape mismatches stop the conversion with
+one error that lists them. (An autoencoder trained here needs no conversion:
+`imagebrush_jax.train_autoencoder` exports this format itself.)
 """
 from __future__ import annotations
 
+import json
 import sys
 
 from absl import app
@@ -25,10 +32,11 @@ from absl import flags
 from imagebrush_jax import files
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.converters import params_file
+from imagebrush_jax.converters import sd_unet
 from imagebrush_jax.converters import sd_vae
 from imagebrush_jax.converters import vit as vit_conv
 
-SOURCES = ("sd_vae", "vit")
+SOURCES = ("sd_vae", "sd_unet", "vit")
 
 
 def convert_sd_vae(folder: str, output: str) -> list[str]:
@@ -38,6 +46,20 @@ def convert_sd_vae(folder: str, output: str) -> list[str]:
   return [f"AutoencoderKL: block_out_channels={list(arch.block_out_channels)}, "
           f"layers_per_block={arch.layers_per_block}, latent_channels={arch.latent_channels}, "
           f"f={arch.downsample_factor}, scaling_factor={arch.scaling_factor}, {len(n)} tensors"]
+
+
+def convert_sd_unet(folder: str, output: str, verify: bool) -> tuple[list[str], dict | None]:
+  """Converts, writes, and with `verify` compares against diffusers (the comparison, or None)."""
+  params, arch = sd_unet.convert(folder)
+  check = sd_unet.verify(folder, params, arch) if verify else None
+  sd_unet.save(output, params, arch, source=f"sd_unet:{files.absolute(folder)}")
+  heads = sd_unet.heads_per_level(arch["channels"], arch["num_heads"], arch["head_dim"])
+  notes = [f"UNet: channels={arch['channels']}, attention={arch['attention']}, "
+           f"num_res_blocks={arch['num_res_blocks']}, heads per level={heads}, "
+           f"cross_attention_dim={arch['cross_attention_dim']}, "
+           f"{len(params_file.flatten(params))} tensors (set config.model.unet.* to these, "
+           f"config.model.prompt.mixer.width = {arch['cross_attention_dim']})"]
+  return notes, check
 
 
 def convert_vit(path: str, output: str, num_heads: int | None, lossy: bool) -> list[str]:
@@ -56,9 +78,14 @@ def main(argv):
   source, path, output = _FROM.value, _INPUT.value, _OUTPUT.value
   if files.absolute(path) == files.absolute(output):
     raise app.UsageError("--output must differ from --input")
+  if _VERIFY.value and source != "sd_unet":
+    raise app.UsageError("--verify is for --from sd_unet")
+  check = None
   try:
     if source == "sd_vae":
       notes = convert_sd_vae(path, output)
+    elif source == "sd_unet":
+      notes, check = convert_sd_unet(path, output, _VERIFY.value)
     else:
       notes = convert_vit(path, output, _NUM_HEADS.value, _LOSSY.value)
   except (ValueError, FileNotFoundError) as e:
@@ -67,6 +94,12 @@ def main(argv):
   for line in notes:
     print(line)
   print(f"wrote {output}")
+  if check is not None:
+    print(json.dumps(check))
+    if not check["ok"]:
+      print(f"error: the converted UNet differs from diffusers' by {check['max_abs_diff']:.3g} "
+            f"(tolerance {check['tolerance']})", file=sys.stderr)
+      sys.exit(1)
 
 
 if __name__ == "__main__":
@@ -80,5 +113,8 @@ if __name__ == "__main__":
   _LOSSY = flags.DEFINE_bool("lossy", False,
                              "vit: drop what the target ViT cannot represent (class token, "
                              "pre-norm, query biases, non-exact GELU) instead of failing.")
+  _VERIFY = flags.DEFINE_bool("verify", False,
+                              "sd_unet: compare the converted UNet with diffusers' on a random "
+                              "input and print the JSON result (needs torch + diffusers).")
   flags.mark_flags_as_required(["from", "input", "output"])
   app.run(main)

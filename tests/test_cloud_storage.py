@@ -211,19 +211,19 @@ def test_missing_bucket_and_shards_in_a_bucket_are_one_line_errors(gcs_emulator)
 
 
 def test_diffusers_folder_in_a_bucket_is_found_and_its_shards_read(gcs_emulator):
-  """The SD VAE converter's folder reading on a bucket: the vae/ sub-folder is found and the
-  safetensors shards its index lists are read (the conversion itself: test_convert_sd_vae)."""
+  """The converters' diffusers folder reading on a bucket: the vae/ sub-folder is found and the
+  safetensors shards its index lists are read (the conversions themselves: test_convert_*)."""
   from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
-  from imagebrush_jax.converters import sd_vae  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.converters import diffusers_folder as df
   shards = {"model-1.safetensors": {"a.weight": np.ones((2, 3), np.float32)},
             "model-2.safetensors": {"b.bias": np.arange(4, dtype=np.float32)}}
   for name, tensors in shards.items():
     files.write_bytes_atomic(f"gs://test/sd/vae/{name}", save(tensors))
   index = {"weight_map": {k: name for name, t in shards.items() for k in t}}
-  files.write_text_atomic(f"gs://test/sd/vae/{sd_vae.WEIGHTS_INDEX}", json.dumps(index))
-  files.write_text_atomic(f"gs://test/sd/vae/{sd_vae.CONFIG}", "{}")
-  folder = sd_vae.resolve_folder("gs://test/sd")
+  files.write_text_atomic(f"gs://test/sd/vae/{df.WEIGHTS_INDEX}", json.dumps(index))
+  files.write_text_atomic(f"gs://test/sd/vae/{df.CONFIG}", "{}")
+  folder = df.resolve_folder("gs://test/sd", "vae", "AutoencoderKL")
   assert folder == "gs://test/sd/vae"
-  state = sd_vae.read_weights(folder)
+  state = df.read_weights(folder)
   assert sorted(state) == ["a.weight", "b.bias"]
   np.testing.assert_array_equal(state["b.bias"], np.arange(4, dtype=np.float32))

@@ -6,7 +6,7 @@ safetensors library):
   tensors   one per Flax parameter, named by its '/'-joined path in the 'params' tree, e.g.
             `encoder/down_blocks_0/resnets_0/conv1/kernel` (layout HWIO / [in, out], float32);
   metadata  the safetensors header's string map:
-              imagebrush_jax.kind          'autoencoder_kl' | 'vit'
+              imagebrush_jax.kind          'autoencoder_kl' | 'vit' | 'unet' | 'imagebrush'
               imagebrush_jax.architecture  JSON of the sizes the module is built from
               imagebrush_jax.version       format version, '1'
               imagebrush_jax.source        where the weights came from (free text)

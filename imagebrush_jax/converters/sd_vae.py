@@ -12,26 +12,22 @@ error that lists them all.
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Mapping
 
 import numpy as np
 
 from imagebrush_jax import files
+from imagebrush_jax.converters import diffusers_folder
 from imagebrush_jax.converters import params_file
+from imagebrush_jax.converters.diffusers_folder import CONFIG, WEIGHTS, ConversionError
 from imagebrush_jax.models import autoencoder as ae
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"
-WEIGHTS_INDEX = WEIGHTS + ".index.json"
-CONFIG = "config.json"
+__all__ = ["CONFIG", "WEIGHTS", "ConversionError", "convert", "convert_state_dict"]
+
 _DOWN_BLOCK, _UP_BLOCK = "DownEncoderBlock2D", "UpDecoderBlock2D"
 _OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 _OLD_ATTENTION = re.compile(r"^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)\.(weight|bias)$")
-
-
-class ConversionError(ValueError):
-  """The input does not convert; the message names the file and the offending keys."""
 
 
 # ---------------------------------------------------------------------------- architecture
@@ -85,18 +81,6 @@ def torch_name(flax_path: str) -> str:
   return ".".join(modules + ["weight" if leaf in ("kernel", "scale") else leaf])
 
 
-def to_flax_layout(value: np.ndarray, leaf: str, want_shape: tuple[int, ...]) -> np.ndarray:
-  """One PyTorch tensor in the Flax layout of parameter `leaf` ('kernel' | 'scale' | 'bias')."""
-  value = np.asarray(value, np.float32)
-  if leaf == "kernel" and value.ndim == 4 and len(want_shape) == 2 and value.shape[2:] == (1, 1):
-    value = value[:, :, 0, 0]  # a 1x1 conv standing in for a linear layer (old attention)
-  if leaf == "kernel" and value.ndim == 4:
-    return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-  if leaf == "kernel" and value.ndim == 2:
-    return value.T  # [out, in] -> [in, out]
-  return value
-
-
 def canonical_names(state: Mapping[str, np.ndarray]) -> dict[str, str]:
   """{current diffusers name: name in the file}, renaming the deprecated attention names."""
   names = {}
@@ -119,69 +103,27 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: ae.AutoencoderConf
   for name in sorted(set(expected) & set(names)):
     path = expected[name]
     want = tuple(shapes[path].shape)
-    value = to_flax_layout(state[names[name]], path.rsplit("/", 1)[-1], want)
+    value = diffusers_folder.to_flax_layout(state[names[name]], path.rsplit("/", 1)[-1], want)
     if value.shape != want:
       reshaped.append(f"{names[name]} {list(np.shape(state[names[name]]))} -> {path} "
                       f"needs {list(want)}")
     converted[path] = value
-  if missing or extra or reshaped:
-    lines = [f"{where} does not match the AutoencoderKL its config.json describes "
-             f"(block_out_channels={list(arch.block_out_channels)}, layers_per_block="
-             f"{arch.layers_per_block}, latent_channels={arch.latent_channels}):"]
-    for title, items in ((f"{len(missing)} missing key(s)", missing),
-                         (f"{len(extra)} unexpected key(s)", extra),
-                         (f"{len(reshaped)} shape mismatch(es)", reshaped)):
-      if items:
-        lines.append(f"  {title}:")
-        lines.extend(f"    {item}" for item in items[:30])
-        if len(items) > 30:
-          lines.append(f"    ... and {len(items) - 30} more")
-    raise ConversionError("\n".join(lines))
+  error = diffusers_folder.key_mismatch_error(
+      f"{where} does not match the AutoencoderKL its config.json describes "
+      f"(block_out_channels={list(arch.block_out_channels)}, layers_per_block="
+      f"{arch.layers_per_block}, latent_channels={arch.latent_channels}):",
+      missing, extra, reshaped)
+  if error:
+    raise error
   return params_file.unflatten(converted)
-
-
-# ---------------------------------------------------------------------------- folders
-
-
-def resolve_folder(folder: str) -> str:
-  """The folder holding the VAE's config.json: `folder` itself or its `vae/` sub-folder."""
-  if files.isfile(files.join(folder, CONFIG)):
-    return folder
-  if files.isfile(files.join(folder, "vae", CONFIG)):
-    return files.join(folder, "vae")
-  if not files.isdir(folder):
-    raise ConversionError(f"{folder} is not a folder (expected a diffusers AutoencoderKL folder "
-                          f"with {CONFIG} and {WEIGHTS})")
-  raise ConversionError(f"{folder} has no {CONFIG} (nor vae/{CONFIG}); expected a diffusers "
-                        f"AutoencoderKL folder with {CONFIG} and {WEIGHTS}")
-
-
-def read_weights(folder: str) -> dict[str, np.ndarray]:
-  """The folder's tensors: one safetensors file or the shards its index lists."""
-  single, index = files.join(folder, WEIGHTS), files.join(folder, WEIGHTS_INDEX)
-  if files.isfile(single):
-    return params_file.read_safetensors(single)[0]
-  if files.isfile(index):
-    try:
-      shards = sorted(set(json.loads(files.read_bytes(index))["weight_map"].values()))
-    except (OSError, ValueError, KeyError, AttributeError) as e:
-      raise ConversionError(f"{index}: not a safetensors index ({e})") from e
-    state = {}
-    for shard in shards:
-      state.update(params_file.read_safetensors(files.join(folder, shard))[0])
-    return state
-  others = sorted(n for n in files.listdir(folder) if n.endswith((".bin", ".pt", ".ckpt", ".pth")))
-  hint = (f"; found {', '.join(others)}: pickled PyTorch files are not read (unsafe), re-save "
-          f"them as safetensors" if others else "")
-  raise ConversionError(f"{folder} has no {WEIGHTS}{hint}")
 
 
 def convert(folder: str) -> tuple[dict[str, Any], ae.AutoencoderConfig]:
   """(params, architecture) of the diffusers AutoencoderKL in `folder`."""
-  folder = resolve_folder(folder)
+  folder = diffusers_folder.resolve_folder(folder, "vae", "AutoencoderKL")
   config_path = files.join(folder, CONFIG)
   cfg = files.read_json_object(config_path, ConversionError)
   arch = architecture_from_diffusers(cfg, config_path)
-  state = read_weights(folder)
+  state = diffusers_folder.read_weights(folder)
   params = convert_state_dict(state, arch, files.join(folder, WEIGHTS))
   return params, arch

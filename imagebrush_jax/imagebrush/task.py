@@ -27,6 +27,7 @@ import ml_collections
 from imagebrush_jax import latent
 from imagebrush_jax import train_state
 from imagebrush_jax.converters import params_file
+from imagebrush_jax.converters import sd_unet
 from imagebrush_jax.converters import vit as vit_conv
 from imagebrush_jax.diffusion import ddim
 from imagebrush_jax.diffusion import losses
@@ -155,6 +156,27 @@ def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDic
   return sample_fn
 
 
+def _pretrained_starts(model: model_lib.ImageBrush, config: ml_collections.ConfigDict
+                       ) -> tuple[dict | None, dict | None]:
+  """(ViT params, UNet params) from config.model.prompt.vit_init / config.model.unet_init, each
+  None where unset; read and checked against the model's shapes before anything is compiled."""
+  vit_init = config.model.prompt.get("vit_init", "")
+  unet_init = config.model.get("unet_init", "")
+  if not (vit_init or unet_init):
+    return None, None
+  shapes = build_lib.param_shapes(model, config)
+  vit_start = unet_start = None
+  if vit_init:
+    vit_start = vit_conv.params_for_config(vit_init, config.model.prompt, config.data.tile_size)
+    params_file.check_tree(vit_start, shapes["prompt_encoder"]["vit"],
+                           f"config.model.prompt.vit_init = {vit_init}")
+  if unet_init:
+    unet_start = sd_unet.params_for_config(
+        unet_init, config, shapes["unet"]["conv_in"]["kernel"].shape[2])
+    params_file.check_tree(unet_start, shapes["unet"], f"config.model.unet_init = {unet_init}")
+  return vit_start, unet_start
+
+
 def build(config: ml_collections.ConfigDict,
           autoencoder: tuple[latent.LatentSpace, dict] | None = None) -> train_state.Trainable:
   """The Trainable of `config`; `autoencoder` = latent.load(config) in latent space.
@@ -162,7 +184,9 @@ def build(config: ml_collections.ConfigDict,
   In latent space (config.model.latent_factor > 1) the parameters also hold the frozen
   autoencoder (params[latent.PARAMS_KEY]), which the optimizer leaves unchanged; see latent.py.
   config.model.prompt.vit_init, if set, names a converted ViT file
-  (python -m imagebrush_jax.convert --from vit) that initialises the prompt encoder's backbone.
+  (python -m imagebrush_jax.convert --from vit) that initialises the prompt encoder's backbone;
+  config.model.unet_init a converted UNet (--from sd_unet) that initialises the UNet, its input
+  convolution widened with zeros for the known grid and the mask (sd_unet.params_for_config).
   """
   model = build_lib.build_model(config)
   optimizer, schedule = train_state.make_optimizer(config.train)
@@ -170,19 +194,15 @@ def build(config: ml_collections.ConfigDict,
   latent.check_space(config, space)
   if space is not None:
     optimizer = latent.freeze(optimizer)
-  vit_init = config.model.prompt.get("vit_init", "")
-  vit_start = None
-  if vit_init:
-    vit_start = vit_conv.params_for_config(vit_init, config.model.prompt, config.data.tile_size)
-    params_file.check_tree(vit_start,
-                           build_lib.param_shapes(model, config)["prompt_encoder"]["vit"],
-                           f"config.model.prompt.vit_init = {vit_init}")
+  vit_start, unet_start = _pretrained_starts(model, config)
 
   def init_params(rng: jax.Array):
     params = build_lib.init_params(model, config, rng)
     if vit_start is not None:
       prompt = {**params["prompt_encoder"], "vit": jax.tree.map(jnp.asarray, vit_start)}
       params = {**params, "prompt_encoder": prompt}
+    if unet_start is not None:
+      params = {**params, "unet": jax.tree.map(jnp.asarray, unet_start)}
     if frozen is not None:
       params = {**params, latent.PARAMS_KEY: jax.tree.map(jnp.asarray, frozen)}
     return params

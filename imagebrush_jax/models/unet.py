@@ -23,9 +23,9 @@ from imagebrush_jax.models.conv import Conv
 ATTENTION_TYPES = ("none", "self", "cross", "self+cross")
 
 
-def _group_norm(groups: int, dtype, name: str) -> nn.GroupNorm:
+def _group_norm(groups: int, dtype, name: str, epsilon: float = 1e-5) -> nn.GroupNorm:
   """GroupNorm whose statistics are computed in float32 whatever the compute dtype."""
-  return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+  return nn.GroupNorm(num_groups=groups, epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
                       name=name)
 
 
@@ -83,7 +83,10 @@ class SpatialBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-  """GroupNorm, linear in, `depth` SpatialBlocks on the H*W tokens, linear out (zero), residual."""
+  """GroupNorm, linear in, `depth` SpatialBlocks on the H*W tokens, linear out (zero), residual.
+
+  The GroupNorm's epsilon is 1e-6, as SD's Transformer2DModel (its ResBlocks use 1e-5).
+  """
   attention: str
   num_heads: int
   depth: int = 1
@@ -98,7 +101,7 @@ class SpatialTransformer(nn.Module):
     dtype = self.runtime.dtype
     if c % self.num_heads:
       raise ValueError(f"UNet attention: {c} channels are not divisible by {self.num_heads} heads")
-    h = _group_norm(self.norm_groups, dtype, "norm")(x).reshape(b, hgt * wid, c)
+    h = _group_norm(self.norm_groups, dtype, "norm", 1e-6)(x).reshape(b, hgt * wid, c)
     h = nn.Dense(c, dtype=dtype, param_dtype=jnp.float32, name="proj_in")(h)
     for i in range(self.depth):
       h = SpatialBlock(self.attention, self.num_heads, self.dropout, self.runtime,
