@@ -66,9 +66,12 @@ TINY_AUTOENCODER = _flags("autoencoder.arch.block_out_channels=(8,8,8,8)",
                           "train.num_steps=2", "train.warmup_steps=1", "train.eval_every=2",
                           "train.eval_num_grids=8", "train.sample_num_grids=2",
                           "checkpoint.every=2", "data.num_workers=0")
+# configs/paper_256_from_sd.py: TINY_LATENT in SD's UNet layout (the converted files' sizes).
+TINY_FROM_SD = [f.replace("attention=('self','self+cross')", "attention=('self+cross','none')")
+                for f in TINY_LATENT]
+MIXTURE = '--config.data.mixture="((\'/data/ip2p_256\',1.0),(\'/data/video_256\',1.0))"'
 PAPER = ('launch/local.sh configs/paper_256.py runs/paper '
-         '--config.model.autoencoder.params=sd_vae.safetensors '
-         '--config.data.mixture="((\'/data/ip2p_256\',1.0),(\'/data/video_256\',1.0))"')
+         '--config.model.autoencoder.params=sd_vae.safetensors ' + MIXTURE)
 
 # (command as the README shows it, what to append; or None and why it does not run here).
 # Listed in an order that runs each command after the ones that make its inputs.
@@ -116,6 +119,13 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      TINY_LATENT, ""),
     (f"{PY} -m imagebrush_jax.convert --from vit --input model.safetensors "
      "--output vit.safetensors --num_heads 12", [], ""),
+    (f"{PY} -m imagebrush_jax.convert --from sd_unet --input stable-diffusion-v1-5/ "
+     "--output sd15_unet.safetensors --verify", [], ""),
+    (f"{PY} -m imagebrush_jax.convert --from sd_vae --input stable-diffusion-v1-5/ "
+     "--output sd_vae.safetensors", [], ""),
+    (f"{PY} -m imagebrush_jax.convert --from vit --input clip-vit-base-patch16/model.safetensors "
+     "--output clip_vit_b16.safetensors --lossy", [], ""),
+    ("launch/local.sh configs/paper_256_from_sd.py runs/from_sd " + MIXTURE, TINY_FROM_SD, ""),
     (f"{PY} -m imagebrush_jax.infer --workdir runs/demo --before a.png --after b.png "
      "--query q.png --output out.png --box 0,0,12,12 --steps 10 --guidance 1.0 --seed 0",
      ["--steps", "2"], ""),
@@ -137,7 +147,8 @@ def test_every_readme_command_is_planned():
 
 
 def _make_inputs(work: str) -> None:
-  """What the commands read: a pairs folder, images, a manifest, a diffusers VAE and a ViT."""
+  """What the commands read: a pairs folder, images, a manifest, published data layouts, and
+  diffusers / transformers weights folders."""
   for name in (".venv", "configs", "imagebrush_jax", "launch", "Makefile", "requirements.txt",
                "requirements-test.txt"):
     os.symlink(os.path.join(ROOT, name), os.path.join(work, name))
@@ -170,11 +181,24 @@ def _make_inputs(work: str) -> None:
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  diffusers.AutoencoderKL(  # f = 8: four levels
+  vae = diffusers.AutoencoderKL(  # f = 8: four levels
       in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
       down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-      layers_per_block=1, norm_num_groups=4, sample_size=32).save_pretrained(
-          os.path.join(work, "sd-vae-ft-mse"), safe_serialization=True)
+      layers_per_block=1, norm_num_groups=4, sample_size=32)
+  vae.save_pretrained(os.path.join(work, "sd-vae-ft-mse"), safe_serialization=True)
+  # A Stable Diffusion pipeline folder (unet/ at TINY_FROM_SD's sizes, vae/) and a CLIP vision
+  # tower at the tiny prompt ViT's sizes.
+  vae.save_pretrained(os.path.join(work, "stable-diffusion-v1-5", "vae"), safe_serialization=True)
+  diffusers.UNet2DConditionModel(
+      sample_size=4, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+      attention_head_dim=2, cross_attention_dim=32,
+      down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(
+          os.path.join(work, "stable-diffusion-v1-5", "unet"), safe_serialization=True)
+  transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+      hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+      image_size=32, patch_size=8)).save_pretrained(
+          os.path.join(work, "clip-vit-base-patch16"), safe_serialization=True)
   vit = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
       hidden_size=24, num_hidden_layers=1, num_attention_heads=12, intermediate_size=48,
       image_size=16, patch_size=4, hidden_act="gelu"))
@@ -207,6 +231,7 @@ def test_readme_commands_run_at_tiny_size(tmp_path):
       assert "step 2/2 | loss" in proc.stdout, (command, proc.stdout[-3000:])
   expect = ["runs/demo/metrics.json", "runs/demo/report.png", "runs/demo/accuracy_curve.png",
             "grids.png", "sd_vae.safetensors", "y.png", "vit.safetensors", "out.png",
+            "sd15_unet.safetensors", "clip_vit_b16.safetensors", "runs/from_sd/checkpoints/2",
             "out/q_edited.png", "metrics.json", "model.safetensors", "out_file.png",
             "runs/autoencoder_tiny/autoencoder.safetensors",
             "runs/mine/checkpoints/2", "runs/mine_shards/checkpoints/2", "runs/paper/checkpoints/2",
