@@ -12,7 +12,8 @@ comparison also exercises the conversion (their GEGLU uses the tanh GELU, ours t
 PyTorch's: max_abs_diff is small, not zero). Timed per compute dtype (--dtypes; parameters stay
 float32 on both sides): the gradient of the mean squared output w.r.t. the parameters (forward +
 backward), median of --repeats after a warm-up, the two models alternating so that machine noise
-hits both alike. diffusers 0.39, the last release with Flax models, is a test requirement:
+hits both alike; only one model's parameters are in memory at a time. diffusers 0.39, the last
+release with Flax models, is a test requirement:
 
   make test   # or: .venv/bin/pip install -r requirements.txt -r requirements-test.txt
   .venv/bin/python benchmarks/unet_vs_diffusers.py --config sd15
@@ -60,27 +61,63 @@ TOKENS = {"small": 16, "sd15": 77}
 _FLAX_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
+def _torch_name(path: str) -> tuple[str, str]:
+  """A diffusers Flax parameter path -> (its PyTorch state-dict name, the Flax leaf)."""
+  *modules, leaf = path.split("/")
+  modules = [m if re.fullmatch(r"linear_\d", m) else re.sub(r"_(\d+)$", r".\1", m)
+             for m in modules]
+  modules = [_FLAX_ATTENTION.get(m, m) for m in modules]
+  return ".".join(modules + ["weight" if leaf in ("kernel", "scale") else leaf]), leaf
+
+
 def torch_state(flax_params) -> dict[str, np.ndarray]:
   """diffusers Flax UNet params -> the PyTorch state dict of the same weights (numpy)."""
   state = {}
   for path, value in params_file.flatten(flax_params).items():
-    *modules, leaf = path.split("/")
-    modules = [m if re.fullmatch(r"linear_\d", m) else re.sub(r"_(\d+)$", r".\1", m)
-               for m in modules]
-    modules = [_FLAX_ATTENTION.get(m, m) for m in modules]
+    name, leaf = _torch_name(path)
     value = np.asarray(value, np.float32)
-    if leaf == "kernel" and value.ndim == 4:
-      value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    elif leaf == "kernel":
-      value = value.T
-    state[".".join(modules + ["weight" if leaf in ("kernel", "scale") else leaf])] = value
+    if leaf == "kernel":
+      value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T  # HWIO -> OIHW
+    state[name] = value
   return state
+
+
+def flax_params(shapes, state: dict[str, np.ndarray]) -> dict:
+  """The inverse of torch_state, for a diffusers Flax UNet of parameter shapes `shapes`."""
+  flat = {}
+  for path, shape in params_file.flatten(shapes).items():
+    name, leaf = _torch_name(path)
+    value = state[name]
+    if leaf == "kernel":
+      value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+    flat[path] = value.reshape(shape.shape)
+  return params_file.unflatten(flat)
 
 
 def _time(fn, *args) -> float:
   t0 = time.perf_counter()
   jax.block_until_ready(fn(*args))
   return time.perf_counter() - t0
+
+
+class Side:
+  """One model of the comparison. Its parameters are made from the shared PyTorch-layout state
+  for each call and dropped after it, so that only one model's parameters and gradients are in
+  memory at a time (SD 1.5 on a 24 GiB CPU host)."""
+
+  def __init__(self, name, apply, make_params):
+    self.name, self.make_params = name, make_params
+    self.output = jax.jit(apply)
+    self.grad = jax.jit(jax.grad(lambda p: jnp.mean(jnp.square(apply(p)))))
+    self.runs: list[float] = []
+    self.first_call_s = 0.0
+
+  def timed_grad(self) -> float:
+    params = jax.tree.map(jnp.asarray, self.make_params())
+    seconds = _time(self.grad, params)
+    del params
+    gc.collect()
+    return seconds
 
 
 def main() -> None:
@@ -105,49 +142,50 @@ def main() -> None:
   ctx = jnp.asarray(rng.standard_normal((batch, tokens, arch["cross_attention_dim"])),
                     jnp.float32)
 
-  their_params = jax.jit(FlaxUNet2DConditionModel(**cfg).init)(
-      jax.random.key(0), x_nchw, t, ctx)["params"]
-  our_params = jax.tree.map(jnp.asarray, sd_unet.convert_state_dict(
-      torch_state(their_params), arch, "diffusers Flax UNet"))
+  init = FlaxUNet2DConditionModel(**cfg).init
+  their_shapes = jax.eval_shape(init, jax.random.key(0), x_nchw, t, ctx)["params"]
+  state = torch_state(jax.jit(init)(jax.random.key(0), x_nchw, t, ctx)["params"])
   gc.collect()
+  make_ours = lambda: sd_unet.convert_state_dict(state, arch, "diffusers Flax UNet")
+  make_theirs = lambda: flax_params(their_shapes, state)
+  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
   results = {}
   for dtype_name in args.dtypes.split(","):
     dtype = jnp.dtype(dtype_name)
     ours = sd_unet.build(arch, runtime=runtime_lib.Runtime(dtype=dtype))
     theirs = FlaxUNet2DConditionModel(**cfg, dtype=dtype)
-    out_ours = lambda p: ours.apply({"params": p}, x_nhwc, t, ctx).astype(jnp.float32)
-    out_theirs = lambda p: jnp.transpose(theirs.apply({"params": p}, x_nchw, t, ctx).sample,
-                                         (0, 2, 3, 1)).astype(jnp.float32)
-    diff = float(jnp.abs(jax.jit(out_ours)(our_params) - jax.jit(out_theirs)(their_params)).max())
-    our_grad = jax.jit(jax.grad(lambda p: jnp.mean(jnp.square(out_ours(p)))))
-    their_grad = jax.jit(jax.grad(lambda p: jnp.mean(jnp.square(out_theirs(p)))))
-    compile_s = {}
-    for name, fn, p in (("ours", our_grad, our_params), ("theirs", their_grad, their_params)):
-      compile_s[name] = _time(fn, p)  # compile + first run
-      _time(fn, p)
-    ours_s, theirs_s = [], []
-    for _ in range(args.repeats):
-      ours_s.append(_time(our_grad, our_params))
-      theirs_s.append(_time(their_grad, their_params))
-    ours_med, theirs_med = statistics.median(ours_s), statistics.median(theirs_s)
-    for name, med, runs in (("ours", ours_med, ours_s), ("theirs", theirs_med, theirs_s)):
-      print(f"{dtype_name:8s} {name:6s} {med * 1e3:9.1f} ms  (runs: "
-            f"{', '.join(f'{s * 1e3:.0f}' for s in runs)}; first call {compile_s[name]:.1f} s)")
-    results[dtype_name] = dict(ours_ms=round(ours_med * 1e3, 2),
-                               theirs_ms=round(theirs_med * 1e3, 2),
-                               time_ratio=round(ours_med / theirs_med, 4),
-                               max_abs_diff=round(diff, 6))
-    del our_grad, their_grad
+    sides = [
+        Side("ours", lambda p: ours.apply({"params": p}, x_nhwc, t, ctx).astype(jnp.float32),
+             make_ours),
+        Side("theirs", lambda p: jnp.transpose(theirs.apply({"params": p}, x_nchw, t, ctx).sample,
+                                               (0, 2, 3, 1)).astype(jnp.float32), make_theirs)]
+    outputs = [np.asarray(side.output(jax.tree.map(jnp.asarray, side.make_params())))
+               for side in sides]
+    for side in sides:  # compile + warm up
+      side.first_call_s = side.timed_grad()
+      side.timed_grad()
+    for _ in range(args.repeats):  # alternating, so that machine noise hits both alike
+      for side in sides:
+        side.runs.append(side.timed_grad())
+    med = {side.name: statistics.median(side.runs) for side in sides}
+    for side in sides:
+      print(f"{dtype_name:8s} {side.name:6s} {med[side.name] * 1e3:9.1f} ms  (runs: "
+            f"{', '.join(f'{s * 1e3:.0f}' for s in side.runs)}; first call "
+            f"{side.first_call_s:.1f} s)", flush=True)
+    results[dtype_name] = dict(ours_ms=round(med["ours"] * 1e3, 2),
+                               theirs_ms=round(med["theirs"] * 1e3, 2),
+                               time_ratio=round(med["ours"] / med["theirs"], 4),
+                               max_abs_diff=round(float(np.abs(outputs[0] - outputs[1]).max()), 6))
+    del sides
     jax.clear_caches()
     gc.collect()
 
-  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
   print(json.dumps(dict(
       benchmark="unet_vs_diffusers", config=args.config, device=jax.devices()[0].device_kind,
       backend=jax.default_backend(), batch=batch, latent=[size, size, 4], tokens=tokens,
-      repeats=args.repeats, params_ours=count(our_params), params_theirs=count(their_params),
-      results=results, target=0.9)))
+      repeats=args.repeats, params_ours=count(sd_unet.param_shapes(arch)),
+      params_theirs=count(their_shapes), results=results, target=0.9)))
 
 
 if __name__ == "__main__":

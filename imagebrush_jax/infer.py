@@ -95,11 +95,17 @@ def load_row(row: manifest_lib.Row, *, num_examples: int, spec: augment.TileSpec
   return LoadedRow(row=row, grid=grid, size=(width, height))
 
 
-def write_output(loaded: LoadedRow, cell: np.ndarray, resize_method: str = "bicubic") -> None:
-  """Writes the generated cell resized to the query's size (the cell shows the centred crop,
-  so the trimmed border is stretched back in, not kept from the query)."""
+def output_image(loaded: LoadedRow, cell: np.ndarray, resize_method: str = "bicubic"
+                 ) -> np.ndarray:
+  """The generated cell resized to the query's size (the cell shows the centred crop, so the
+  trimmed border is stretched back in, not kept from the query)."""
   width, height = loaded.size
-  files.save_png_atomic(loaded.row.output, images.resize(cell, width, height, resize_method))
+  return images.resize(cell, width, height, resize_method)
+
+
+def write_output(loaded: LoadedRow, cell: np.ndarray, resize_method: str = "bicubic") -> None:
+  """Writes output_image to the row's output file (PNG, atomically)."""
+  files.save_png_atomic(loaded.row.output, output_image(loaded, cell, resize_method))
 
 
 def _one_line(error: BaseException) -> str:

@@ -128,7 +128,7 @@ def _pair(value: Any, key: str) -> tuple[Any, Any]:
   return tuple(value)
 
 
-def _scene_params(data: Any) -> scenes.SceneParams:
+def scene_params(data: Any) -> scenes.SceneParams:
   """config.data.synthetic: how the synthetic scenes are drawn."""
   d = _get(data, "synthetic")
   lo, hi = _pair(_get(d, "num_objects"), "config.data.synthetic.num_objects")
@@ -234,7 +234,7 @@ def from_config(config: Any) -> DataOptions:
       num_examples=_int(_get(d, "num_examples"), "config.data.num_examples", 1, MAX_EXAMPLES),
       train_tasks=train,
       heldout_tasks=heldout,
-      scene=_scene_params(d),
+      scene=scene_params(d),
       folder_root=folder_root,
       folder_check_images=bool(_get(d, "folder.check_images")),
       tfds_dir=str(_get(d, "tfds.dir")),

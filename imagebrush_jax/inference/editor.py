@@ -44,8 +44,13 @@ class Editor:
     """How many sampler compilations this process holds (one per batch shape and settings)."""
     return self._sample.jitted._cache_size()  # pylint: disable=protected-access
 
-  def edit_grids(self, batch: dict[str, np.ndarray], rng: jax.Array) -> np.ndarray:
-    """{grid, mask, box} with B <= batch_size grids -> uint8 target cells [B, T, T, 3]."""
+  def edit_grids(self, batch: dict[str, np.ndarray], rng: jax.Array,
+                 **overrides: int | float | None) -> np.ndarray:
+    """{grid, mask, box} with B <= batch_size grids -> uint8 target cells [B, T, T, 3].
+
+    `overrides` (num_steps, guidance_scale, eta; None = the editor's) apply to this call only;
+    each distinct num_steps (and guided or not) compiles the sampler once.
+    """
     b = int(batch["grid"].shape[0])
     if not 1 <= b <= self.batch_size:
       raise ValueError(f"edit_grids takes 1 to {self.batch_size} grids, got {b}")
@@ -55,7 +60,12 @@ class Editor:
       if b < self.batch_size:  # repeat the last grid: same shapes, so no recompilation
         x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - b, axis=0)], axis=0)
       padded[key] = jax.device_put(x, self._data_sharding)
-    out = self._sample(self.params, padded, rng, **self._overrides)
+    unknown = sorted(set(overrides) - set(self._overrides))
+    if unknown:
+      raise TypeError(f"edit_grids got unknown sampling settings {unknown}")
+    settings = {k: v if overrides.get(k) is None else overrides[k]
+                for k, v in self._overrides.items()}
+    out = self._sample(self.params, padded, rng, **settings)
     return grid_lib.unit_to_pixels(np.asarray(jax.device_get(out["target"])))[:b]
 
   def edit_cells(self, before: np.ndarray, after: np.ndarray, query: np.ndarray,

@@ -1,0 +1,92 @@
+"""One edit at a time for an interactive front end (the web editor): image files in, the edited
+query and a picture of the grid the model saw out.
+
+Each edit goes through infer's own steps (`infer.load_row`: the same decoding, tiling and box
+mapping; `infer.output_image`: the same resize back), so an edit here equals `infer`'s single
+edit for the same inputs, box and seed. One Editor (batch 1) serves every request: its sampler
+compiles once per (steps, guided or not) and is reused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw
+
+from imagebrush_jax import infer
+from imagebrush_jax import run_loading
+from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.inference import editor as editor_lib
+from imagebrush_jax.inference import manifest as manifest_lib
+
+PREVIEW_MIN_TILE = 192  # grid pictures are scaled up (nearest) to at least this per tile
+BOX_COLOUR = (255, 64, 32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+  image: np.ndarray  # uint8 [H, W, 3]: the edited query at its own size
+  grid: np.ndarray  # uint8: the examples, the query and the result as the model saw them
+  seconds: float
+
+
+def grid_picture(grid: np.ndarray, cell: np.ndarray, box: np.ndarray, tile: int) -> np.ndarray:
+  """The model's grid with the generated `cell` in the target place and, unless it is the whole
+  tile, the box outlined on the query and the result; scaled up for display."""
+  picture = np.array(grid, np.uint8)
+  picture[-tile:, tile:] = cell
+  scale = max(1, -(-PREVIEW_MIN_TILE // tile))
+  image = Image.fromarray(picture).resize((picture.shape[1] * scale, picture.shape[0] * scale),
+                                          Image.NEAREST)
+  if not np.allclose(box, grid_lib.WHOLE_TILE_BOX):
+    draw = ImageDraw.Draw(image)
+    top = (picture.shape[0] - tile) * scale
+    width = max(1, scale // 2)
+    for left in (0, tile * scale):
+      x0, y0, x1, y1 = (float(v) * tile * scale for v in box)
+      draw.rectangle([left + x0, top + y0, left + x1 - 1, top + y1 - 1], outline=BOX_COLOUR,
+                     width=width)
+  return np.asarray(image)
+
+
+class EditService:
+  """A loaded run that edits one query at a time (thread-compatible: callers serialise)."""
+
+  def __init__(self, run: run_loading.Run):
+    self.run = run
+    self.config = run.config
+    self.num_examples = int(run.config.data.num_examples)
+    self.tile_size = int(run.config.data.tile_size)
+    self.spec = infer.tile_spec(run.config)
+    self.editor = editor_lib.Editor(run, batch_size=1)
+    self.default_steps = int(run.config.sampling.num_steps)
+    self.default_guidance = float(run.config.sampling.guidance_scale)
+
+  def warm_up(self) -> None:
+    """Compiles the sampler at the default settings, so the first request does not wait."""
+    tile = np.zeros((self.tile_size, self.tile_size, 3), np.uint8)
+    grid = grid_lib.assemble_grid([(tile, tile)] * self.num_examples, tile)
+    self.editor.edit_grids({k: v[None] for k, v in grid.items()}, jax.random.key(0))
+
+  def edit(self, examples: Sequence[tuple[str, str]], query: str,
+           box: Sequence[float] | None = None, *, steps: int | None = None,
+           guidance: float | None = None, seed: int = 0) -> Edit:
+    """Edits image file `query` as the (before, after) image files show; `box` in the query's
+    pixels (None: the whole image). Bad input raises ValueError with a one-line message."""
+    start = time.time()
+    if steps is not None and not 1 <= int(steps) <= 1000:
+      raise ValueError(f"steps must be between 1 and 1000, got {steps}")
+    row = manifest_lib.Row(line=0, examples=tuple(examples), query=query, output="",
+                           box=None if box is None else tuple(float(v) for v in box))
+    loaded = infer.load_row(row, num_examples=self.num_examples, spec=self.spec)
+    batch = {k: v[None] for k, v in loaded.grid.items()}
+    cell = self.editor.edit_grids(
+        batch, jax.random.key(int(seed)), num_steps=None if steps is None else int(steps),
+        guidance_scale=None if guidance is None else float(guidance))[0]
+    return Edit(image=infer.output_image(loaded, cell, self.spec.resize_method),
+                grid=grid_picture(loaded.grid["grid"], cell, loaded.grid["box"],
+                                  self.tile_size),
+                seconds=time.time() - start)
