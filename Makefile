@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test venv clean
+.PHONY: demo test app venv clean
 
 venv: $(STAMP)
 
@@ -44,3 +44,10 @@ demo: $(STAMP)
 	$(PY) -m imagebrush_jax.evaluate --workdir $(DEMO_DIR) --num_examples $(DEMO_EVAL_GRIDS) \
 	  --output $(DEMO_DIR)/metrics.json --no_cycle
 	$(PY) -m imagebrush_jax.demo_report --workdir $(DEMO_DIR)
+
+# The web editor (README "The web editor") on the demo run: http://127.0.0.1:7860.
+# APP_FLAGS: more flags of imagebrush_jax.app (--port, --host, --examples ...).
+APP_FLAGS ?=
+
+app: $(STAMP)
+	$(PY) -m imagebrush_jax.app --workdir $(DEMO_DIR) $(APP_FLAGS)

@@ -63,24 +63,42 @@ class Upload:
   name: str
 
 
-def hand_over_upload(component: gr.components.Component, with_boxes: bool = False):
-  """Makes `component` pass its upload on undecoded (an Upload; with its boxes for the box
-  annotator), so that every image is read by infer's own reader and an unreadable file is a
-  message naming it rather than a decoding error inside Gradio."""
+def as_upload(value: Any) -> Upload | None:
+  """An input value as an Upload (a plain path where Gradio prepared the file itself)."""
+  if value is None or isinstance(value, Upload):
+    return value
+  if isinstance(value, str) and value:
+    return Upload(value, os.path.basename(value))
+  raise refuse(f"unexpected image input {type(value).__name__}")
 
-  def preprocess(payload):
+
+def _upload(data) -> Upload | None:
+  if data is None or not data.path:
+    return None
+  return Upload(data.path, data.orig_name or os.path.basename(data.path))
+
+
+class UploadImage(gr.Image):
+  """A gr.Image that passes its upload on undecoded, so that every image is read by infer's own
+  reader and an unreadable file is a message naming it, not a decoding error inside Gradio."""
+  is_template = True  # drawn by the page as a gr.Image
+
+  def preprocess(self, payload) -> Upload | None:
+    return _upload(payload)
+
+
+class BoxedUpload(image_annotator):
+  """The box-drawing image component, passing its upload on undecoded with the drawn boxes."""
+  is_template = True  # drawn by the page as an image_annotator, from that package's files
+
+  @classmethod
+  def get_component_class_id(cls) -> str:
+    return image_annotator.get_component_class_id()
+
+  def preprocess(self, payload) -> dict | None:
     if payload is None:
       return None
-    data = payload.image if with_boxes else payload
-    upload = None
-    if data is not None and data.path:
-      upload = Upload(data.path, data.orig_name or os.path.basename(data.path))
-    if not with_boxes:
-      return upload
-    return {"image": upload, "boxes": component.preprocess_boxes(payload.boxes or [])}
-
-  component.preprocess = preprocess
-  return component
+    return {"image": _upload(payload.image), "boxes": self.preprocess_boxes(payload.boxes or [])}
 
 
 class EditorApp:
@@ -94,6 +112,8 @@ class EditorApp:
             query: Upload | None, box: Sequence[float] | None, steps: Any, guidance: Any,
             seed: Any, progress: gr.Progress | None = None) -> service_lib.Edit:
     names = {}
+    befores, afters = [as_upload(b) for b in befores], [as_upload(a) for a in afters]
+    query = as_upload(query)
     for k, (before, after) in enumerate(zip(befores, afters)):
       if before is None or after is None:
         raise refuse(f"example {k + 1}: upload both its before and its after image "
@@ -125,7 +145,7 @@ class EditorApp:
     befores, afters = args[:self.k], args[self.k:2 * self.k]
     annotated, steps, guidance, seed = args[2 * self.k:]
     query, box = None, None
-    if annotated is not None:
+    if isinstance(annotated, dict):
       query = annotated["image"]
       if annotated["boxes"]:
         b = annotated["boxes"][-1]
@@ -162,14 +182,14 @@ def build(service: service_lib.EditService, examples: Sequence[gallery_lib.Examp
         befores, afters = [], []
         for i in range(k):
           with gr.Row():
-            befores.append(hand_over_upload(gr.Image(label=f"example {i + 1}: before",
-                                                     elem_id=f"before{i}", **upload)))
-            afters.append(hand_over_upload(gr.Image(label=f"example {i + 1}: after",
-                                                    elem_id=f"after{i}", **upload)))
-        query = hand_over_upload(image_annotator(
-            label="query: drag a box on it", elem_id="query", single_box=True,
-            disable_edit_boxes=True, image_type="filepath", sources=["upload"],
-            show_remove_button=True, box_min_size=2, height=320), with_boxes=True)
+            befores.append(UploadImage(label=f"example {i + 1}: before", elem_id=f"before{i}",
+                                       **upload))
+            afters.append(UploadImage(label=f"example {i + 1}: after", elem_id=f"after{i}",
+                                      **upload))
+        query = BoxedUpload(label="query: drag a box on it", elem_id="query", single_box=True,
+                            disable_edit_boxes=True, image_type="filepath", sources=["upload"],
+                            show_remove_button=True, box_min_size=2, boxes_alpha=0.1,
+                            height=320)
         with gr.Row():
           steps = gr.Number(service.default_steps, label="DDIM steps", precision=0, minimum=1,
                             maximum=1000, elem_id="steps")
@@ -196,9 +216,9 @@ def build(service: service_lib.EditService, examples: Sequence[gallery_lib.Examp
     with gr.Row(visible=False):  # the API endpoint's own inputs and output
       api_files = []
       for i in range(k):
-        api_files += [hand_over_upload(gr.Image(label=f"before{i + 1}", type="filepath")),
-                      hand_over_upload(gr.Image(label=f"after{i + 1}", type="filepath"))]
-      api_inputs = [*api_files, hand_over_upload(gr.Image(label="query", type="filepath")),
+        api_files += [UploadImage(label=f"before{i + 1}", type="filepath"),
+                      UploadImage(label=f"after{i + 1}", type="filepath")]
+      api_inputs = [*api_files, UploadImage(label="query", type="filepath"),
                     gr.Textbox("", label="box"),
                     gr.Number(service.default_steps, label="steps", precision=0),
                     gr.Number(service.default_guidance, label="guidance"),

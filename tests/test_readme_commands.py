@@ -134,6 +134,8 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
     (f"{PY} -m imagebrush_jax.export --workdir runs/demo --output model.safetensors", [], ""),
     (f"{PY} -m imagebrush_jax.infer --params model.safetensors --before a.png --after b.png "
      "--query q.png --output out_file.png", ["--steps", "2"], ""),
+    ("make app", None, "a server: tests/test_app.py::test_make_app_serves_the_demo_run starts it "
+                       "as written (on a tiny run, at a free port) and edits through its API"),
     (f"{PY} -m imagebrush_jax.evaluate --workdir runs/demo --num_examples 256 "
      "--output metrics.json", ["--num_examples", "8", "--steps", "2"], ""),
 ]

@@ -11,6 +11,7 @@ import dataclasses
 import os
 
 import ml_collections
+import numpy as np
 
 from imagebrush_jax import files
 from imagebrush_jax.data import augment
@@ -19,6 +20,7 @@ from imagebrush_jax.data import sources
 from imagebrush_jax.data import tasks as tasks_lib
 
 GALLERY_SEED = 2023  # the built-in examples' scenes
+DISPLAY_SIZE = 256  # built-in examples are scaled up (nearest) to this, to be seen and boxed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +32,8 @@ class Example:
 
 def builtin(config: ml_collections.ConfigDict, folder: str, max_tasks: int = 12
             ) -> list[Example]:
-  """One Example per task of the built-in family, drawn as the run's data would be."""
+  """One Example per task of the built-in family, drawn as the run's data would be and scaled
+  up with nearest-neighbour pixels (the editor scales every image to the run's tiles)."""
   data = config.data
   tasks = tuple(data.train_tasks) + tuple(data.heldout_tasks)
   if data.source != "synthetic" or not tasks or not all(map(tasks_lib.is_known, tasks)):
@@ -45,11 +48,16 @@ def builtin(config: ml_collections.ConfigDict, folder: str, max_tasks: int = 12
     for j in range(k + 1):
       pair = source[indices[j]]
       names = [os.path.join(folder, f"{task}_{j}_{role}.png") for role in ("before", "after")]
-      files.save_png_atomic(names[0], pair.before)
-      files.save_png_atomic(names[1], pair.after)
+      files.save_png_atomic(names[0], _enlarged(pair.before))
+      files.save_png_atomic(names[1], _enlarged(pair.after))
       paths.append(tuple(names))
     examples.append(Example(task, tuple(paths[:k]), paths[k][0]))
   return examples
+
+
+def _enlarged(image: np.ndarray) -> np.ndarray:
+  scale = max(1, DISPLAY_SIZE // max(image.shape[:2]))
+  return np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
 
 
 def from_folder(root: str, num_examples: int) -> list[Example]:

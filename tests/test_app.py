@@ -1,0 +1,253 @@
+"""The web editor: its edits equal infer's, its API endpoint, its errors, and a real browser
+(Debian's Chromium driven by Playwright) drawing a box and editing."""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from imagebrush_jax import app as app_lib
+from imagebrush_jax import infer
+from imagebrush_jax import run_loading
+from imagebrush_jax.inference import gallery
+from imagebrush_jax.inference import service as service_lib
+from imagebrush_jax.metrics import image_quality
+
+from _tiny_run import tiny_workdir  # pylint: disable=g-bad-import-order
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = "/usr/bin/chromium"
+# Known to keep Chromium quiet and working as root in a container without network.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("app_inputs")
+  rng = np.random.default_rng(0)
+  out = {}
+  for name, size in (("a", (30, 40)), ("b", (30, 40)), ("q", (120, 160))):
+    out[name] = str(folder / f"{name}.png")
+    Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(out[name])
+  out["bad"] = str(folder / "bad.png")
+  with open(out["bad"], "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n truncated")
+  out["folder"] = str(folder)
+  return out
+
+
+@pytest.fixture(scope="module")
+def service():
+  svc = service_lib.EditService(run_loading.load(tiny_workdir()))
+  svc.warm_up()
+  return svc
+
+
+def _infer(files, tmp, box=None, seed=0, steps=None, guidance=None):
+  out = os.path.join(tmp, f"infer_{box}_{seed}_{steps}_{guidance}.png".replace(" ", ""))
+  argv = ["--workdir", tiny_workdir(), "--before", files["a"], "--after", files["b"],
+          "--query", files["q"], "--output", out, "--seed", str(seed)]
+  if box is not None:
+    argv += ["--box", ",".join(str(v) for v in box)]
+  if steps is not None:
+    argv += ["--steps", str(steps)]
+  if guidance is not None:
+    argv += ["--guidance", str(guidance)]
+  assert infer.main(argv) == 0
+  return np.asarray(Image.open(out))
+
+
+def test_service_edits_exactly_as_infer(service, files, tmp_path):
+  pairs = [(files["a"], files["b"])]
+  for box, seed in ((None, 0), ((20, 10, 110, 90), 3)):
+    edit = service.edit(pairs, files["q"], box, seed=seed)
+    np.testing.assert_array_equal(edit.image, _infer(files, str(tmp_path), box, seed))
+    assert edit.image.shape == (120, 160, 3)
+    # The grid picture: example row and query row, each tile scaled up; the box drawn or not.
+    tile = service.tile_size
+    scale = -(-service_lib.PREVIEW_MIN_TILE // tile)
+    assert edit.grid.shape == (2 * tile * scale, 2 * tile * scale, 3)
+    drawn = np.all(edit.grid == service_lib.BOX_COLOUR, axis=-1).sum()
+    assert (drawn > 0) == (box is not None)
+  # Other settings per request, same sampler compilation for the same settings.
+  compiled = service.editor.compilations
+  other = service.edit(pairs, files["q"], steps=1, guidance=1.0, seed=0)
+  np.testing.assert_array_equal(other.image, _infer(files, str(tmp_path), steps=1, guidance=1.0))
+  service.edit(pairs, files["q"], steps=1, guidance=1.0, seed=1)
+  assert service.editor.compilations == compiled + 1
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(examples=[("a", "b"), ("a", "b")]), r"2 example pair\(s\) given, but the model was "
+                                               "trained with data.num_examples = 1"),
+    (dict(box=(50, 20, 50, 60)), r"box \[50.0, 20.0, 50.0, 60.0\] must satisfy"),
+    (dict(query="bad"), "cannot read image .*bad.png"),
+    (dict(steps=0), "steps must be between 1 and 1000"),
+])
+def test_service_refuses_bad_input(service, files, change, message):
+  args = dict(examples=[("a", "b")], query="q", box=None, steps=None)
+  args.update(change)
+  with pytest.raises(ValueError, match=message):
+    service.edit([(files[b], files[a]) for b, a in args["examples"]], files[args["query"]],
+                 args["box"], steps=args["steps"])
+
+
+@pytest.fixture(scope="module")
+def server(service, files):
+  """The editor on a free loopback port, with the built-in gallery and a folder of pairs."""
+  pairs = os.path.join(files["folder"], "pairs", "mirror")
+  os.makedirs(pairs)
+  for i in range(2):
+    Image.open(files["a"]).save(os.path.join(pairs, f"p{i}_before.png"))
+    Image.open(files["b"]).save(os.path.join(pairs, f"p{i}_after.png"))
+  gallery_dir = os.path.join(files["folder"], "gallery")
+  os.makedirs(gallery_dir)
+  examples = gallery.builtin(service.config, gallery_dir) + gallery.from_folder(
+      os.path.dirname(pairs), service.num_examples)
+  assert [e.task for e in examples][-1] == "mirror" and len(examples) >= 7
+  demo = app_lib.build(service, examples)
+  port = _free_port()
+  app_lib.launch(demo, host="127.0.0.1", port=port, block=False,
+                 allowed_paths=[gallery_dir, os.path.dirname(pairs)])
+  yield f"http://127.0.0.1:{port}/"
+  demo.close()
+
+
+def test_api_edit_matches_infer_and_reports_bad_input(server, service, files, tmp_path):
+  from gradio_client import Client, handle_file  # pylint: disable=import-outside-toplevel
+  client = Client(server, verbose=False)
+  compiled = service.editor.compilations
+  out = client.predict(handle_file(files["a"]), handle_file(files["b"]), handle_file(files["q"]),
+                       "20,10,110,90", api_name="/edit")
+  np.testing.assert_array_equal(np.asarray(Image.open(out)),
+                                _infer(files, str(tmp_path), (20, 10, 110, 90)))
+  out = client.predict(handle_file(files["a"]), handle_file(files["b"]), handle_file(files["q"]),
+                       "", 2, 7.5, 5, api_name="/edit")
+  np.testing.assert_array_equal(np.asarray(Image.open(out)),
+                                _infer(files, str(tmp_path), seed=5, steps=2))
+  assert service.editor.compilations == compiled  # one compiled sampler serves the requests
+  for before, box, message in ((files["bad"], "", "cannot read image example 1 before (bad.png)"),
+                               (files["a"], "30,30,30,50", "must satisfy 0 <= x0 < x1")):
+    with pytest.raises(Exception, match=re.escape(message)):
+      client.predict(handle_file(before), handle_file(files["b"]), handle_file(files["q"]), box,
+                     api_name="/edit")
+  # The server keeps serving.
+  assert client.predict(handle_file(files["a"]), handle_file(files["b"]),
+                        handle_file(files["q"]), "", api_name="/edit")
+
+
+def _chromium_or_skip():
+  if os.path.exists(CHROMIUM):
+    return
+  if os.environ.get("CI"):
+    pytest.fail(f"{CHROMIUM} is missing on CI: .ci/run installs Debian's chromium package")
+  pytest.skip(f"the browser test needs Debian's Chromium at {CHROMIUM} (apt-get install "
+              f"chromium; CI installs it)")
+
+
+def test_browser_draws_a_box_and_edits(server, files, tmp_path):
+  _chromium_or_skip()
+  from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
+  with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    try:
+      page = browser.new_page(viewport={"width": 1400, "height": 1100})
+      page.goto(server)
+      page.wait_for_selector("#edit", timeout=60_000)
+      # A ready edit from the gallery loads with one click.
+      page.get_by_text("mirror", exact=True).click()
+      page.wait_for_selector("#before0 img", timeout=30_000)
+      # Our own files, and a box dragged on the query with the mouse.
+      page.locator("#before0 input[type=file]").set_input_files(files["a"])
+      page.locator("#after0 input[type=file]").set_input_files(files["b"])
+      page.locator("#query input[type=file]").set_input_files(files["q"])
+      canvas = page.locator("#query canvas")
+      canvas.wait_for(timeout=30_000)
+      page.wait_for_timeout(500)
+      # The 160 x 120 query is drawn fitted and centred in the canvas.
+      c = canvas.bounding_box()
+      scale = min(c["width"] / 160, c["height"] / 120)
+      left = c["x"] + (c["width"] - 160 * scale) / 2
+      top = c["y"] + (c["height"] - 120 * scale) / 2
+      page.mouse.move(left + 32 * scale, top + 30 * scale)
+      page.mouse.down()
+      page.mouse.move(left + 112 * scale, top + 96 * scale, steps=8)
+      page.mouse.up()
+      page.locator("#edit").click()
+      page.wait_for_function(
+          "() => document.querySelector('#status')?.innerText.includes('edited in')",
+          timeout=120_000)
+      status = page.locator("#status").inner_text()
+      box = [int(v) for v in re.search(r"box \[(\d+), (\d+), (\d+), (\d+)\]", status).groups()]
+      # The drawn box is where the mouse went, in the query's pixels.
+      assert abs(box[0] - 32) <= 4 and abs(box[2] - 112) <= 4, box
+      assert abs(box[1] - 30) <= 4 and abs(box[3] - 96) <= 4, box
+      page.wait_for_function("() => document.querySelector('#result img')?.naturalWidth > 0 && "
+                             "document.querySelector('#grid img')?.naturalWidth > 0",
+                             timeout=30_000)
+      src = page.locator("#result img").get_attribute("src")
+      shown = tmp_path / "shown.png"
+      shown.write_bytes(page.request.get(src).body())
+      page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+      result = np.asarray(Image.open(shown).convert("RGB"))
+      want = _infer(files, str(tmp_path), box)
+      assert result.shape == want.shape == (120, 160, 3)
+      assert image_quality.psnr(result[None], want[None])[0] >= 40.0
+      # An unreadable upload is a message in the page; the page keeps working.
+      page.locator("#before0 input[type=file]").set_input_files(files["bad"])
+      page.wait_for_timeout(500)
+      page.locator("#edit").click()
+      page.get_by_text("cannot read image example 1 before (bad.png)").first.wait_for(
+          timeout=60_000)
+    finally:
+      browser.close()
+
+
+def test_make_app_serves_the_demo_run(files):
+  """`make app` as the README shows it, on the tiny run (DEMO_DIR) and a free port."""
+  from gradio_client import Client, handle_file  # pylint: disable=import-outside-toplevel
+  port = _free_port()
+  proc = subprocess.Popen(["make", "app", f"DEMO_DIR={tiny_workdir()}",
+                           f"APP_FLAGS=--port {port}"], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  try:
+    deadline = time.time() + 300
+    while True:
+      assert proc.poll() is None, proc.stdout.read()
+      try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+          break
+      except OSError:
+        assert time.time() < deadline, "the app did not start listening"
+        time.sleep(1)
+    out = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+        handle_file(files["a"]), handle_file(files["b"]), handle_file(files["q"]), "",
+        api_name="/edit")
+    assert np.asarray(Image.open(out)).shape == (120, 160, 3)
+  finally:
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=60)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "imagebrush_jax.app", "--workdir",
+                         str(tmp_path / "missing")], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 2
+  lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and str(tmp_path / "missing") in lines[0], proc.stderr
+  assert "Traceback" not in proc.stderr
+
