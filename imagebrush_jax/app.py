@@ -12,9 +12,9 @@ folder of pairs in the folder-source layout) with one click.
 
 The same edit is an API endpoint, `edit`, for gradio_client:
 
-  client.predict(handle_file("b.png"), handle_file("a.png"), handle_file("q.png"), "x0,y0,x1,y1",
-                 api_name="/edit")  # box in the query's pixels, "" for none; then optionally
-                                    # steps, guidance, seed
+  client.predict(handle_file("before.png"), handle_file("after.png"), handle_file("query.png"),
+                 "x0,y0,x1,y1", api_name="/edit")  # box in the query's pixels, "" for none;
+                                                   # then optionally steps, guidance, seed
 
 Every edit is infer's single edit (same reading, tiling, box mapping, sampler and seed:
 inference/service.py). One compiled sampler serves all requests, one at a time (queued);
@@ -117,7 +117,7 @@ class EditorApp:
     for k, (before, after) in enumerate(zip(befores, afters)):
       if before is None or after is None:
         raise refuse(f"example {k + 1}: upload both its before and its after image "
-                       f"(this model takes {self.k} example pair(s))")
+                     f"(this model takes {self.k} example pair(s))")
       names[before.path] = f"example {k + 1} before ({before.name})"
       names[after.path] = f"example {k + 1} after ({after.name})"
     if query is None:

@@ -90,6 +90,16 @@ def test_service_edits_exactly_as_infer(service, files, tmp_path):
   assert service.editor.compilations == compiled + 1
 
 
+def test_an_exported_run_edits_alike(service, files, tmp_path):
+  """--params model.safetensors serves the same edits as the run folder."""
+  path = str(tmp_path / "model.safetensors")
+  run_loading.save_params_file(service.run, path)
+  exported = service_lib.EditService(run_loading.load(params=path))
+  pairs = [(files["a"], files["b"])]
+  np.testing.assert_array_equal(exported.edit(pairs, files["q"], (20, 10, 110, 90), seed=2).image,
+                                service.edit(pairs, files["q"], (20, 10, 110, 90), seed=2).image)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(examples=[("a", "b"), ("a", "b")]), r"2 example pair\(s\) given, but the model was "
                                                "trained with data.num_examples = 1"),
