@@ -166,7 +166,7 @@ def param_shapes(arch: Mapping[str, Any], in_channels: int | None = None) -> dic
 _RES = {"norm1": "norm1", "conv1": "conv1", "temb": "time_emb_proj", "norm2": "norm2",
         "conv2": "conv2", "skip": "conv_shortcut"}
 _BLOCK = {"norm_self": "norm1", "attn_self": "attn1", "norm_cross": "norm2", "attn_cross": "attn2",
-          "norm_ff": "norm3"}
+          "norm_ff": "norm3", "wi": "net.0.proj", "wo": "net.2"}  # ff/wi: GEGLU's projection
 _TOP = {"conv_in": "conv_in", "temb1": "time_embedding.linear_1",
         "temb2": "time_embedding.linear_2", "norm_out": "conv_norm_out", "conv_out": "conv_out",
         "mid_attn": "mid_block.attentions.0"}
@@ -191,12 +191,6 @@ def _module_name(modules: list[str], levels: int) -> str:
   for part in rest:
     if m := re.fullmatch(r"block(\d+)", part):
       parts.append(f"transformer_blocks.{m[1]}")
-    elif part == "ff":
-      parts.append("ff")
-    elif part == "wi":
-      parts.append("net.0.proj")
-    elif part == "wo":
-      parts.append("net.2")
     elif "_res" in top and part in _RES:
       parts.append(_RES[part])
     else:
