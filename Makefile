@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test app venv clean
+.PHONY: demo test app venv venv-gpu venv-tpu clean
 
 venv: $(STAMP)
 
@@ -16,6 +16,20 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+# Accelerator builds of the pinned jax in the same .venv (README "Installing for GPUs and TPUs"):
+# the CUDA plugin with pip's CUDA libraries (CUDA=12, or 13 for a CUDA 13 driver), or libtpu.
+# Each ends by checking that jax sees the accelerator.
+JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
+CUDA ?= 12
+
+venv-gpu: $(STAMP)
+	$(PY) -m pip install --quiet "jax[cuda$(CUDA)]==$(JAX_VERSION)"
+	$(PY) -m imagebrush_jax.perf.hardware --expect gpu
+
+venv-tpu: $(STAMP)
+	$(PY) -m pip install --quiet "jax[tpu]==$(JAX_VERSION)"
+	$(PY) -m imagebrush_jax.perf.hardware --expect tpu
 
 # Resolved together with requirements.txt, so the test packages never move a runtime pin.
 $(TEST_STAMP): $(STAMP) requirements-test.txt

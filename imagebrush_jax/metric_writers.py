@@ -51,11 +51,19 @@ class MetricWriter:
 
 
 class ProgressLine:
-  """Console progress: rates measured over the interval since the last report."""
+  """Console progress: rates measured over the interval since the last report.
 
-  def __init__(self, total_steps: int, examples_per_step: int, first_step: int = 0):
+  With `flops_per_step` (the global batch's FLOPs) the rates add the achieved TFLOP/s per device
+  over `num_devices` devices, and with `peak_flops` (one device's peak FLOP/s) the MFU.
+  """
+
+  def __init__(self, total_steps: int, examples_per_step: int, first_step: int = 0, *,
+               flops_per_step: float | None = None, num_devices: int = 1,
+               peak_flops: float | None = None):
     self.total_steps = total_steps
     self.examples_per_step = examples_per_step
+    self.flops_per_device_step = flops_per_step / num_devices if flops_per_step else None
+    self.peak_flops = peak_flops
     self._last_step = first_step
     self._last_time = time.perf_counter()
     self.start_time = self._last_time
@@ -66,7 +74,12 @@ class ProgressLine:
     seconds = max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now
     steps_per_s = steps / seconds
-    return {"steps_per_s": steps_per_s, "examples_per_s": steps_per_s * self.examples_per_step}
+    rates = {"steps_per_s": steps_per_s, "examples_per_s": steps_per_s * self.examples_per_step}
+    if self.flops_per_device_step:
+      rates["tflops_per_device"] = self.flops_per_device_step * steps_per_s / 1e12
+      if self.peak_flops:
+        rates["mfu"] = rates["tflops_per_device"] * 1e12 / self.peak_flops
+    return rates
 
   def line(self, step: int, metrics: Mapping[str, float]) -> tuple[str, dict[str, float]]:
     rates = self.rates(step)
@@ -74,8 +87,12 @@ class ProgressLine:
     eta = left / rates["steps_per_s"] if rates["steps_per_s"] > 0 else float("inf")
     parts = [f"step {step}/{self.total_steps}"]
     parts += [f"{k} {v:.4g}" for k, v in metrics.items()]
-    parts += [f"{rates['steps_per_s']:.2f} steps/s", f"{rates['examples_per_s']:.1f} ex/s",
-              f"ETA {_fmt_seconds(eta)}"]
+    parts += [f"{rates['steps_per_s']:.2f} steps/s", f"{rates['examples_per_s']:.1f} ex/s"]
+    if "tflops_per_device" in rates:
+      parts.append(f"{rates['tflops_per_device']:.4g} TFLOP/s/device")
+    if "mfu" in rates:
+      parts.append(f"MFU {100 * rates['mfu']:.1f}%")
+    parts.append(f"ETA {_fmt_seconds(eta)}")
     return " | ".join(parts), rates
 
 

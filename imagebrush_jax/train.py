@@ -33,6 +33,8 @@ from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.data import task_lists
 from imagebrush_jax.imagebrush import task as imagebrush_task
+from imagebrush_jax.perf import compiled as compiled_lib
+from imagebrush_jax.perf import hardware
 
 State = dict[str, Any]
 # In a gs:// workdir the training history is uploaded whole at most this often, and at every
@@ -139,6 +141,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
   train_step = train_state.jit_train_step(task, mesh, state_shardings)
   num_params = ckpt_lib.param_count(abstract_state["params"])
   metric_writers.log_line(f"model: {num_params / 1e6:.2f}M parameters")
+  warning = hardware.cpu_backend_warning(num_params)
+  if warning:
+    metric_writers.log_line(warning)
 
   # ------------------------------------------------------------ data
   train_iter = make_train_iterator(config, process_index=jax.process_index(),
@@ -160,14 +165,31 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
   if first_step == 0 and jax.process_index() == 0:
     files.write_text_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
     writer.write_scalars(0, {"params_millions": num_params / 1e6})
-  progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, first_step)
+  last_step = tc.num_steps if tc.stop_at_step < 0 else min(tc.stop_at_step, tc.num_steps)
+
+  # ------------------------------------------------------------ compile ahead of time
+  next_batch = lambda: parallel.host_batch_to_global(next(train_iter), mesh)
+  batch = next_batch() if first_step < last_step else None
+  flops_per_step = None
+  if batch is not None:
+    train_step, compiled_stats = compiled_lib.compile_with_stats(train_step.lower(state, batch))
+    metric_writers.log_line(f"train step {compiled_stats.summary()}")
+    flops_per_step = _flops_per_step(task, tc, compiled_stats)
+    if jax.process_index() == 0:
+      writer.write_scalars(first_step, {
+          "compile/seconds": compiled_stats.compile_s,
+          "compile/peak_memory_gib": compiled_stats.peak_bytes / compiled_lib.GIB})
+  peak_flops, _ = hardware.peak_flops(jax.devices()[0], task.extras.get("compute_dtype",
+                                                                        "float32"))
+  progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, first_step,
+                                         flops_per_step=flops_per_step,
+                                         num_devices=jax.device_count(), peak_flops=peak_flops)
   history = metric_writers.JsonlHistory(workdir_path / "train_metrics.jsonl",
                                         flush_secs=HISTORY_FLUSH_SECS)
   evaluator = make_evaluator(config, task, mesh, workdir_path, writer)
   stop = _StopFlag(tc.stop_check_every)
   stop.install()
   profile_start, profile_stop = _profile_window(tc.profile_steps)
-  last_step = tc.num_steps if tc.stop_at_step < 0 else min(tc.stop_at_step, tc.num_steps)
 
   # ------------------------------------------------------------ steps
   step = first_step
@@ -178,8 +200,10 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
     while step < last_step:
       if step == profile_start:
         jax.profiler.start_trace(str(workdir_path / "profile"))
-      batch = parallel.host_batch_to_global(next(train_iter), mesh)
+      if batch is None:
+        batch = next_batch()
       state, metrics = train_step(state, batch)
+      batch = None
       step += 1
       if step == profile_stop:
         jax.block_until_ready(state)
@@ -225,6 +249,19 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
     finally:
       stop.uninstall()
   return state
+
+
+def _flops_per_step(task: train_state.Trainable, tc: ml_collections.ConfigDict,
+                    stats: compiled_lib.CompiledStats) -> float | None:
+  """The global batch's FLOPs per step: the task's analytic count where it has one (the model
+  FLOPs of MFU), else XLA's count of the compiled step over all devices (whose micro-batch loop
+  body it counts once)."""
+  analytic = task.extras.get("flops_per_step")
+  if analytic is not None:
+    return float(analytic(int(tc.batch_size)))
+  if stats.flops is None:
+    return None
+  return stats.flops * jax.device_count() * int(tc.grad_accum_steps)
 
 
 def _resume_step(checkpointer: ckpt_lib.Checkpointer,

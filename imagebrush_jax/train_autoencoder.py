@@ -116,7 +116,8 @@ def build_task(config: ml_collections.ConfigDict) -> train_state.Trainable:
 
   return train_state.Trainable(
       init_params=init_params, loss_fn=make_loss_fn(model, config), optimizer=optimizer,
-      lr_schedule=schedule, train_config=config.train, seed=int(config.seed), model=model)
+      lr_schedule=schedule, train_config=config.train, seed=int(config.seed), model=model,
+      extras={"compute_dtype": str(config.autoencoder.dtype)})
 
 
 # ====================================================================== evaluation

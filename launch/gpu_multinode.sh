@@ -8,12 +8,17 @@
 # Under SLURM (srun --ntasks-per-node=1) NUM_HOSTS and HOST_INDEX default to SLURM_NTASKS
 # and SLURM_PROCID, and COORDINATOR_ADDRESS to the first node of the allocation.
 # WORKDIR must be a folder every host can reach (NFS, Lustre or a gs:// bucket).
+# Runs the project's .venv (make venv-gpu installs jax's CUDA build into it); PY overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:?usage: launch/gpu_multinode.sh CONFIG WORKDIR [--config.key=value ...]}
 WORKDIR=${2:?usage: launch/gpu_multinode.sh CONFIG WORKDIR [--config.key=value ...]}
 shift 2
-PY=${PY:-python3}
+PY=${PY:-.venv/bin/python}
+if [[ ! -x "$PY" ]]; then
+  echo "no $PY: run 'make venv-gpu' in $(pwd) first (README: Installing for GPUs and TPUs)" >&2
+  exit 2
+fi
 
 NUM_HOSTS=${NUM_HOSTS:-${SLURM_NTASKS:-1}}
 HOST_INDEX=${HOST_INDEX:-${SLURM_PROCID:-0}}

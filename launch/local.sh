@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Train on this machine. With NUM_PROCESSES>1, simulates a multi-host run: that many
-# processes on 127.0.0.1, each with DEVICES_PER_PROCESS CPU devices, talking through gloo.
+# Train on this machine with the project's .venv (make venv-gpu / venv-tpu put jax's
+# accelerator build in it; the plain .venv trains on the CPU). With NUM_PROCESSES>1, simulates
+# a multi-host run: that many processes on 127.0.0.1, each with DEVICES_PER_PROCESS CPU devices,
+# talking through gloo.
 #
 #   launch/local.sh configs/cpu_demo.py runs/demo [--config.train.batch_size=64 ...]
 #   NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local.sh configs/tiny_test.py runs/mh
@@ -10,6 +12,10 @@ CONFIG=${1:?usage: launch/local.sh CONFIG WORKDIR [--config.key=value ...]}
 WORKDIR=${2:?usage: launch/local.sh CONFIG WORKDIR [--config.key=value ...]}
 shift 2
 PY=${PY:-.venv/bin/python}
+if [[ ! -x "$PY" ]]; then
+  echo "no $PY: run 'make venv' (CPU), 'make venv-gpu' or 'make venv-tpu' in $(pwd) first" >&2
+  exit 2
+fi
 NUM_PROCESSES=${NUM_PROCESSES:-1}
 DEVICES_PER_PROCESS=${DEVICES_PER_PROCESS:-1}
 PORT=${PORT:-12355}

@@ -21,7 +21,6 @@ RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
 STEPS=${STEPS:-"create copy install train"}
 REMOTE_DIR=${REMOTE_DIR:-imagebrush_jax}
-JAX_VERSION=$(sed -n 's/^jax==//p' requirements.txt)
 
 ssh_all() {
   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --worker=all --command="$1"
@@ -38,8 +37,8 @@ for step in $STEPS; do
         $PROJECT_FLAG --worker=all
       ssh_all "mkdir -p $REMOTE_DIR && tar -xzf /tmp/imagebrush_src.tgz -C $REMOTE_DIR" ;;
     install)
-      ssh_all "cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt \
-        && .venv/bin/pip install -q 'jax[tpu]==$JAX_VERSION'" ;;
+      # The project's .venv with jax's TPU build, pinned to requirements.txt's jax (make venv-tpu).
+      ssh_all "cd $REMOTE_DIR && make venv-tpu" ;;
     train)
       # Quote the overrides so they reach the remote shell intact.
       overrides=$(printf ' %q' "$@")

@@ -17,6 +17,8 @@ import conftest
 from configs import tiny_test
 from imagebrush_jax import checkpoint as ckpt_lib
 from imagebrush_jax import train
+from imagebrush_jax.perf import flops as flops_lib
+from imagebrush_jax.perf import hardware
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,14 +92,27 @@ def sharded_run(tmp_path_factory):
   return workdir
 
 
-def test_tiny_training_loss_falls(tmp_path):
+def test_tiny_training_loss_falls(tmp_path, capsys, monkeypatch):
+  """The loss falls; the log reports the compiled step and each interval's TFLOP/s and MFU."""
+  monkeypatch.setattr(hardware, "LARGE_MODEL_PARAMS", 1000)  # tiny_test counts as large here
   config = tiny_test.get_config()
   config.train.num_steps = 60
   config.train.log_every = 10
   train.train_and_evaluate(config, str(tmp_path))
-  losses = [r["loss"] for r in _history(tmp_path)]
+  history = _history(tmp_path)
+  losses = [r["loss"] for r in history]
   assert len(losses) == 6
   assert losses[-1] < 0.75 * losses[0], losses
+  log = capsys.readouterr().out
+  assert "parameters on the CPU backend" in log and "make venv-gpu" in log
+  assert "train step compiled in" in log and "GiB (arguments" in log
+  assert "TFLOP/s/device | MFU" in log
+  # The analytic FLOPs of the global batch over the measured step rate, per device.
+  flops = flops_lib.train_step(config, config.train.batch_size).model
+  for record in history:
+    assert 0 < record["mfu"] <= 1
+    assert record["tflops_per_device"] == pytest.approx(
+        flops * record["steps_per_s"] / jax.device_count() / 1e12, rel=1e-6)
   assert os.path.exists(tmp_path / "samples" / "step_0000060.png")
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
 

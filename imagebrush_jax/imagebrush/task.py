@@ -35,6 +35,7 @@ from imagebrush_jax.diffusion.schedules import make_schedule
 from imagebrush_jax.imagebrush import build as build_lib
 from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.imagebrush import model as model_lib
+from imagebrush_jax.perf import flops as flops_lib
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 _POSTERIOR_STREAM = 0x1A7E  # folded into the step's rng for posterior samples (latent space)
@@ -215,5 +216,17 @@ def build(config: ml_collections.ConfigDict,
       train_config=config.train,
       seed=int(config.seed),
       model=model,
-      extras={"sample_fn": make_sample_fn(model, config, space)},
+      extras={"sample_fn": make_sample_fn(model, config, space),
+              "flops_per_step": _analytic_flops(config, space),
+              "compute_dtype": str(config.model.dtype)},
   )
+
+
+def _analytic_flops(config: ml_collections.ConfigDict, space: latent.LatentSpace | None
+                    ) -> Callable[[int], float] | None:
+  """batch size -> the train step's model FLOPs (perf/flops.py), for the paper's model; None
+  with a variant's plug-ins, whose layers the count leaves out (the loop then takes XLA's)."""
+  if config.model.get("variant", ""):
+    return None
+  arch = space.model.arch if space is not None else None
+  return lambda batch_size: flops_lib.train_step(config, batch_size, arch).model

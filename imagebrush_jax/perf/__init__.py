@@ -1,0 +1,1 @@
+"""Performance accounting: analytic FLOPs, device peaks and memory, compiled-program statistics."""

@@ -1,0 +1,111 @@
+"""Device peaks and capacities: dense bfloat16 FLOP/s by device kind, a measured CPU matmul peak,
+memory per device, and the warning for a large model on the CPU backend."""
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bfloat16 peak TFLOP/s per device (the vendors' figures without sparsity; V100: float16),
+# matched as substrings of jax's device_kind, first match first.
+PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("A100", 312.0),
+    ("V100", 125.0),
+    ("TPU v4", 275.0),
+    ("TPU v5 lite", 197.0),
+    ("TPU v5e", 197.0),
+    ("TPU v5p", 459.0),
+    ("TPU v5", 459.0),
+    ("TPU v6 lite", 918.0),
+)
+# Above this many parameters a CPU backend is almost surely a missing accelerator install.
+LARGE_MODEL_PARAMS = 100_000_000
+
+
+def _table_peak(device_kind: str) -> float | None:
+  for key, tflops in PEAK_TFLOPS:
+    if key in device_kind:
+      return tflops * 1e12
+  return None
+
+
+@functools.cache
+def cpu_matmul_flops(dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of the best of `repeats` jitted size x size matmuls in `dtype` on this process's
+  first CPU device: the CPU's practical peak, shared by its devices."""
+  device = jax.devices("cpu")[0]
+  a = jax.device_put(jnp.ones((size, size), dtype), device)
+  matmul = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(matmul(a, a))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, a))
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size**3 / best
+
+
+def peak_flops(device: jax.Device | None = None, dtype: str = "bfloat16"
+               ) -> tuple[float | None, str]:
+  """(peak FLOP/s of one device, where the figure comes from).
+
+  Accelerators: the dense bfloat16 table (MFU is quoted against it whatever the compute dtype).
+  CPU: a measured matmul in `dtype`, divided among the process's CPU devices.
+  """
+  device = device or jax.devices()[0]
+  if device.platform == "cpu":
+    per_device = cpu_matmul_flops(str(dtype)) / max(len(jax.local_devices(backend="cpu")), 1)
+    return per_device, f"measured {dtype} matmul"
+  peak = _table_peak(device.device_kind)
+  return peak, ("bfloat16 dense peak table" if peak else f"unknown device {device.device_kind!r}")
+
+
+def memory_bytes(device: jax.Device | None = None) -> int:
+  """Memory one device can use: the allocator's limit on accelerators; on the CPU the machine's
+  physical memory shared among the process's CPU devices."""
+  device = device or jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return physical // max(len(jax.local_devices(backend="cpu")), 1)
+
+
+def cpu_backend_warning(num_params: int, backend: str | None = None) -> str | None:
+  """A one-line warning when a model this large is about to train on the CPU backend."""
+  backend = backend or jax.default_backend()
+  if backend != "cpu" or num_params <= LARGE_MODEL_PARAMS:
+    return None
+  return (f"warning: {num_params / 1e6:.0f}M parameters on the CPU backend: jax sees no GPU or "
+          f"TPU. Install the accelerator build into .venv (make venv-gpu or make venv-tpu; "
+          f"README: Installing for GPUs and TPUs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m imagebrush_jax.perf.hardware [--expect gpu|tpu]`: prints the devices jax sees
+  and their peaks; with --expect, exits 1 with one line when that backend is not the default."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+  parser.add_argument("--expect", choices=("cpu", "gpu", "tpu"))
+  args = parser.parse_args(argv)
+  backend = jax.default_backend()
+  if args.expect and backend != args.expect:
+    print(f"jax {jax.__version__} runs on {backend}, not {args.expect}: its {args.expect} build "
+          f"did not load (no driver or device here?); jax.devices() = {jax.devices()}")
+    return 1
+  device = jax.devices()[0]
+  peak, source = peak_flops(device, "bfloat16" if backend != "cpu" else "float32")
+  peak_text = f"{peak / 1e12:.1f} TFLOP/s ({source})" if peak else source
+  print(f"jax {jax.__version__}: {jax.device_count()} x {device.device_kind} ({backend}); "
+        f"peak per device {peak_text}; memory per device {memory_bytes(device) / 2**30:.1f} GiB")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""The benchmarks' workload: a config's task on random weights and random batches, so a paper-scale
+step can be measured on a bare accelerator machine without data sets or weight files."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from imagebrush_jax import latent
+from imagebrush_jax.imagebrush import task as imagebrush_task
+from imagebrush_jax.models import autoencoder as ae
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """get_config() of a config file (the configs import `configs`, so the repo root is on the
+  path)."""
+  if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+  spec = importlib.util.spec_from_file_location("benchmark_config", path)
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f"no config file {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0
+                 ) -> dict[str, np.ndarray]:
+  """A data batch of random grids (uint8), the target cell masked, whole-image boxes."""
+  k, tile = int(config.data.num_examples), int(config.data.tile_size)
+  rng = np.random.default_rng(seed)
+  grid = rng.integers(0, 256, (batch_size, (k + 1) * tile, 2 * tile, 3), dtype=np.uint8)
+  mask = np.zeros((batch_size, (k + 1) * tile, 2 * tile, 1), np.uint8)
+  mask[:, -tile:, tile:] = 1
+  return dict(grid=grid, mask=mask, box=np.tile(np.float32([0, 0, 1, 1]), (batch_size, 1)))
+
+
+def autoencoder(config: ml_collections.ConfigDict, seed: int = 0
+                ) -> tuple[latent.LatentSpace, Any] | None:
+  """The latent space and its weights: read from config.model.autoencoder.params when set, else
+  random weights of the recorded architecture or of SD's VAE (AutoencoderConfig's defaults).
+  None in pixel space."""
+  if not latent.is_latent(config):
+    return None
+  if config.model.autoencoder.get("params"):
+    return latent.load(config)
+  config = ml_collections.ConfigDict(config.to_dict())
+  if not config.model.autoencoder.get("arch"):
+    config.model.autoencoder.arch = ae.AutoencoderConfig().to_dict()
+  space = latent.from_config(config)
+  return space, ae.init_params(space.model, jax.random.key(seed))
+
+
+def build_task(config: ml_collections.ConfigDict):
+  """(the ImageBrush Trainable of `config`, its autoencoder architecture or None)."""
+  space = autoencoder(config)
+  task = imagebrush_task.build(config, space)
+  return task, (space[0].model.arch if space is not None else None)
