@@ -13,7 +13,6 @@ Prints a JSON line last.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -30,36 +29,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from imagebrush_jax.imagebrush import build as build_lib
 from imagebrush_jax.imagebrush import model as model_lib
 from imagebrush_jax.imagebrush import task as imagebrush_task
-
-
-def _load_config(path: str):
-  """Loads get_config() from a config file (configs/*.py import `configs`, so the repo root is
-  on sys.path above)."""
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def _batch(config, b: int, seed: int = 0) -> dict[str, np.ndarray]:
-  k, tile = config.data.num_examples, config.data.tile_size
-  rng = np.random.default_rng(seed)
-  grid = rng.integers(0, 256, (b, (k + 1) * tile, 2 * tile, 3), dtype=np.uint8)
-  mask = np.zeros((b, (k + 1) * tile, 2 * tile, 1), np.uint8)
-  mask[:, -tile:, tile:] = 1
-  return dict(grid=grid, mask=mask, box=np.tile(np.float32([0, 0, 1, 1]), (b, 1)))
+from imagebrush_jax.perf import compiled as compiled_lib
+from imagebrush_jax.perf import workload
 
 
 def _timed(fn, *args) -> float:
   t0 = time.perf_counter()
   jax.block_until_ready(fn(*args))
   return time.perf_counter() - t0
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
 
 
 def main() -> None:
@@ -72,13 +49,13 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
 
-  config = _load_config(args.config)
+  config = workload.load_config(args.config)
   model = build_lib.build_model(config)
   params = build_lib.init_params(model, config, jax.random.key(0))
   # Perturb the zero-initialised layers so every layer computes on realistic values.
   noise = np.random.default_rng(0)
   params = jax.tree.map(lambda p: p + 0.01 * noise.standard_normal(p.shape, np.float32), params)
-  batch = _batch(config, args.batch)
+  batch = workload.random_batch(config, args.batch)
 
   sample_fn = imagebrush_task.make_sample_fn(model, config)
   run_sample = lambda key: sample_fn(params, batch, key, num_steps=args.steps,
@@ -100,7 +77,7 @@ def main() -> None:
   t2 = jnp.full((2 * args.batch,), config.diffusion.num_timesteps // 2, jnp.int32)
   denoise = imagebrush_task.make_denoise_fn(model)
   forward = jax.jit(denoise).lower(params, x2, t2, cond).compile()
-  flops = _flops(forward)
+  flops = compiled_lib.xla_flops(forward) or float("nan")
 
   # Compile and warm up both, then alternate so machine noise hits both alike.
   for _ in range(2):

@@ -12,9 +12,9 @@ analysis, cross-checked against the analytic count of imagebrush_jax/perf/flops.
 rematerialisation's recomputation included); peak device memory from the compiled memory
 analysis; the median step time; TFLOP/s per device and MFU (the analytic model FLOPs, or XLA's
 for a config with a variant's plug-ins, against the device's dense bfloat16 peak, or on the CPU
-against a measured matmul). --find_max_batch bisects the batch per device on the compiled memory analysis
-alone (nothing is run, so nothing runs out of memory). --pipeline also times the step fed by the
-config's grain pipeline against the constant batch (pipeline_ratio; target <= 1.05).
+against a measured matmul). --find_max_batch bisects the batch per device on the compiled memory
+analysis alone (nothing is run, so nothing runs out of memory). --pipeline also times the step
+fed by the config's grain pipeline against the constant batch (pipeline_ratio; target <= 1.05).
 Prints one JSON line last.
 """
 from __future__ import annotations
@@ -154,7 +154,9 @@ def main(argv):
   if _PIPELINE.value:
     config.train.batch_size = global_batch
     it = pipeline.make_train_iterator(config)
-    fed = lambda: parallel.host_batch_to_global(next(it), compiler.mesh)
+    keys = ("grid", "mask", "box")  # the compiled step's inputs (the pipeline adds task ids)
+    fed = lambda: parallel.host_batch_to_global({k: v for k, v in next(it).items() if k in keys},
+                                                compiler.mesh)
     state, _ = _timed_steps(compiled, state, fed, 2)
     state, fed_times = _timed_steps(compiled, state, fed, _STEPS.value)
     if hasattr(it, "close"):

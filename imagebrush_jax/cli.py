@@ -10,6 +10,8 @@ non-finite loss, which stops a run, likewise, with exit status 1).
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 from typing import Any, Callable
 
@@ -48,6 +50,20 @@ class RunFlags:
   coordinator_address = property(lambda self: self._coordinator.value)
   num_processes = property(lambda self: self._num_processes.value)
   process_id = property(lambda self: self._process_id.value)
+
+
+def load_config_file(path: str, what: str = "--config") -> Any:
+  """get_config() of a config file, read as --config of the training programs reads it (the
+  configs import `configs`, so the repository root joins the import path)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  spec = importlib.util.spec_from_file_location("config_file", path)
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f"{what} {path} not found")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def define_run_flags() -> RunFlags:

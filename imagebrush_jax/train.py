@@ -166,24 +166,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
     files.write_text_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
     writer.write_scalars(0, {"params_millions": num_params / 1e6})
   last_step = tc.num_steps if tc.stop_at_step < 0 else min(tc.stop_at_step, tc.num_steps)
-
-  # ------------------------------------------------------------ compile ahead of time
   next_batch = lambda: parallel.host_batch_to_global(next(train_iter), mesh)
-  batch = next_batch() if first_step < last_step else None
-  flops_per_step = None
-  if batch is not None:
-    train_step, compiled_stats = compiled_lib.compile_with_stats(train_step.lower(state, batch))
-    metric_writers.log_line(f"train step {compiled_stats.summary()}")
-    flops_per_step = _flops_per_step(task, tc, compiled_stats)
-    if jax.process_index() == 0:
-      writer.write_scalars(first_step, {
-          "compile/seconds": compiled_stats.compile_s,
-          "compile/peak_memory_gib": compiled_stats.peak_bytes / compiled_lib.GIB})
-  peak_flops, _ = hardware.peak_flops(jax.devices()[0], task.extras.get("compute_dtype",
-                                                                        "float32"))
-  progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, first_step,
-                                         flops_per_step=flops_per_step,
-                                         num_devices=jax.device_count(), peak_flops=peak_flops)
   history = metric_writers.JsonlHistory(workdir_path / "train_metrics.jsonl",
                                         flush_secs=HISTORY_FLUSH_SECS)
   evaluator = make_evaluator(config, task, mesh, workdir_path, writer)
@@ -197,6 +180,15 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
   metric_sums: dict[str, float] = {}
   metric_count = 0
   try:
+    batch = next_batch() if step < last_step else None
+    flops_per_step = None
+    if batch is not None:  # compiled ahead of time, to report what it costs before it runs
+      train_step, flops_per_step = _compile_step(train_step, state, batch, task, writer, step)
+    peak_flops, _ = hardware.peak_flops(jax.devices()[0],
+                                        task.extras.get("compute_dtype", "float32"))
+    progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, first_step,
+                                           flops_per_step=flops_per_step,
+                                           num_devices=jax.device_count(), peak_flops=peak_flops)
     while step < last_step:
       if step == profile_start:
         jax.profiler.start_trace(str(workdir_path / "profile"))
@@ -251,17 +243,25 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
   return state
 
 
-def _flops_per_step(task: train_state.Trainable, tc: ml_collections.ConfigDict,
-                    stats: compiled_lib.CompiledStats) -> float | None:
-  """The global batch's FLOPs per step: the task's analytic count where it has one (the model
-  FLOPs of MFU), else XLA's count of the compiled step over all devices (whose micro-batch loop
-  body it counts once)."""
+def _compile_step(train_step, state: State, batch: Any, task: train_state.Trainable,
+                  writer: metric_writers.MetricWriter, step: int) -> tuple[Any, float | None]:
+  """(the step compiled for these shapes and shardings, the global batch's FLOPs per step),
+  logging the compile time and the compiled memory analysis.
+
+  FLOPs are the task's analytic count where it has one (the model FLOPs of MFU), else XLA's
+  count of the compiled step over all devices (whose micro-batch loop body it counts once).
+  """
+  compiled, stats = compiled_lib.compile_with_stats(train_step.lower(state, batch))
+  metric_writers.log_line(f"train step {stats.summary()}")
+  writer.write_scalars(step, {"compile/seconds": stats.compile_s,
+                              "compile/peak_memory_gib": stats.peak_bytes / compiled_lib.GIB})
+  tc = task.train_config
   analytic = task.extras.get("flops_per_step")
   if analytic is not None:
-    return float(analytic(int(tc.batch_size)))
+    return compiled, float(analytic(int(tc.batch_size)))
   if stats.flops is None:
-    return None
-  return stats.flops * jax.device_count() * int(tc.grad_accum_steps)
+    return compiled, None
+  return compiled, stats.flops * jax.device_count() * int(tc.grad_accum_steps)
 
 
 def _resume_step(checkpointer: ckpt_lib.Checkpointer,

@@ -160,17 +160,26 @@ def _run(args: list[str], timeout: int = 600) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_train_mfu_benchmark_at_tiny_size(tmp_path):
-  """latent_tiny on a small autoencoder file, rematerialised: XLA's count of the compiled step
-  agrees with the analytic count (recomputation included); MFU in (0, 1]."""
+def test_accelerator_script_at_tiny_size(tmp_path):
+  """benchmarks/accelerator.sh (both benchmarks) on latent_tiny with a small autoencoder file,
+  rematerialised: XLA's count of the compiled step agrees with the analytic count
+  (recomputation included); MFU in (0, 1]; guided edits per second with encode and decode."""
   arch = ae.AutoencoderConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1,
                               norm_num_groups=8)
   ae_file = str(tmp_path / "ae.safetensors")
   autoencoder_params.save(ae_file, ae.init_params(ae.build(arch), jax.random.key(0)), arch,
                           source="random weights")
-  result = _run(["benchmarks/train_mfu.py", "--config", "configs/latent_tiny.py",
-                 f"--config.model.autoencoder.params={ae_file}", "--steps", "2",
-                 "--remat_policy", "nothing_saveable", "--batch_per_device", "4"])
+  out = tmp_path / "out"
+  env = dict(os.environ, PY=sys.executable, CONFIG="configs/latent_tiny.py", OUT_DIR=str(out),
+             BATCH_PER_DEVICE="4", REMAT_POLICY="nothing_saveable", SAMPLER_BATCH="2",
+             TRAIN_STEPS="2", SAMPLER_STEPS="4",
+             XLA_FLAGS=conftest.with_test_flags(os.environ.get("XLA_FLAGS", ""), devices=1))
+  proc = subprocess.run(["bash", "benchmarks/accelerator.sh",
+                         f"--config.model.autoencoder.params={ae_file}"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+  assert "cpu" in (out / "device.txt").read_text()
+  result = json.loads((out / "train_mfu.json").read_text())
   for key in ("flops_per_step", "step_s", "tflops_per_device", "mfu", "peak_memory_bytes",
               "compile_s", "device"):
     assert result[key] is not None, key
@@ -180,6 +189,9 @@ def test_train_mfu_benchmark_at_tiny_size(tmp_path):
   assert result["batch_per_device"] == 4 and result["peak_memory_bytes"] > 0
   assert result["tflops_per_device"] == pytest.approx(
       result["flops_per_step"] / result["num_devices"] / result["step_s"] / 1e12, rel=1e-3)
+  sampled = json.loads((out / "sampler_throughput.json").read_text())
+  assert sampled["latent"] and sampled["batch"] == 2 and sampled["steps"] == 4
+  assert sampled["flops_parts"]["autoencoder_decode"] > 0 and 0 < sampled["mfu"] <= 1
 
 
 def test_sampler_throughput_benchmark_at_tiny_size():

@@ -134,6 +134,12 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
     (f"{PY} -m imagebrush_jax.export --workdir runs/demo --output model.safetensors", [], ""),
     (f"{PY} -m imagebrush_jax.infer --params model.safetensors --before a.png --after b.png "
      "--query q.png --output out_file.png", ["--steps", "2"], ""),
+    ("make venv-gpu", None, "installs jax's CUDA build (a download) and needs a GPU; "
+     "tests/test_perf.py::test_accelerator_installs_pin_the_cpu_jax checks what it installs"),
+    ("make venv-tpu", None, "installs jax's TPU build (a download) and needs a TPU; "
+     "tests/test_perf.py::test_accelerator_installs_pin_the_cpu_jax checks what it installs"),
+    ("benchmarks/accelerator.sh", None, "paper scale on an accelerator; "
+     "tests/test_perf.py::test_accelerator_script_at_tiny_size runs it at tiny size"),
     ("make app", None, "a server: tests/test_app.py::test_make_app_serves_the_demo_run starts it "
                        "as written (on a tiny run, at a free port) and edits through its API"),
     (f"{PY} -m imagebrush_jax.evaluate --workdir runs/demo --num_examples 256 "

@@ -2,33 +2,21 @@
 step can be measured on a bare accelerator machine without data sets or weight files."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from imagebrush_jax import cli
 from imagebrush_jax import latent
 from imagebrush_jax.imagebrush import task as imagebrush_task
 from imagebrush_jax.models import autoencoder as ae
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """get_config() of a config file (the configs import `configs`, so the repo root is on the
-  path)."""
-  if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-  spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  if spec is None or not os.path.isfile(path):
-    raise FileNotFoundError(f"no config file {path}")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """get_config() of a config file (as the training programs' --config reads it)."""
+  return cli.load_config_file(path)
 
 
 def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0

@@ -10,7 +10,6 @@ from it with --config.data.source=tfds --config.data.tfds.dir=OUTPUT. The last s
 JSON summary: tasks, pairs, skipped, heldout_tasks, shards, seconds, ...
 """
 import dataclasses
-import importlib.util
 import os
 from typing import Sequence
 
@@ -49,16 +48,6 @@ _CONFIG = flags.DEFINE_string(
     "and train + held-out tasks are drawn.")
 
 
-def _load_config(path: str):
-  """get_config() of a config file, as --config of the training programs reads it."""
-  spec = importlib.util.spec_from_file_location("build_config", path)
-  if spec is None or not os.path.isfile(path):
-    raise FileNotFoundError(f"--config {path} not found")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def _options() -> writer.BuildOptions:
   read = units.SourceOptions(
       columns=ip2p.Columns(_BEFORE.value, _AFTER.value, _INSTRUCTION.value),
@@ -71,7 +60,7 @@ def _options() -> writer.BuildOptions:
   if _SOURCE.value != "synthetic":
     return opts
   from imagebrush_jax.data import options as options_lib  # pylint: disable=g-import-not-at-top
-  data = options_lib.from_config(_load_config(_CONFIG.value))
+  data = options_lib.from_config(cli.load_config_file(_CONFIG.value))
   read = dataclasses.replace(read, synthetic_scene=data.scene, synthetic_size=opts.image_size,
                              seed=_SEED.value)
   return dataclasses.replace(opts, read=read, synthetic_tasks=data.all_tasks,
