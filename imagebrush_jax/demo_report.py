@@ -26,7 +26,7 @@ from imagebrush_jax import run_loading
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.imagebrush import task as imagebrush_task
-from imagebrush_jax.metrics import task_accuracy
+from imagebrush_jax.metrics import edits
 
 REPORT_SEED = periodic_eval.EVAL_SEED_OFFSET + 7  # fresh scenes, none seen in training
 
@@ -107,22 +107,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.metrics:
     start = time.perf_counter()
     vocab = pipeline.task_vocabulary(config)
-    gens, grids, task_names = [], [], []
+    gens, grids, task_names, candidates = [], [], [], []
     for i, b in enumerate(pipeline.make_eval_batches(config, num_grids=args.num_grids,
-                                                     seed=REPORT_SEED + 1, tasks=names)):
+                                                     seed=REPORT_SEED + 1, tasks=names,
+                                                     candidates=True)):
       o = sample_fn(params, b, jax.random.fold_in(jax.random.key(1), i))
       gens.append(np.asarray(grid_lib.unit_to_pixels(o["target"])))
       grids.append(np.asarray(b["grid"]))
       task_names += [vocab[int(t)] for t in b["task_id"]]
+      if "candidates" in b:
+        candidates.append(b["candidates"])
     _, _, query, truth = grid_lib.split_cells(np.concatenate(grids), k, tile)
-    gen = np.concatenate(gens)
-    res = task_accuracy.evaluate_edits(gen, query, truth, task_names,
-                                       task_accuracy.applicable_tasks(names))
-    per_task = {}
-    for n in names:
-      sel = np.array([t == n for t in task_names])
-      per_task[n] = task_accuracy.evaluate_edits(gen[sel], query[sel], truth[sel], [n] * sel.sum(),
-                                                 task_accuracy.applicable_tasks(names))
+    per_grid = edits.score(np.concatenate(gens), query, truth, task_names, vocab,
+                           np.concatenate(candidates) if candidates else None)
+    res = edits.by_group(per_grid, task_names)
+    per_task = {n: edits.summarize(per_grid, np.array([t == n for t in task_names]))
+                for n in names}
     metrics = dict(step=run.step, num_grids=args.num_grids, **res, per_task=per_task,
                    num_steps=int(config.sampling.num_steps),
                    guidance_scale=float(config.sampling.guidance_scale),

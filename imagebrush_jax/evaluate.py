@@ -9,11 +9,15 @@ training (config.data.eval_fraction). Metrics, for tasks of any name:
   psnr, ssim      generated I' vs the ground truth; copy_psnr / copy_ssim for returning I itself
   edit_success    within the pixels where the true I' differs from I, the output is closer to I'
                   than to I and 10 dB nearer it than the copy (metrics/image_quality.py)
+  preservation    PSNR of the output to I outside those pixels (what the edit must keep)
   accuracy        task identification: the generated I' lies within half the distance from the
                   true task's output on I to the nearest different candidate output, where a
                   tie counts only with tasks whose output equals the true one
                   (metrics/task_accuracy.py); per task too, and the chance level of a random
-                  pick; only for tasks that have candidates (the built-in global tasks)
+                  pick. Candidates: every task of the vocabulary on the query's scene for
+                  synthetic grids (object tasks included), the global tasks for stored pairs
+  object_tasks, global_tasks   the means over each group of built-in tasks (metrics/edits.py),
+                  overall and in train_tasks_metrics
   prompt_fidelity dist(E', edit(E | I -> I')), image_fidelity dist(I, edit(I' | E' -> E)), with
                   dist = pixel MSE in [0, 1], or FID when --inception_weights is given
 """
@@ -36,6 +40,7 @@ from imagebrush_jax.data import pipeline as data_pipeline
 from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.metrics import cycle
+from imagebrush_jax.metrics import edits
 from imagebrush_jax.metrics import fid as fid_lib
 from imagebrush_jax.metrics import image_quality
 from imagebrush_jax.metrics import task_accuracy
@@ -51,8 +56,10 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
   """Metrics of `generate` (batch -> I' uint8 [B, T, T, 3]) on evaluation batches.
 
   `edit` (before, after, query -> uint8), used by the cycle metrics; None skips them.
-  With `train_tasks`, "train_tasks_metrics" repeats accuracy / PSNR / copy PSNR over the grids
-  of those tasks alone (fresh quadruplets of the trained tasks, without held-out compositions).
+  Batches with `candidates` (synthetic grids) score task identification among every task of
+  the vocabulary; others among its global tasks. With `train_tasks`, "train_tasks_metrics"
+  repeats the means over the grids of those tasks alone (fresh quadruplets of the trained tasks,
+  without held-out compositions), with the object-level and global tasks apart.
   """
   cells = collections.defaultdict(list)
   for batch in batches:
@@ -65,57 +72,37 @@ def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_example
       cells[key].append(value)
     cells["generated"].append(generated)
     cells["task_id"].append(np.asarray(batch["task_id"]))
+    if "candidates" in batch:
+      cells["candidates"].append(np.asarray(batch["candidates"]))
   data = {k: np.concatenate(v) for k, v in cells.items()}
   gen, truth, query = data["generated"], data["target"], data["query"]
-  n = gen.shape[0]
-
-  # Task identification over the global tasks of the vocabulary (only they apply to any image).
-  global_names = list(task_accuracy.applicable_tasks(task_vocabulary))
   true_names = [task_vocabulary[i] for i in data["task_id"]]
-  correct = np.full(n, np.nan)
-  chance = np.full(n, np.nan)
-  identifiable = np.array([t in global_names for t in true_names])
-  if identifiable.any() and len(global_names) > 1:
-    idx = np.flatnonzero(identifiable)
-    cand = task_accuracy.candidate_outputs(query[idx], global_names)
-    true_index = np.array([global_names.index(true_names[i]) for i in idx])
-    correct[idx] = task_accuracy.task_identification_correct(gen[idx], cand, true_index)
-    chance[idx] = task_accuracy.chance_accuracy(cand, true_index)
-
-  def mean_or_none(x):
-    x = x[~np.isnan(x)]
-    return float(x.mean()) if x.size else None
-
-  success = image_quality.edit_success(gen, query, truth)
+  per_grid = edits.score(gen, query, truth, true_names, task_vocabulary,
+                         data.get("candidates"))
   per_task = {}
   for name in dict.fromkeys(true_names):
-    sel = np.array([t == name for t in true_names])
-    per_task[name] = {"count": int(sel.sum()), "accuracy": mean_or_none(correct[sel]),
-                      "psnr": float(image_quality.psnr(gen[sel], truth[sel]).mean()),
-                      "copy_psnr": float(image_quality.psnr(query[sel], truth[sel]).mean()),
-                      "edit_success": mean_or_none(success[sel])}
-  psnr = image_quality.psnr(gen, truth)
-  ssim = image_quality.ssim(gen, truth)
-  copy_psnr = image_quality.psnr(query, truth)
+    summary = edits.summarize(per_grid, np.array([t == name for t in true_names]))
+    del summary["chance_accuracy"]
+    per_task[name] = {**summary, "group": edits.task_group(name)}
+  overall = edits.by_group(per_grid, true_names)
   metrics = {
-      "num_examples": int(n),
-      "accuracy": mean_or_none(correct),
-      "chance_accuracy": mean_or_none(chance),
-      "accuracy_tasks": global_names,
-      "psnr": float(psnr.mean()),
-      "ssim": float(ssim.mean()),
-      "copy_psnr": float(copy_psnr.mean()),
+      "num_examples": int(gen.shape[0]),
+      **{k: overall[k] for k in ("accuracy", "chance_accuracy")},
+      "accuracy_tasks": (list(task_vocabulary) if "candidates" in data
+                         else list(task_accuracy.applicable_tasks(task_vocabulary))),
+      "psnr": overall["psnr"],
+      "ssim": float(image_quality.ssim(gen, truth).mean()),
+      "copy_psnr": overall["copy_psnr"],
       "copy_ssim": float(image_quality.ssim(query, truth).mean()),
-      "edit_success": mean_or_none(success),
+      "edit_success": overall["edit_success"],
+      "preservation": overall["preservation"],
+      **{group: overall[group] for group in (edits.OBJECT, edits.GLOBAL) if group in overall},
       "per_task": per_task,
       "distance": distance.name,
   }
   trained = np.array([t in train_tasks for t in true_names])
   if trained.any():
-    metrics["train_tasks_metrics"] = {
-        "count": int(trained.sum()), "accuracy": mean_or_none(correct[trained]),
-        "psnr": float(psnr[trained].mean()), "copy_psnr": float(copy_psnr[trained].mean()),
-        "edit_success": mean_or_none(success[trained])}
+    metrics["train_tasks_metrics"] = edits.by_group(per_grid, true_names, trained)
   if edit is not None:
     metrics.update(cycle.cycle_metrics(edit, data["before"], data["after"],
                                        query, gen, distance))
@@ -142,7 +129,7 @@ def evaluate_run(workdir: str | None, *, num_examples: int, seed: int = DEFAULT_
   editor = editor_lib.Editor(run, batch_size=batch_size, num_steps=num_steps,
                              guidance_scale=guidance_scale)
   batches = data_pipeline.make_eval_batches(config, num_grids=num_examples, seed=seed,
-                                            batch_size=editor.batch_size)
+                                            batch_size=editor.batch_size, candidates=True)
   key = jax.random.key(seed)
   counter = iter(range(1 << 30))
 

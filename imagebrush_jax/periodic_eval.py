@@ -2,10 +2,12 @@
 edit quality on fresh grids of the training tasks.
 
 Written to TensorBoard, as PNG files under WORKDIR/samples, and (process 0) one line per eval in
-WORKDIR/eval_metrics.jsonl: {step, wall_s, psnr, copy_psnr, edit_success, accuracy, ...}. Every
-task, whatever its name, gets PSNR against the true I', the copy-the-query baseline and edit
-success (metrics/image_quality.py); task-identification accuracy is added for the tasks that
-have candidates (the built-in global tasks and their compositions; metrics/task_accuracy.py).
+WORKDIR/eval_metrics.jsonl: {step, wall_s, psnr, copy_psnr, edit_success, preservation,
+accuracy, object_*, global_*, ...}. Every task, whatever its name, gets PSNR against the true I',
+the copy-the-query baseline, edit success and preservation (metrics/image_quality.py);
+task-identification accuracy is added where the grids have candidates (every built-in task on
+synthetic scenes, the global tasks otherwise; metrics/edits.py). object_* and global_* are the
+means over each group of built-in training tasks.
 Grids of stored pairs (folder, tfds) come from the held-out pairs (config.data.eval_fraction).
 Eval batches of any size run on any device count: each is padded to a multiple of the device
 count, and the padding rows count in no metric.
@@ -28,8 +30,7 @@ from imagebrush_jax import parallel
 from imagebrush_jax import train_state
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.imagebrush import grid as grid_lib
-from imagebrush_jax.metrics import image_quality
-from imagebrush_jax.metrics import task_accuracy
+from imagebrush_jax.metrics import edits
 
 EVAL_SEED_OFFSET = 1_000_003  # eval grids come from seeds no training index uses
 
@@ -90,13 +91,16 @@ class Evaluator:
       self.sample_batch = self._global(full[0])
       self.sample_grid = np.asarray(full[0]["grid"])  # every host built it in full
     # Edit quality on fresh grids of the training tasks (seed + 2: scenes never trained on).
-    self.acc_batches, self.acc_tasks = [], ()
-    self.acc_candidates = task_accuracy.applicable_tasks(config.data.train_tasks)
+    self.acc_batches, self.acc_tasks, self.acc_candidates = [], (), None
+    self.vocabulary = pipeline.task_vocabulary(config)
     if tc.get("accuracy_num_grids", 0):
-      vocab = pipeline.task_vocabulary(config)
+      vocab = self.vocabulary
       host = pipeline.make_eval_batches(config, num_grids=int(tc.accuracy_num_grids),
-                                        seed=seed + 2, tasks=tuple(config.data.train_tasks))
+                                        seed=seed + 2, tasks=tuple(config.data.train_tasks),
+                                        candidates=True)
       self.acc_tasks = tuple(vocab[int(i)] for b in host for i in b["task_id"])
+      if "candidates" in host[0]:
+        self.acc_candidates = np.concatenate([b["candidates"] for b in host])
       self.acc_batches = [self._global(b) for b in host]
       self.acc_grid = np.concatenate([np.asarray(b["grid"]) for b in host])
     self.history = metric_writers.JsonlHistory(workdir / "eval_metrics.jsonl")
@@ -146,20 +150,22 @@ class Evaluator:
     return scalars
 
   def _accuracy(self, params: Any, key: jax.Array) -> dict[str, float]:
-    """Samples the target cell of each grid -> psnr, copy_psnr, edit_success and, where the
-    tasks have candidates, accuracy (uint8 space)."""
+    """Samples the target cell of each grid -> psnr, copy_psnr, edit_success, preservation and
+    accuracy (where the grids have candidates), over all training tasks and (object_*,
+    global_*) each group of built-in tasks (metrics/edits.py)."""
     tile, k = self.config.data.tile_size, self.config.data.num_examples
     generated = np.concatenate([self._generate(params, b, jax.random.fold_in(key, 10_000 + i))
                                 for i, b in enumerate(self.acc_batches)])
     _, _, query, truth = grid_lib.split_cells(np.asarray(self.acc_grid), k, tile)
-    res = task_accuracy.evaluate_edits(generated, query, truth, self.acc_tasks,
-                                       self.acc_candidates)
-    record = {"psnr": res["psnr"], "copy_psnr": res["copy_psnr"]}
-    success = image_quality.edit_success(generated, query, truth)
-    if not np.all(np.isnan(success)):
-      record["edit_success"] = float(np.nanmean(success))
-    if res["num_scored"]:
-      record["accuracy"] = res["accuracy"]
+    per_grid = edits.score(generated, query, truth, self.acc_tasks, self.vocabulary,
+                           self.acc_candidates)
+    summary = edits.by_group(per_grid, self.acc_tasks)
+    keys = ("psnr", "copy_psnr", "edit_success", "preservation", "accuracy")
+    record = {k: summary[k] for k in keys if summary[k] is not None}
+    for group, prefix in ((edits.OBJECT, "object_"), (edits.GLOBAL, "global_")):
+      if group in summary:
+        record.update({prefix + k: summary[group][k] for k in keys
+                       if k not in ("copy_psnr",) and summary[group][k] is not None})
     return record
 
   def _samples(self, step: int, params: Any, key: jax.Array) -> None:

@@ -160,3 +160,55 @@ def test_evaluate_cli_on_tiny_checkpoint(tmp_path):
   from_file = json.loads((tmp_path / "p.json").read_text())
   for key in ("accuracy", "psnr", "ssim", "copy_psnr", "prompt_fidelity", "step", "workdir"):
     assert from_file[key] == m[key], key
+
+
+OBJECT_TASKS = ("recolor", "move", "delete", "scale_up", "keep_largest")
+
+
+@pytest.fixture(scope="module")
+def object_batches():
+  """Object-level and global training tasks and a held-out object + global composition, with
+  every task's output on each query's scene (`candidates`)."""
+  config = tiny_test.get_config()
+  config.data.tile_size = 16
+  config.data.train_tasks = OBJECT_TASKS + ("hflip", "invert")
+  config.data.heldout_tasks = ("recolor+hflip",)
+  return config, data_pipeline.make_eval_batches(config, num_grids=48, seed=778, batch_size=16,
+                                                 candidates=True)
+
+
+def test_candidates_are_every_task_on_the_query_scene(object_batches):
+  config, bs = object_batches
+  vocab = data_pipeline.task_vocabulary(config)
+  for b in bs:
+    parts = grid_lib.split_cells(b["grid"], config.data.num_examples)
+    assert b["candidates"].shape == (len(b["grid"]), len(vocab), 16, 16, 3)
+    rows = np.arange(len(b["grid"]))
+    np.testing.assert_array_equal(b["candidates"][rows, b["task_id"]], parts.target)
+    for j, name in enumerate(vocab):
+      if tasks_lib.get_task(name).is_global:  # the same as applying it to the cropped query
+        np.testing.assert_array_equal(
+            b["candidates"][:, j], task_accuracy.candidate_outputs(parts.query, (name,))[:, 0])
+
+
+def test_object_tasks_are_measured_strictly(object_batches):
+  """Exact outputs identify every task, object-level ones included; a copy of the query, the
+  usual failure on object edits, earns no accuracy and no edit success (and keeps everything)."""
+  config, bs = object_batches
+  vocab = data_pipeline.task_vocabulary(config)
+  run = lambda generate: evaluate.evaluate_batches(
+      bs, num_examples=config.data.num_examples, task_vocabulary=vocab, generate=generate,
+      edit=None, distance=fid_lib.PixelDistance(), train_tasks=tuple(config.data.train_tasks))
+  m = run(lambda b: grid_lib.split_cells(b["grid"], config.data.num_examples).target)
+  assert m["accuracy_tasks"] == list(vocab)
+  assert all(t["accuracy"] == 1.0 and t["edit_success"] == 1.0 for t in m["per_task"].values())
+  assert {t["group"] for t in m["per_task"].values()} == {"object_tasks", "global_tasks"}
+  train = m["train_tasks_metrics"]
+  assert train["object_tasks"]["count"] + train["global_tasks"]["count"] == train["count"]
+  assert train["object_tasks"]["accuracy"] == 1.0 and train["object_tasks"]["preservation"] == 100
+  assert m["per_task"]["recolor+hflip"]["group"] == "object_tasks"
+
+  m = run(lambda b: grid_lib.split_cells(b["grid"], config.data.num_examples).query)
+  obj = m["train_tasks_metrics"]["object_tasks"]
+  assert obj["accuracy"] == 0.0 and obj["edit_success"] == 0.0 and obj["preservation"] == 100
+  assert 0 < m["chance_accuracy"] < 0.5

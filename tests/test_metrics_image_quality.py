@@ -30,3 +30,17 @@ def test_edit_success_is_undefined_where_nothing_changes():
   truth[1, :4] = 255 - truth[1, :4]  # only the second image has an edit, in its top rows
   out = image_quality.edit_success(truth, query, truth)
   assert np.isnan(out[0]) and out[1] == 1.0
+
+
+def test_preservation_measures_what_the_edit_must_keep():
+  rng = np.random.default_rng(3)
+  query = rng.integers(0, 100, (2, 8, 8, 3), dtype=np.uint8)  # inverted: > 55 levels away
+  truth = query.copy()
+  truth[:, :2, :2] = 255 - truth[:, :2, :2]  # a local edit of the top-left corner
+  assert np.all(image_quality.preservation(truth, query, truth) == 100.0)
+  noisy = truth.copy()
+  noisy[:, 4:, 4:] = 255 - noisy[:, 4:, 4:]  # damage outside the edit
+  kept = image_quality.preservation(noisy, query, truth)
+  assert np.all(kept < 15.0)
+  everywhere = 255 - query  # an edit of every pixel leaves nothing to keep
+  assert np.all(np.isnan(image_quality.preservation(everywhere, query, everywhere)))

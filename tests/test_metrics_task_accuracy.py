@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from imagebrush_jax.data import tasks as tasks_lib
+from imagebrush_jax.metrics import edits
 from imagebrush_jax.metrics import task_accuracy as ta
 
 NAMES = tasks_lib.GLOBAL_TASKS
@@ -19,7 +20,8 @@ def test_ground_truth_scores_one():
   truth = cands[np.arange(len(q)), idx]
   assert cands.shape == (len(q), len(NAMES), 8, 8, 3)
   assert ta.task_identification_accuracy(truth, cands, idx) == 1.0
-  res = ta.evaluate_edits(truth, q, truth, [NAMES[i] for i in idx], NAMES)
+  per_grid = edits.score(truth, q, truth, [NAMES[i] for i in idx], NAMES)
+  res = edits.summarize(per_grid)
   assert res["accuracy"] == 1.0 and res["psnr"] == ta.MAX_PSNR_DB
   assert res["copy_psnr"] < 20.0
 
@@ -126,5 +128,6 @@ def test_psnr_values_and_errors():
 
 def test_applicable_tasks_drops_object_tasks():
   assert ta.applicable_tasks(("hflip", "recolor", "vflip+invert")) == ("hflip", "vflip+invert")
-  res = ta.evaluate_edits(_queries(2), _queries(2), _queries(2), ["recolor", "recolor"], NAMES)
-  assert np.isnan(res["accuracy"]) and res["num_scored"] == 0
+  res = edits.summarize(edits.score(_queries(2), _queries(2), _queries(2),
+                                    ["recolor", "recolor"], NAMES))
+  assert res["accuracy"] is None and res["count"] == 2

@@ -6,6 +6,10 @@
                             (TileSpec.crop / box_to_tile; inference tiles with the same TileSpec)
         -> AssembleGrid  -> {grid, mask, box, task_id} (see imagebrush/grid.py)
 
+Evaluation grids of synthetic scenes add QueryCandidates before AssembleGrid: every task's output
+on the query's scene, cropped alike, as `candidates` [N, T, T, 3] in task_id order (what task
+identification compares the generated I' with).
+
 Everything random is drawn in SampleEpisode from np.random.default_rng([seed, stream, index]), so
 a grid depends on nothing but (seed, index): not on the host, worker or thread computing it.
 """
@@ -18,6 +22,7 @@ import numpy as np
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import options as options_lib
 from imagebrush_jax.data import sources
+from imagebrush_jax.data import tasks as tasks_lib
 from imagebrush_jax.imagebrush import grid as grid_lib
 
 _EPISODE_STREAM = 0  # tags the episode sampler's random stream (scenes use another)
@@ -92,19 +97,46 @@ class AugmentCells(grain.transforms.Map):
     return episode, tiles, augment.WHOLE_TILE.copy() if box is None else box
 
 
+class QueryCandidates(grain.transforms.Map):
+  """Adds, for the query pair's scene, the output of every task of `names` (the task_id
+  vocabulary), rendered and cropped as the grid's cells: [N, T, T, 3] uint8. The true task's
+  candidate is the grid's target cell."""
+
+  def __init__(self, source: sources.SyntheticSource, opts: options_lib.DataOptions,
+               names: Sequence[str]):
+    self.source, self.names = source, tuple(names)
+    self.spec, self.render_size = augment.TileSpec.from_options(opts), opts.render_size
+
+  def map(self, element):
+    episode, tiles, box = element
+    scene = self.source.scene(episode.pair_indices[-1])
+    outputs = [tasks_lib.get_task(name).make_pair(scene, self.render_size)[1]
+               for name in self.names]
+    candidates = np.stack([self.spec.crop(img, episode.augmentation) for img in outputs])
+    return episode, tiles, box, candidates
+
+
 class AssembleGrid(grain.transforms.Map):
-  """-> the batch element {grid, mask, box, task_id} (imagebrush/grid.py has the layout)."""
+  """-> the batch element {grid, mask, box, task_id[, candidates]} (imagebrush/grid.py has the
+  layout)."""
 
   def map(self, element) -> dict[str, np.ndarray]:
-    episode, tiles, box = element
+    episode, tiles, box = element[:3]
     out = grid_lib.assemble_grid([(b, a) for b, a in tiles[:-1]], tiles[-1, 0], tiles[-1, 1],
                                  box=box)
     out["task_id"] = np.int32(episode.task_id)
+    if len(element) > 3:
+      out["candidates"] = element[3]
     return out
 
 
 def grid_transforms(source: sources.PairSource, opts: options_lib.DataOptions, *,
-                    tasks: Sequence[str], seed: int, train: bool) -> list[grain.transforms.Map]:
-  """The four steps, in order, for `.map`-ing a dataset of indices to grids."""
-  return [SampleEpisode(source, opts, tasks=tasks, seed=seed, train=train),
-          LoadPairs(source, opts), AugmentCells(opts), AssembleGrid()]
+                    tasks: Sequence[str], seed: int, train: bool,
+                    candidates: bool = False) -> list[grain.transforms.Map]:
+  """The steps, in order, for `.map`-ing a dataset of indices to grids; with `candidates` (a
+  synthetic source) QueryCandidates too."""
+  steps = [SampleEpisode(source, opts, tasks=tasks, seed=seed, train=train),
+           LoadPairs(source, opts), AugmentCells(opts)]
+  if candidates:
+    steps.append(QueryCandidates(source, opts, opts.all_tasks))
+  return steps + [AssembleGrid()]

@@ -65,8 +65,10 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def _grids(source: sources.PairSource, opts: options_lib.DataOptions, indices: grain.MapDataset,
-           *, tasks: Sequence[str], seed: int, train: bool) -> grain.MapDataset:
-  for transform in episodes.grid_transforms(source, opts, tasks=tasks, seed=seed, train=train):
+           *, tasks: Sequence[str], seed: int, train: bool,
+           candidates: bool = False) -> grain.MapDataset:
+  for transform in episodes.grid_transforms(source, opts, tasks=tasks, seed=seed, train=train,
+                                            candidates=candidates):
     indices = indices.map(transform)
   return indices
 
@@ -136,7 +138,8 @@ def make_train_iterator(config: Any, *, process_index: int | None = None,
 
 def make_eval_batches(config: Any, *, num_grids: int, seed: int,
                       tasks: Sequence[str] | None = None,
-                      batch_size: int | None = None) -> list[dict[str, np.ndarray]]:
+                      batch_size: int | None = None,
+                      candidates: bool = False) -> list[dict[str, np.ndarray]]:
   """Deterministic evaluation batches of `num_grids` grids in total, on a fresh `seed`.
 
   Tasks (default: train + held-out) take turns, so each gets the same share; grids use the
@@ -144,6 +147,9 @@ def make_eval_batches(config: Any, *, num_grids: int, seed: int,
   (default config.data.eval_batch_size); the last one holds the remainder. Synthetic scenes are
   drawn from `seed` too, so a seed other than config.seed gives scenes never trained on; stored
   pairs (folder, tfds) come from the held-out part of each task (config.data.eval_fraction).
+  With `candidates`, synthetic batches also hold `candidates` [B, N, T, T, 3]: every task of the
+  task_id vocabulary applied to the query's scene (episodes.QueryCandidates); stored pairs have
+  no scene, so their batches have none.
   """
   opts = options_lib.from_config(config)
   if num_grids < 1:
@@ -156,6 +162,7 @@ def make_eval_batches(config: Any, *, num_grids: int, seed: int,
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   source = sources.make_source(opts, seed=seed, part="heldout")
   sources.check_tasks(source, tasks, opts.num_examples + 1, "tasks")
+  candidates = candidates and isinstance(source, sources.SyntheticSource)
   ds = _grids(source, opts, grain.MapDataset.range(num_grids), tasks=tasks, seed=seed,
-              train=False).batch(batch_size)
+              train=False, candidates=candidates).batch(batch_size)
   return [ds[i] for i in range(len(ds))]

@@ -107,7 +107,18 @@ class SyntheticSource:
     return str(int(index))
 
   def __getitem__(self, index: int) -> Pair:
-    index = int(index)
+    scene, (before, after, box) = self._draw(int(index))
+    del scene
+    return Pair(before, after, self.tasks[int(index) % len(self.tasks)], str(int(index)), box)
+
+  def scene(self, index: int) -> scenes.Scene:
+    """The scene pair `index` shows (its before image), so that any other task's output on the
+    same scene can be rendered (evaluation's candidate outputs)."""
+    return self._draw(int(index))[0]
+
+  def _draw(self, index: int):
+    """(scene, (before, after, box)) of pair `index`: the first scene drawn from (seed, index)
+    that its task changes."""
     name = self.tasks[index % len(self.tasks)]
     task = self._resolved[name]
     for attempt in range(MAX_SCENE_ATTEMPTS):
@@ -115,7 +126,7 @@ class SyntheticSource:
       scene = scenes.sample_scene(rng, self.params)
       before, after, box = task.make_pair(scene, self.tile_size)
       if not np.array_equal(before, after):
-        return Pair(before, after, name, str(index), box)
+        return scene, (before, after, box)
     raise ValueError(
         f"task {name!r} left {MAX_SCENE_ATTEMPTS} scenes in a row unchanged (pair {index}); it "
         f"is the identity on scenes drawn with config.data.synthetic.num_objects = "

@@ -61,3 +61,20 @@ def edit_success(generated, query, truth, threshold: int = EDIT_THRESHOLD,
   copy_error = (region * np.square(q - t)).sum(axis=(1, 2, 3))
   made = (to_truth < to_query) & (to_truth <= error_ratio * copy_error)
   return np.where(size > 0, made.astype(np.float64), np.nan)
+
+
+def preservation(generated, query, truth, threshold: int = EDIT_THRESHOLD,
+                 max_db: float = 100.0) -> np.ndarray:
+  """Per image, PSNR (dB) of the output to I outside the edited region (the pixels where the true
+  I' differs from I by more than `threshold`): how well the rest of the image is kept. NaN where
+  the edit covers every pixel (a global edit leaves nothing to keep)."""
+  g, q, t = (np.asarray(x, np.float64) for x in (generated, query, truth))
+  if not g.shape == q.shape == t.shape or g.ndim != 4:
+    raise ValueError(f"preservation expects three [N, H, W, C] batches of one shape, got "
+                     f"{list(g.shape)}, {list(q.shape)}, {list(t.shape)}")
+  kept = (np.abs(t - q).max(axis=-1, keepdims=True) <= threshold).astype(np.float64)
+  values = kept.sum(axis=(1, 2, 3)) * g.shape[-1]
+  mse = (kept * np.square((g - q) / 255.0)).sum(axis=(1, 2, 3)) / np.maximum(values, 1)
+  with np.errstate(divide="ignore"):
+    db = np.where(mse > 0, -10.0 * np.log10(np.maximum(mse, 1e-30)), max_db)
+  return np.where(values > 0, np.minimum(db, max_db), np.nan)

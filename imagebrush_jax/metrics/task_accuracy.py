@@ -11,9 +11,9 @@ same pixels, permuted), and although it is nearer grayscale(I) than any other ou
 near it, so it scores 0 for every task; so do blurred means of several candidates. Distances are
 exact under any permutation of the pixels, so such ties are exact ties.
 
-Candidates must be computable from I alone, so only global tasks (hflip, vflip, rot90, invert,
-grayscale, swap_red_blue) and their compositions can be candidates (`candidate_outputs`); object
-tasks of synthetic scenes need the scene, not just I, and are left out of accuracy.
+`candidate_outputs` computes candidates from I alone, which only global tasks (hflip, vflip,
+rot90, invert, grayscale, swap_red_blue) and their compositions allow; object tasks need the
+query's scene (synthetic evaluation grids carry every task's output on it: metrics/edits.py).
 
     generated [B, T, T, C], candidates [B, N, T, T, C], true_index [B] -> accuracy in [0, 1]
     psnr(a, b) -> mean PSNR in dB of per-image PSNRs (pixel range 255 by default)
@@ -134,24 +134,3 @@ def candidate_outputs(queries, names: Sequence[str]) -> np.ndarray:
   """Each task of `names` applied to each uint8 query [B, T, T, 3] -> [B, N, T, T, 3] uint8."""
   q = np.asarray(queries)
   return np.stack([np.stack([tasks_lib.apply_global_task(n, img) for n in names]) for img in q])
-
-
-def evaluate_edits(generated, queries, truths, task_names: Sequence[str],
-                   candidate_names: Sequence[str]) -> dict[str, float]:
-  """Accuracy and PSNR of uint8 edits, given each sample's task name.
-
-  Samples whose task is not among `candidate_names` (e.g. object tasks) are left out of accuracy
-  but kept in PSNR. PSNR compares generated and `truths` (the grid's true I'); copy_psnr is the
-  copy-the-query baseline (output = I).
-  Returns dict(accuracy, psnr, copy_psnr, num_scored, num_samples); accuracy is NaN if none scored.
-  """
-  generated, queries, truths = (np.asarray(x) for x in (generated, queries, truths))
-  cands = tuple(candidate_names)
-  scored = np.array([n in cands for n in task_names], bool)
-  acc = float("nan")
-  if scored.any():
-    idx = np.array([cands.index(n) for n, s in zip(task_names, scored) if s])
-    acc = task_identification_accuracy(generated[scored], candidate_outputs(queries[scored], cands),
-                                       idx)
-  return dict(accuracy=acc, psnr=psnr(generated, truths), copy_psnr=psnr(queries, truths),
-              num_scored=int(scored.sum()), num_samples=int(generated.shape[0]))
