@@ -71,7 +71,6 @@ def main(argv):
   batch_size = _BATCH.value
   if _FIND_MAX.value:
     limit = int(_MEMORY_GB.value * GIB) if _MEMORY_GB.value > 0 else hardware.memory_bytes(device)
-    limit -= sum(x.nbytes for x in jax.tree.leaves(params))  # the weights are already resident
     try:
       search = compiled_lib.largest_fitting(lambda b: compile_for(b)[1].peak_bytes, limit,
                                             _MAX_BATCH.value, log=lambda s: print(s, flush=True))

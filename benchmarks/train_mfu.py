@@ -12,7 +12,9 @@ analysis, cross-checked against the analytic count of imagebrush_jax/perf/flops.
 rematerialisation's recomputation included); peak device memory from the compiled memory
 analysis; the median step time; TFLOP/s per device and MFU (the analytic model FLOPs, or XLA's
 for a config with a variant's plug-ins, against the device's dense bfloat16 peak, or on the CPU
-against a measured matmul). --find_max_batch bisects the batch per device on the compiled memory
+against a measured matmul). XLA gives custom calls no FLOPs: with cuDNN's fused attention
+(attention_impl auto or cudnn on a GPU) its count leaves the attention products out and the
+check reads low by their share (about 9% at paper_256). --find_max_batch bisects the batch per device on the compiled memory
 analysis alone (nothing is run, so nothing runs out of memory). --pipeline also times the step
 fed by the config's grain pipeline against the constant batch (pipeline_ratio; target <= 1.05).
 Prints one JSON line last.

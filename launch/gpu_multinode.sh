@@ -15,7 +15,7 @@ CONFIG=${1:?usage: launch/gpu_multinode.sh CONFIG WORKDIR [--config.key=value ..
 WORKDIR=${2:?usage: launch/gpu_multinode.sh CONFIG WORKDIR [--config.key=value ...]}
 shift 2
 PY=${PY:-.venv/bin/python}
-if [[ ! -x "$PY" ]]; then
+if ! command -v "$PY" >/dev/null; then
   echo "no $PY: run 'make venv-gpu' in $(pwd) first (README: Installing for GPUs and TPUs)" >&2
   exit 2
 fi

@@ -12,7 +12,7 @@ CONFIG=${1:?usage: launch/local.sh CONFIG WORKDIR [--config.key=value ...]}
 WORKDIR=${2:?usage: launch/local.sh CONFIG WORKDIR [--config.key=value ...]}
 shift 2
 PY=${PY:-.venv/bin/python}
-if [[ ! -x "$PY" ]]; then
+if ! command -v "$PY" >/dev/null; then
   echo "no $PY: run 'make venv' (CPU), 'make venv-gpu' or 'make venv-tpu' in $(pwd) first" >&2
   exit 2
 fi

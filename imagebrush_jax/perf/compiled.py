@@ -52,7 +52,10 @@ def xla_flops(compiled: Any) -> float | None:
 
 def memory_stats(compiled: Any) -> dict[str, int]:
   """The compiled program's memory analysis as byte counts (zeros where the backend has none)."""
-  mem = compiled.memory_analysis()
+  try:
+    mem = compiled.memory_analysis()
+  except (NotImplementedError, RuntimeError):
+    mem = None
   get = lambda name: int(getattr(mem, name, 0) or 0) if mem is not None else 0
   return dict(argument_bytes=get("argument_size_in_bytes"),
               output_bytes=get("output_size_in_bytes"),

@@ -18,18 +18,28 @@ import ml_collections
 from imagebrush_jax.models import autoencoder as ae
 
 # jax.checkpoint_policies names by whether a rematerialised block computes its matmuls again in
-# the backward pass (policies not listed: unknown, so no hardware count is predicted).
+# the backward pass (policies not listed: unknown, so no hardware count is predicted). The
+# dot-saving policies save dot_general / conv_general_dilated outputs only: the CPU's
+# matmul-gradient convolution (a custom VJP) and cuDNN's fused attention (a custom call) are
+# computed again, so on those paths the prediction is low.
 _POLICY_RECOMPUTES_MATMULS = {"": True, "nothing_saveable": True, "everything_saveable": False,
                               "dots_saveable": False, "checkpoint_dots": False}
 
 
 @dataclasses.dataclass
 class Count:
-  """Forward FLOPs of a network: in total, inside rematerialised blocks, and of its first layer
-  (whose input needs no gradient)."""
+  """Forward FLOPs of a network: in total, inside rematerialised blocks, of its first layer
+  (whose input needs no gradient, so it costs 2x, not 3x, in training) and of weightless steps
+  on its input (forward only: 1x)."""
   total: float = 0.0
   remat: float = 0.0
   first_layer: float = 0.0
+  forward_only: float = 0.0
+
+  @property
+  def training(self) -> float:
+    """FLOPs of forward, input and weight gradients."""
+    return 3 * self.total - self.first_layer - 2 * self.forward_only
 
   def add(self, flops: float, remat: bool = False) -> float:
     self.total += flops
@@ -41,6 +51,7 @@ class Count:
     self.total += other.total
     self.remat += other.remat
     self.first_layer += other.first_layer
+    self.forward_only += other.forward_only
     return self
 
 
@@ -145,15 +156,15 @@ def prompt_encoder(p: ml_collections.ConfigDict, b: int, num_examples: int, tile
                    remat: bool) -> tuple[Count, int]:
   """(forward FLOPs, number of prompt tokens) of the PromptEncoder on b prompts of K pairs.
 
-  The resize to p.image_size (jax.image.resize: two matmuls per image) is the first layer here:
-  its input needs no gradient. The patch embedding follows it.
+  The resize to p.image_size (jax.image.resize: two matmuls per image, no weights) runs forward
+  only; the patch embedding after it is the first layer.
   """
   count = Count()
   images = b * (2 * num_examples + 1)
   size = int(p.image_size) or tile
   if size != tile:
-    count.first_layer += count.add(dense(images * size * tile * 3, tile, 1) +
-                                   dense(images * size * size * 3, tile, 1))
+    count.forward_only += count.add(dense(images * size * tile * 3, tile, 1) +
+                                    dense(images * size * size * 3, tile, 1))
   vit = p.vit
   f, hp, wp = conv(images, size, size, 3, vit.width, kernel=vit.patch_size,
                    stride=vit.patch_size, pad=0)
@@ -258,7 +269,7 @@ def train_step(config: ml_collections.ConfigDict, batch_size: int,
   trained = Count()
   trained += net
   trained += prompt
-  model = 3 * trained.total - trained.first_layer
+  model = trained.training
   parts = {"unet": net.total, "prompt_encoder": prompt.total}
   if autoencoder is not None:
     k, tile = int(config.data.num_examples), int(config.data.tile_size)

@@ -12,7 +12,9 @@ import jax.numpy as jnp
 # Dense bfloat16 peak TFLOP/s per device (the vendors' figures without sparsity; V100: float16),
 # matched as substrings of jax's device_kind, first match first.
 PEAK_TFLOPS = (
+    ("B200", 2250.0),
     ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
     ("H100", 989.0),
     ("H200", 989.0),
     ("A100", 312.0),
