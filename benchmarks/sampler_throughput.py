@@ -43,7 +43,7 @@ _MEMORY_GB = flags.DEFINE_float("memory_limit_gb", 0.0,
 _STEPS = flags.DEFINE_integer("steps", 50, "DDIM steps per edit.")
 _GUIDANCE = flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance scale.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (after one warm-up call).")
-GIB = 2**30
+GIB = compiled_lib.GIB
 
 
 def main(argv):
@@ -70,7 +70,7 @@ def main(argv):
   search = None
   batch_size = _BATCH.value
   if _FIND_MAX.value:
-    limit = int(_MEMORY_GB.value * GIB) if _MEMORY_GB.value > 0 else hardware.memory_bytes(device)
+    limit = hardware.memory_limit_bytes(_MEMORY_GB.value, device)
     try:
       search = compiled_lib.largest_fitting(lambda b: compile_for(b)[1].peak_bytes, limit,
                                             _MAX_BATCH.value, log=lambda s: print(s, flush=True))

@@ -61,7 +61,7 @@ _MEMORY_GB = flags.DEFINE_float("memory_limit_gb", 0.0,
 _PIPELINE = flags.DEFINE_boolean("pipeline", False,
                                  "Also time the step fed by the config's data pipeline.")
 _FLOPS_TOLERANCE = 0.10
-GIB = 2**30
+GIB = compiled_lib.GIB
 
 
 def _apply_flags(config):
@@ -124,7 +124,7 @@ def main(argv):
   compiler = StepCompiler(config)
   search = None
   if _FIND_MAX.value:
-    limit = int(_MEMORY_GB.value * GIB) if _MEMORY_GB.value > 0 else hardware.memory_bytes(device)
+    limit = hardware.memory_limit_bytes(_MEMORY_GB.value, device)
     try:
       search = compiled_lib.largest_fitting(lambda b: compiler.compile(b)[1].peak_bytes, limit,
                                             _MAX_BATCH.value, log=lambda s: print(s, flush=True))

@@ -94,11 +94,10 @@ class Evaluator:
     self.acc_batches, self.acc_tasks, self.acc_candidates = [], (), None
     self.vocabulary = pipeline.task_vocabulary(config)
     if tc.get("accuracy_num_grids", 0):
-      vocab = self.vocabulary
       host = pipeline.make_eval_batches(config, num_grids=int(tc.accuracy_num_grids),
                                         seed=seed + 2, tasks=tuple(config.data.train_tasks),
                                         candidates=True)
-      self.acc_tasks = tuple(vocab[int(i)] for b in host for i in b["task_id"])
+      self.acc_tasks = tuple(self.vocabulary[int(i)] for b in host for i in b["task_id"])
       if "candidates" in host[0]:
         self.acc_candidates = np.concatenate([b["candidates"] for b in host])
       self.acc_batches = [self._global(b) for b in host]

@@ -107,9 +107,9 @@ class SyntheticSource:
     return str(int(index))
 
   def __getitem__(self, index: int) -> Pair:
-    scene, (before, after, box) = self._draw(int(index))
-    del scene
-    return Pair(before, after, self.tasks[int(index) % len(self.tasks)], str(int(index)), box)
+    index = int(index)
+    _, (before, after, box) = self._draw(index)
+    return Pair(before, after, self.tasks[index % len(self.tasks)], str(index), box)
 
   def scene(self, index: int) -> scenes.Scene:
     """The scene pair `index` shows (its before image), so that any other task's output on the

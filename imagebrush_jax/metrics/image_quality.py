@@ -43,6 +43,17 @@ EDIT_THRESHOLD = 24  # uint8 levels: a pixel is edited where I' and I differ by 
 EDIT_ERROR_RATIO = 0.1  # the output's error there must be <= this fraction of the copy's (10 dB)
 
 
+def _edit_region(what: str, generated, query, truth, threshold: int):
+  """(g, q, t as float64 [N, H, W, C], the edited region [N, H, W, 1]: 1.0 where the true I'
+  differs from I in any channel by more than `threshold`)."""
+  g, q, t = (np.asarray(x, np.float64) for x in (generated, query, truth))
+  if not g.shape == q.shape == t.shape or g.ndim != 4:
+    raise ValueError(f"{what} expects three [N, H, W, C] batches of one shape, got "
+                     f"{list(g.shape)}, {list(q.shape)}, {list(t.shape)}")
+  region = (np.abs(t - q).max(axis=-1, keepdims=True) > threshold).astype(np.float64)
+  return g, q, t, region
+
+
 def edit_success(generated, query, truth, threshold: int = EDIT_THRESHOLD,
                  error_ratio: float = EDIT_ERROR_RATIO) -> np.ndarray:
   """Per image, whether the output made the edit: within the pixels where the true I' differs
@@ -50,11 +61,7 @@ def edit_success(generated, query, truth, threshold: int = EDIT_THRESHOLD,
   I' than to I, and its error to I' is at most `error_ratio` times the copy-the-query error (so
   a blurred or constant output that happens to lean towards I' earns nothing). 1.0 or 0.0; NaN
   where I' equals I everywhere (nothing to edit)."""
-  g, q, t = (np.asarray(x, np.float64) for x in (generated, query, truth))
-  if not g.shape == q.shape == t.shape or g.ndim != 4:
-    raise ValueError(f"edit_success expects three [N, H, W, C] batches of one shape, got "
-                     f"{list(g.shape)}, {list(q.shape)}, {list(t.shape)}")
-  region = (np.abs(t - q).max(axis=-1, keepdims=True) > threshold).astype(np.float64)
+  g, q, t, region = _edit_region("edit_success", generated, query, truth, threshold)
   size = region.sum(axis=(1, 2, 3))
   to_truth = (region * np.square(g - t)).sum(axis=(1, 2, 3))
   to_query = (region * np.square(g - q)).sum(axis=(1, 2, 3))
@@ -68,11 +75,8 @@ def preservation(generated, query, truth, threshold: int = EDIT_THRESHOLD,
   """Per image, PSNR (dB) of the output to I outside the edited region (the pixels where the true
   I' differs from I by more than `threshold`): how well the rest of the image is kept. NaN where
   the edit covers every pixel (a global edit leaves nothing to keep)."""
-  g, q, t = (np.asarray(x, np.float64) for x in (generated, query, truth))
-  if not g.shape == q.shape == t.shape or g.ndim != 4:
-    raise ValueError(f"preservation expects three [N, H, W, C] batches of one shape, got "
-                     f"{list(g.shape)}, {list(q.shape)}, {list(t.shape)}")
-  kept = (np.abs(t - q).max(axis=-1, keepdims=True) <= threshold).astype(np.float64)
+  g, q, _, region = _edit_region("preservation", generated, query, truth, threshold)
+  kept = 1.0 - region
   values = kept.sum(axis=(1, 2, 3)) * g.shape[-1]
   mse = (kept * np.square((g - q) / 255.0)).sum(axis=(1, 2, 3)) / np.maximum(values, 1)
   with np.errstate(divide="ignore"):

@@ -79,6 +79,11 @@ def memory_bytes(device: jax.Device | None = None) -> int:
   return physical // max(len(jax.local_devices(backend="cpu")), 1)
 
 
+def memory_limit_bytes(limit_gb: float, device: jax.Device | None = None) -> int:
+  """`limit_gb` GiB when positive (to plan for another device), else `memory_bytes(device)`."""
+  return int(limit_gb * 2**30) if limit_gb > 0 else memory_bytes(device)
+
+
 def cpu_backend_warning(num_params: int, backend: str | None = None) -> str | None:
   """A one-line warning when a model this large is about to train on the CPU backend."""
   backend = backend or jax.default_backend()
