@@ -34,15 +34,17 @@ from imagebrush_jax.perf import hardware
 from imagebrush_jax.perf import workload
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
-_BATCH = flags.DEFINE_integer("batch", 8, "Grids edited per call.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Grids edited per call.", lower_bound=1)
 _FIND_MAX = flags.DEFINE_boolean("find_max_batch", False,
                                  "Edit at the largest batch whose compiled sampler fits.")
-_MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "Upper end of the --find_max_batch search.")
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "Upper end of the --find_max_batch search.",
+                                  lower_bound=1)
 _MEMORY_GB = flags.DEFINE_float("memory_limit_gb", 0.0,
                                 "Device memory for --find_max_batch; 0: the device's.")
-_STEPS = flags.DEFINE_integer("steps", 50, "DDIM steps per edit.")
+_STEPS = flags.DEFINE_integer("steps", 50, "DDIM steps per edit.", lower_bound=1)
 _GUIDANCE = flags.DEFINE_float("guidance_scale", 7.5, "Classifier-free guidance scale.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (after one warm-up call).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (after one warm-up call).",
+                                lower_bound=1)
 GIB = compiled_lib.GIB
 
 

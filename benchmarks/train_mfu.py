@@ -14,9 +14,10 @@ analysis; the median step time; TFLOP/s per device and MFU (the analytic model F
 for a config with a variant's plug-ins, against the device's dense bfloat16 peak, or on the CPU
 against a measured matmul). XLA gives custom calls no FLOPs: with cuDNN's fused attention
 (attention_impl auto or cudnn on a GPU) its count leaves the attention products out and the
-check reads low by their share (about 9% at paper_256). --find_max_batch bisects the batch per device on the compiled memory
-analysis alone (nothing is run, so nothing runs out of memory). --pipeline also times the step
-fed by the config's grain pipeline against the constant batch (pipeline_ratio; target <= 1.05).
+check reads low by their share (about 9% at paper_256). --find_max_batch bisects the batch per
+device on the compiled memory analysis alone (nothing is run, so nothing runs out of memory).
+--pipeline also times the step fed by the config's grain pipeline against the constant batch
+(pipeline_ratio; target <= 1.05).
 Prints one JSON line last.
 """
 from __future__ import annotations
@@ -45,8 +46,10 @@ from imagebrush_jax.perf import workload
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
 _BATCH = flags.DEFINE_integer("batch_per_device", 0,
-                              "Grids per device; 0: config.train.batch_size / devices.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after two warm-up steps).")
+                              "Grids per device; 0: config.train.batch_size / devices.",
+                              lower_bound=0)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after two warm-up steps).",
+                              lower_bound=1)
 _REMAT = flags.DEFINE_string(
     "remat_policy", None, "Rematerialise the blocks with this jax.checkpoint_policies name "
     "('nothing_saveable', 'dots_saveable', ...), or 'none' for no remat; unset: the config's.")
@@ -55,7 +58,7 @@ _ATTENTION = flags.DEFINE_enum("attention_impl", None, ["auto", "cudnn", "xla", 
 _FIND_MAX = flags.DEFINE_boolean("find_max_batch", False,
                                  "Find the largest batch per device that fits, then time it.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch_per_device", 1024,
-                                  "Upper end of the --find_max_batch search.")
+                                  "Upper end of the --find_max_batch search.", lower_bound=1)
 _MEMORY_GB = flags.DEFINE_float("memory_limit_gb", 0.0,
                                 "Memory per device for --find_max_batch; 0: the device's.")
 _PIPELINE = flags.DEFINE_boolean("pipeline", False,
