@@ -31,6 +31,9 @@ def _np_step(out, x_t, a_t, a_prev, eta, noise, prediction_type, clip=False):
   if prediction_type == "epsilon":
     eps = out
     x0 = (x_t - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+  elif prediction_type == "sample":
+    x0 = out
+    eps = (x_t - np.sqrt(a_t) * x0) / np.sqrt(1 - a_t)
   else:
     x0 = np.sqrt(a_t) * x_t - np.sqrt(1 - a_t) * out
     eps = np.sqrt(1 - a_t) * x_t + np.sqrt(a_t) * out
@@ -54,7 +57,7 @@ def test_timestep_spacings():
 
 @pytest.mark.parametrize("prediction_type,eta,clip", [
     ("epsilon", 0.0, False), ("epsilon", 0.7, False), ("v", 0.0, False), ("v", 1.0, True),
-    ("epsilon", 0.3, True)])
+    ("epsilon", 0.3, True), ("sample", 0.5, True)])
 def test_one_step_matches_numpy(prediction_type, eta, clip):
   rng = np.random.default_rng(1)
   out, x_t, noise = (rng.standard_normal((2, 4, 4, 3)).astype(np.float32) for _ in range(3))
@@ -74,13 +77,14 @@ def _exact_predictor(prediction_type):
     a = params["alphas"][t][:, None, None, None]
     x_star = jnp.concatenate([params["x_star"]] * (x_t.shape[0] // params["x_star"].shape[0]))
     eps = (x_t - jnp.sqrt(a) * x_star) / jnp.sqrt(1 - a)
-    return eps if prediction_type == "epsilon" else jnp.sqrt(a) * eps - jnp.sqrt(1 - a) * x_star
+    return {"epsilon": eps, "sample": x_star,
+            "v": jnp.sqrt(a) * eps - jnp.sqrt(1 - a) * x_star}[prediction_type]
 
   return apply_fn
 
 
 @pytest.mark.parametrize("prediction_type,eta,spacing", [
-    ("epsilon", 0.0, "trailing"), ("v", 1.0, "leading")])
+    ("epsilon", 0.0, "trailing"), ("v", 1.0, "leading"), ("sample", 0.0, "trailing")])
 def test_exact_predictor_recovers_the_data_point(prediction_type, eta, spacing):
   schedule = _schedule(prediction_type)
   x_star, mask = _grid()
@@ -190,7 +194,7 @@ def test_deterministic_per_key_and_compiled_once():
 
 DIFFUSERS_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear",
                        "cosine": "squaredcos_cap_v2"}
-DIFFUSERS_PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}
+DIFFUSERS_PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
 
 
 def _diffusers():
@@ -216,11 +220,13 @@ def _fake_model(xp, x, t, a, prediction_type):
   """A denoiser stand-in, one formula for NumPy, JAX and torch (`xp`); t, a broadcast against x.
 
   It guesses x0 = 1.5 tanh(x + sin(t / 97)) (past [-1, 1] in places, so clipping acts) and
-  returns the epsilon or v that this implies at x, plus a term on which the two parameterisations
-  disagree.
+  returns the epsilon, v or x0 that this implies at x, plus a term on which the
+  parameterisations disagree.
   """
   g = 1.5 * xp.tanh(x + xp.sin(t / 97.0))
   eps = (x - xp.sqrt(a) * g) / xp.sqrt(1.0 - a) + 0.1 * xp.sqrt(a) * xp.cos(3.0 * x)
+  if prediction_type == "sample":
+    return g + 0.1 * xp.cos(3.0 * x)
   return eps if prediction_type == "epsilon" else xp.sqrt(a) * eps - xp.sqrt(1.0 - a) * g
 
 
@@ -253,7 +259,7 @@ def test_timesteps_match_diffusers(spacing):
     np.testing.assert_array_equal(ddim.ddim_timesteps(1000, n, spacing), scheduler.timesteps)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v", "sample"])
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine"])
 def test_trajectory_matches_diffusers(name, spacing, prediction_type):

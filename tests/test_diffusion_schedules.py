@@ -69,7 +69,7 @@ def test_errors_and_pytree():
   assert len(leaves) == 2 and jax.tree.unflatten(treedef, leaves).prediction_type == "epsilon"
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v", "sample"])
 def test_parameterisations_round_trip(prediction_type):
   s = schedules.make_schedule(_config("cosine"))
   rng = np.random.default_rng(0)

@@ -64,17 +64,19 @@ def ddim_alphas(schedule: Schedule, num_steps: int,
 
 def ddim_step(model_out: jax.Array, x_t: jax.Array, alpha_t: jax.Array, alpha_prev: jax.Array,
               eta: jax.Array | float, noise: jax.Array, *, prediction_type: str,
-              clip_x0: bool = False) -> tuple[jax.Array, jax.Array]:
+              clip_x0: bool = False, x0_offset: jax.Array | float = 0.0
+              ) -> tuple[jax.Array, jax.Array]:
   """One DDIM update x_t -> x_prev (eq. 12 of the DDIM paper); returns (x_prev, predicted x0).
 
   sigma = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
   x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma * noise
   With clip_x0, x0 is clipped to [-1, 1] and eps recomputed from it (as in guided-diffusion;
-  diffusers' clip_sample=True with use_clipped_model_output=True).
+  diffusers' clip_sample=True with use_clipped_model_output=True); with an `x0_offset` (data
+  that is a residual to it), x0 + x0_offset is kept in [-1, 1] instead.
   """
   x0, eps = gaussian.x0_and_eps(prediction_type, model_out, x_t, alpha_t)
   if clip_x0:
-    x0 = jnp.clip(x0, -1.0, 1.0)
+    x0 = jnp.clip(x0 + x0_offset, -1.0, 1.0) - x0_offset
     eps = gaussian.eps_from_x0(x0, x_t, alpha_t)
   sigma = eta * jnp.sqrt((1.0 - alpha_prev) / (1.0 - alpha_t) * (1.0 - alpha_t / alpha_prev))
   # 1 - a_prev - sigma^2, factored so that no terms of order 1 cancel: with eta = 1 and
@@ -100,7 +102,7 @@ def ddim_sample(apply_fn: ApplyFn, params: Any, cond: Any, rng: jax.Array, *,
                 schedule: Schedule, known: jax.Array, mask: jax.Array, num_steps: int,
                 guidance_scale: jax.Array | float = 1.0, eta: jax.Array | float = 0.0,
                 spacing: str = "trailing", uncond: Any = None,
-                clip_x0: bool = False) -> jax.Array:
+                clip_x0: bool = False, x0_offset: jax.Array | float = 0.0) -> jax.Array:
   """Samples the masked cells of a grid; the known cells come back exactly as `known`.
 
   Args:
@@ -118,6 +120,8 @@ def ddim_sample(apply_fn: ApplyFn, params: Any, cond: Any, rng: jax.Array, *,
     uncond: unconditional conditioning pytree shaped like `cond`; None = no guidance. With it,
       each step runs the model once on the 2B batch [cond; uncond].
     clip_x0: clip the predicted x0 to [-1, 1] (pixel space) at every step (static).
+    x0_offset: with clip_x0, x0 + x0_offset is clipped instead ([B,H,W,C] or a scalar), for
+      data that is a residual to x0_offset.
   Returns:
     [B,H,W,C] float32 sample: generated where mask = 1, `known` elsewhere.
   """
@@ -143,7 +147,8 @@ def ddim_sample(apply_fn: ApplyFn, params: Any, cond: Any, rng: jax.Array, *,
       out = guide(out[:batch], out[batch:], guidance_scale)
     noise = jax.random.normal(jax.random.fold_in(rng_steps, i), x.shape, jnp.float32)
     x_prev, _ = ddim_step(out.astype(jnp.float32), x, alpha_t[i], alpha_prev[i], eta, noise,
-                          prediction_type=schedule.prediction_type, clip_x0=clip_x0)
+                          prediction_type=schedule.prediction_type, clip_x0=clip_x0,
+                          x0_offset=x0_offset)
     return mask * x_prev + (1.0 - mask) * known_at(alpha_prev[i])
 
   x = mask * z + (1.0 - mask) * known_at(alpha_t[0])

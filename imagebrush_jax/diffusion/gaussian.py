@@ -1,4 +1,4 @@
-"""The forward process and the model's parameterisations (epsilon or v), as pure functions.
+"""The forward process and the model's parameterisations (epsilon, v or x0), as pure functions.
 
 `alpha` below is alpha_bar_t, the cumulative product; arrays broadcast against [B, H, W, C]
 after `expand` to the data rank.
@@ -30,9 +30,12 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) 
 
 def prediction_target(prediction_type: str, x0: jax.Array, noise: jax.Array,
                       alpha: jax.Array) -> jax.Array:
-  """What the model learns to output: noise ('epsilon') or v = sqrt(a) eps - sqrt(1-a) x0 ('v')."""
+  """What the model learns to output: noise ('epsilon'), v = sqrt(a) eps - sqrt(1-a) x0 ('v'),
+  or the clean data itself ('sample', diffusers' name for x0 prediction)."""
   if prediction_type == "epsilon":
     return noise
+  if prediction_type == "sample":
+    return x0
   if prediction_type == "v":
     return jnp.sqrt(alpha) * noise - jnp.sqrt(1.0 - alpha) * x0
   raise ValueError(f"unknown prediction type {prediction_type!r}")
@@ -47,6 +50,8 @@ def x0_and_eps(prediction_type: str, model_out: jax.Array, x_t: jax.Array,
   if prediction_type == "v":
     return (jnp.sqrt(alpha) * x_t - jnp.sqrt(1.0 - alpha) * model_out,
             jnp.sqrt(1.0 - alpha) * x_t + jnp.sqrt(alpha) * model_out)
+  if prediction_type == "sample":
+    return model_out, eps_from_x0(model_out, x_t, alpha)
   raise ValueError(f"unknown prediction type {prediction_type!r}")
 
 

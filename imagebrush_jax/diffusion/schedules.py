@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
-PREDICTION_TYPES = ("epsilon", "v")
+PREDICTION_TYPES = ("epsilon", "v", "sample")
 
 
 def linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
