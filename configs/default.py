@@ -69,6 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.latent_factor = 1  # pixels per diffusion-space cell side: 1 = pixel space, 8 = KL latent
   c.model.cfg_drop_rate = 0.05  # prompt -> null tokens in training (classifier-free guidance)
   c.model.box_drop_rate = 0.1  # box -> whole image in training
+  # What the UNet's conditioning holds in the target cell: "zeros" (the paper's, SD inpainting)
+  # or "query" (I itself, as InstructPix2Pix conditions on its input image).
+  c.model.target_cell_fill = "zeros"
   # Plug-ins beside the paper's model (imagebrush_jax/variants): "" = none, or "cpu_demo" with
   # its options in variant_options (configs/cpu_demo.py).
   c.model.variant = ""
@@ -125,9 +128,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 0.00085  # linear / scaled_linear only
   c.diffusion.beta_end = 0.012
-  c.diffusion.prediction_type = "epsilon"  # epsilon | v
+  c.diffusion.prediction_type = "epsilon"  # epsilon | v | sample (x0)
   # Loss weight of the known cells (the target cell has 1); 0: all capacity on the edit.
   c.diffusion.known_cell_weight = 0.1
+  # Extra loss weight of the target pixels that differ from the query by more than the
+  # threshold (diffusion-space units), the cell's mean weight kept at 1; 0 = uniform.
+  c.diffusion.edit_region_weight = 0.0
+  c.diffusion.edit_region_threshold = 0.1
+  # Diffuse the target cell as I' - I, its residual to the query (what stays is zero), and add
+  # I back after sampling; else I' itself.
+  c.diffusion.residual_target = False
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.num_steps = 50  # DDIM steps

@@ -6,6 +6,7 @@ import pytest
 
 from configs import cpu_demo
 from configs import default
+from configs import objects
 from configs import paper_256
 from configs import tiny_test
 from imagebrush_jax.imagebrush import build as build_lib
@@ -41,6 +42,31 @@ def test_blank_target_conditioning_and_mask_resize():
   assert model_lib.BlankTarget().channels(4) == 4
   small = np.asarray(grid_lib.resize_mask(mask, 4, 2))
   np.testing.assert_array_equal(small[0, :, :, 0], [[0, 0], [0, 0], [0, 1], [0, 1]])
+
+
+def test_query_in_target_conditioning_and_its_config_key():
+  batch = _batch(b=2, k=2, tile=4)
+  x0 = np.asarray(grid_lib.pixels_to_unit(batch["grid"]))
+  cond = np.asarray(model_lib.QueryInTarget()(jnp.asarray(x0), jnp.asarray(batch["mask"],
+                                                                          jnp.float32)))
+  np.testing.assert_array_equal(cond[:, 8:, 4:], x0[:, 8:, :4])  # I under I'
+  np.testing.assert_array_equal(cond[:, :, :4], x0[:, :, :4])
+  np.testing.assert_array_equal(cond[:, :8], x0[:, :8])  # the example rows as they are
+  config = tiny_test.get_config()
+  assert isinstance(build_lib.build_model(config).conditioning, model_lib.BlankTarget)
+  config.model.target_cell_fill = "query"
+  model = build_lib.build_model(config)
+  assert isinstance(model.conditioning, model_lib.QueryInTarget)
+  inputs = model_lib.grid_to_model_inputs(_batch(k=1, tile=8), num_examples=1, tile_size=8,
+                                          conditioning=model.conditioning)
+  np.testing.assert_array_equal(np.asarray(inputs.cond)[:, 8:, 8:], np.asarray(inputs.query))
+  config.model.target_cell_fill = "noise"
+  with pytest.raises(ValueError, match="config.model.target_cell_fill must be one of"):
+    build_lib.build_model(config)
+  demo = cpu_demo.get_config()
+  demo.model.target_cell_fill = "query"  # the variant conditions the grid itself
+  with pytest.raises(ValueError, match="target_cell_fill = 'query' and variant 'cpu_demo'"):
+    build_lib.build_model(demo)
 
 
 def test_grid_to_model_inputs_and_latent_geometry():
@@ -111,7 +137,7 @@ def test_call_equals_encode_then_denoise_and_uses_the_prompt(tiny):
   assert null.shape == ctx.shape
 
 
-@pytest.mark.parametrize("config_module", [tiny_test, default, cpu_demo, paper_256])
+@pytest.mark.parametrize("config_module", [tiny_test, default, cpu_demo, objects, paper_256])
 def test_configs_build_with_float32_params(config_module):
   config = config_module.get_config()
   model = build_lib.build_model(config)
@@ -124,7 +150,10 @@ def test_configs_build_with_float32_params(config_module):
   assert set(shapes) == ({"unet", "prompt_encoder"} if paper else
                          {"unet", "prompt_encoder", "extra_inputs"})
   assert ("extra_tokens" in shapes["prompt_encoder"]) == (not paper)
-  assert isinstance(model.conditioning, model_lib.BlankTarget) == paper
+  fill = model_lib.QueryInTarget if config_module is objects else model_lib.BlankTarget
+  assert isinstance(model.conditioning, fill) == paper
+  if config_module is objects:  # the base model's parameters exactly
+    assert counts == summary.param_counts(default.get_config())
   if config_module is paper_256:
     assert counts["total"] == 978_488_132  # SD v1 UNet + ViT-B/16 + a 5-layer mixer
     assert 80e6 < counts["prompt_vit"] < 90e6  # ViT-B/16 size

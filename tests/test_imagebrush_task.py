@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from configs import tiny_test
+from imagebrush_jax.diffusion import gaussian
+from imagebrush_jax.diffusion.schedules import make_schedule
 from imagebrush_jax.imagebrush import build as build_lib
 from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.imagebrush import task as imagebrush_task
@@ -71,3 +73,30 @@ def test_sample_fn_keeps_context_and_reuses_compilation(tiny):
   again = sample_fn(params, batch, jax.random.key(1), guidance_scale=5.0, eta=0.5)
   assert again["grid"].shape == out["grid"].shape
   assert sample_fn.jitted._cache_size() == 1  # new key, scale and eta: no recompilation
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_residual_target_is_diffused_and_added_back(tiny, monkeypatch, residual):
+  """An exact denoiser of the known grid with the target cell zeroed: in pixels that is an I' of
+  zeros; as a residual to the query, I' = I."""
+  config, model, params = tiny
+  config = config.copy_and_resolve_references()
+  config.diffusion.residual_target = residual
+  schedule = make_schedule(config.diffusion)
+
+  def oracle_fn(unused_model):
+    def denoise_fn(unused_params, x_t, t, cond):
+      x0 = cond["cond"]  # BlankTarget: the grid with the target cell zeroed
+      a = gaussian.alpha_at(schedule, t, 4)
+      return (x_t - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)  # epsilon
+    return denoise_fn
+
+  monkeypatch.setattr(imagebrush_task, "make_denoise_fn", oracle_fn)
+  batch = _batch(config)
+  out = imagebrush_task.make_sample_fn(model, config)(params, batch, jax.random.key(0),
+                                                      num_steps=5, guidance_scale=1.0)
+  query = grid_lib.split_cells(grid_lib.pixels_to_unit(batch["grid"]), 1).query
+  np.testing.assert_allclose(np.asarray(out["target"]), query if residual else 0.0, atol=1e-4)
+  loss_fn = imagebrush_task.make_loss_fn(model, config)
+  _, metrics = loss_fn(params, batch, jax.random.key(1), False)
+  assert np.isfinite(float(metrics["loss"]))

@@ -41,7 +41,8 @@ def check_sizes(config: ml_collections.ConfigDict) -> None:
 
 def build_model(config: ml_collections.ConfigDict) -> model_lib.ImageBrush:
   """ImageBrush from `config.model`: UNet(**model.unet), PromptEncoder(ViT(**prompt.vit),
-  **prompt.mixer, ...), one Runtime for all, and the plug-ins of `model.variant` ('' = none)."""
+  **prompt.mixer, ...), one Runtime for all, the conditioning of `model.target_cell_fill`, and
+  the plug-ins of `model.variant` ('' = none)."""
   check_sizes(config)
   m, p = config.model, config.model.prompt
   runtime = runtime_lib.Runtime.from_config(m)
@@ -53,8 +54,25 @@ def build_model(config: ml_collections.ConfigDict) -> model_lib.ImageBrush:
       extra_tokens=plugins.extra_tokens, runtime=runtime)
   unet = unet_lib.UNet(**m.unet, out_channels=m.in_channels, runtime=runtime)
   return model_lib.ImageBrush(unet=unet, prompt_encoder=encoder,
-                              conditioning=plugins.conditioning,
+                              conditioning=_conditioning(config, plugins),
                               extra_inputs=plugins.extra_inputs)
+
+
+def _conditioning(config: ml_collections.ConfigDict,
+                  plugins: model_lib.Plugins) -> model_lib.Conditioning:
+  """config.model.target_cell_fill's conditioning, or the variant's (then the fill must be the
+  default 'zeros': a variant that conditions the grid itself replaces it)."""
+  fill = config.model.get("target_cell_fill", "zeros")
+  if fill not in model_lib.TARGET_CELL_FILLS:
+    raise ValueError(f"config.model.target_cell_fill must be one of "
+                     f"{sorted(model_lib.TARGET_CELL_FILLS)}, got {fill!r}")
+  if plugins.conditioning is None:
+    return model_lib.TARGET_CELL_FILLS[fill]()
+  if fill != "zeros":
+    raise ValueError(f"config.model.target_cell_fill = {fill!r} and variant "
+                     f"{config.model.variant!r} both set the conditioning; the variant's "
+                     f"config.model.variant_options choose it")
+  return plugins.conditioning
 
 
 def dummy_inputs(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,

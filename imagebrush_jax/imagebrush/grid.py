@@ -96,6 +96,12 @@ def target_cell(grid, num_examples: int):
   return grid[..., -t:, t:, :]
 
 
+def query_under_target(grid):
+  """Grids [B, (K+1)T, 2T, C] shifted right by one tile: the target cell holds the query I
+  (and the left column wraps around; callers keep only the target cell)."""
+  return _xp(grid).roll(grid, grid.shape[-2] // 2, axis=-2)
+
+
 def resize_mask(mask, height: int, width: int):
   """Block-max downsampling of a [B, H, W, 1] mask to [B, height, width, 1] (integer factors)."""
   b, h, w, c = mask.shape

@@ -3,11 +3,14 @@
 The grid is {E_1, E'_1; ...; E_K, E'_K; I, I'}: K+1 rows of two cells, the target I' bottom right
 (imagebrush/grid.py). The UNet inpaints the target cell of the noisy grid; it reads the known grid
 with the target cell zeroed and the mask as extra input channels (SD inpainting), and the visual
-prompt through cross-attention. Two resolutions are kept apart: the pixel tile T, which the prompt
-encoder sees, and the diffusion-space tile T // latent_factor, the cell size the UNet denoises.
+prompt through cross-attention. config.model.target_cell_fill = 'query' puts I under the target
+cell instead (QueryInTarget), as InstructPix2Pix concatenates its input image. Two resolutions
+are kept apart: the pixel tile T, which the prompt encoder sees, and the diffusion-space tile
+T // latent_factor, the cell size the UNet denoises.
 
 Extension points (imagebrush_jax/variants plugs into them; the paper uses none):
-  Plugins.conditioning  how the known grid is conditioned, and how many channels that gives;
+  Plugins.conditioning  how the known grid is conditioned, and how many channels that gives
+                        (None: config.model.target_cell_fill's);
   Plugins.extra_tokens  more prompt tokens (PromptEncoder.extra_tokens);
   Plugins.extra_inputs  more UNet input channels, from (cond, mask, prompt tokens).
 """
@@ -48,9 +51,24 @@ class BlankTarget:
 
 
 @dataclasses.dataclass(frozen=True)
+class QueryInTarget:
+  """The known grid with the query I under the target cell (InstructPix2Pix's conditioning on
+  its input image): the UNet starts from the image it edits, and copying what stays is free."""
+
+  def __call__(self, x0: jax.Array, mask: jax.Array) -> jax.Array:
+    return x0 * (1.0 - mask) + grid_lib.query_under_target(x0) * mask
+
+  def channels(self, channels: int) -> int:
+    return channels
+
+
+TARGET_CELL_FILLS = {"zeros": BlankTarget, "query": QueryInTarget}
+
+
+@dataclasses.dataclass(frozen=True)
 class Plugins:
   """What a variant plugs into the core model (see the module docstring)."""
-  conditioning: Conditioning = BlankTarget()
+  conditioning: Conditioning | None = None
   extra_tokens: nn.Module | None = None
   extra_inputs: nn.Module | None = None
 
@@ -143,7 +161,7 @@ class ImageBrush(nn.Module):
       drop_prompt: [B] bool; True replaces the prompt by the null tokens (CFG).
       train: enables dropout and box dropping (needs the 'dropout' rng).
     Returns:
-      [B, H, W, C] float32 prediction (epsilon or v, per config.diffusion.prediction_type).
+      [B, H, W, C] float32 prediction (epsilon, v or x0, per config.diffusion.prediction_type).
     """
     context = self.encode_prompt(before, after, query, box, drop_prompt, train)
     return self.denoise(x_t, timesteps, cond, mask, context, train)

@@ -49,6 +49,26 @@ def _inputs(batch: Mapping[str, Any], model: model_lib.ImageBrush,
                                         conditioning=model.conditioning, encode=encode)
 
 
+def _query_under_target(inputs: model_lib.ModelInputs) -> jax.Array:
+  """The query's diffusion-space cell under the target cell, zero elsewhere [B, H, W, C]."""
+  return inputs.mask * grid_lib.query_under_target(inputs.x0)
+
+
+def _edit_region(config: ml_collections.ConfigDict) -> tuple[float, float]:
+  """config.diffusion.edit_region_weight and _threshold, checked."""
+  d = config.diffusion
+  values = (float(d.get("edit_region_weight", 0.0)), float(d.get("edit_region_threshold", 0.1)))
+  for key, value in zip(("edit_region_weight", "edit_region_threshold"), values):
+    if value < 0:
+      raise ValueError(f"config.diffusion.{key} must be >= 0, got {d[key]!r}")
+  return values
+
+
+def _residual(config: ml_collections.ConfigDict) -> bool:
+  """config.diffusion.residual_target: diffuse I' - I in the target cell (absent: False)."""
+  return bool(config.diffusion.get("residual_target", False))
+
+
 def make_loss_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
                  space: latent.LatentSpace | None = None) -> LossFn:
   """The training objective on a uint8 batch: (params, batch, rng, train=True) -> (loss, metrics).
@@ -59,6 +79,8 @@ def make_loss_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
   """
   schedule = make_schedule(config.diffusion)
   known_cell_weight = config.diffusion.known_cell_weight
+  edit_region_weight, edit_region_threshold = _edit_region(config)
+  residual = _residual(config)
   cfg_drop_rate = config.model.cfg_drop_rate
   latent.check_space(config, space)
 
@@ -77,14 +99,22 @@ def make_loss_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
     else:
       drop_prompt = jnp.zeros((b,), bool)
 
+    x0 = inputs.x0 - _query_under_target(inputs) if residual else inputs.x0
+    target_weights = None
+    if edit_region_weight:
+      target_weights = losses.edit_region_weights(
+          inputs.x0, _query_under_target(inputs), inputs.mask, edit_region_weight,
+          edit_region_threshold)
+
     def denoise(x_t, t):
       return model.apply({"params": params}, x_t, t, inputs.cond, inputs.mask, inputs.before,
                          inputs.after, inputs.query, inputs.box, drop_prompt, train=train,
                          rngs={"dropout": rng_dropout} if train else None)
 
     weight = batch.get("weight")  # optional [B]: 0 for padding rows of an evaluation batch
-    return losses.diffusion_loss(denoise, schedule, inputs.x0, inputs.mask, rng_loss,
+    return losses.diffusion_loss(denoise, schedule, x0, inputs.mask, rng_loss,
                                  known_cell_weight=known_cell_weight,
+                                 target_weights=target_weights,
                                  example_weight=None if weight is None else
                                  jnp.asarray(weight, jnp.float32))
 
@@ -114,6 +144,7 @@ def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDic
   """
   schedule = make_schedule(config.diffusion)
   denoise_fn = make_denoise_fn(model)
+  residual = _residual(config)
   num_examples = config.data.num_examples
   clip_x0 = bool(config.sampling.clip_x0)
   latent.check_space(config, space)
@@ -133,9 +164,11 @@ def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDic
     if guided:
       null = model.apply(variables, context, method=model_lib.ImageBrush.null_context)
       uncond = dict(cond=inputs.cond, mask=inputs.mask, context=null)
-    grid = ddim.ddim_sample(denoise_fn, params, cond, rng, schedule=schedule, known=inputs.x0,
-                            mask=inputs.mask, num_steps=num_steps, guidance_scale=guidance_scale,
-                            eta=eta, spacing=spacing, uncond=uncond, clip_x0=clip_x0)
+    offset = _query_under_target(inputs) if residual else 0.0  # diffused: x0 - offset
+    grid = ddim.ddim_sample(denoise_fn, params, cond, rng, schedule=schedule,
+                            known=inputs.x0 - offset, mask=inputs.mask, num_steps=num_steps,
+                            guidance_scale=guidance_scale, eta=eta, spacing=spacing,
+                            uncond=uncond, clip_x0=clip_x0, x0_offset=offset) + offset
     target = grid_lib.target_cell(grid, num_examples)
     if space is None:
       return dict(grid=grid, target=target)

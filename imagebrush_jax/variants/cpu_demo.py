@@ -40,8 +40,7 @@ class QueryUnderTarget:
 
   def __call__(self, x0: jax.Array, mask: jax.Array) -> jax.Array:
     tile = x0.shape[2] // 2
-    shifted = jnp.roll(x0, tile, axis=2)  # column x holds column x - T: the query under I'.
-    base = x0 * (1.0 - mask) + shifted * mask
+    base = model_lib.QueryInTarget()(x0, mask)
     if not self.dihedral:
       return base
     views = [jnp.zeros_like(x0).at[:, -tile:, tile:].set(v)
