@@ -38,7 +38,8 @@ def read_jsonl(path) -> list[dict]:
 
 
 def plot_curve(records: Sequence[dict], out_path, title: str = "") -> bool:
-  """Accuracy and PSNR (and the copy baseline) against minutes; False if nothing to plot."""
+  """Accuracy, the edit success of the object-level and global task groups where recorded, and
+  PSNR (with the copy baseline) against minutes; False if nothing to plot."""
   records = [r for r in records if "accuracy" in r]
   if not records:
     return False
@@ -48,15 +49,19 @@ def plot_curve(records: Sequence[dict], out_path, title: str = "") -> bool:
   minutes = [r["wall_s"] / 60 for r in records]
   fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
   ax.plot(minutes, [r["accuracy"] for r in records], "o-", color="C0", label="task accuracy")
+  for key, color, label in (("object_edit_success", "C2", "edit success, object-level tasks"),
+                             ("global_edit_success", "C3", "edit success, global tasks")):
+    if all(r.get(key) is not None for r in records):
+      ax.plot(minutes, [r[key] for r in records], "^-", color=color, ms=4, label=label)
   ax.axhline(0.9, color="C0", ls=":", lw=1)
   ax.set_xlabel("training minutes (2-core CPU, evals included)")
-  ax.set_ylabel("task-identification accuracy", color="C0")
+  ax.set_ylabel("accuracy / edit success")
   ax.set_ylim(0, 1.02)
   ax2 = ax.twinx()
   ax2.plot(minutes, [r["psnr"] for r in records], "s-", color="C1", ms=3, label="PSNR")
   ax2.plot(minutes, [r["copy_psnr"] for r in records], "--", color="C7", label="copy PSNR")
   ax2.set_ylabel("PSNR (dB)", color="C1")
-  lines = ax.get_lines()[:1] + ax2.get_lines()
+  lines = [l for l in ax.get_lines() if not l.get_label().startswith("_")] + ax2.get_lines()
   ax.legend(lines, [l.get_label() for l in lines], loc="lower right", fontsize=8)
   if title:
     ax.set_title(title, fontsize=9)

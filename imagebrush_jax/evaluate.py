@@ -2,6 +2,7 @@
 
   python -m imagebrush_jax.evaluate --workdir DIR --num_examples 256 --output metrics.json \
       [--seed 1000003] [--steps N] [--guidance S] [--inception_weights pt_inception.safetensors]
+      [--example_pairs as_drawn|repeat_first|reversed|from_other_grid]
 
 Grids cover config.data.train_tasks and config.data.heldout_tasks in turn: synthetic ones from a
 fresh seed (scenes never trained on), stored ones (folder, tfds) from the pairs held out of
@@ -20,6 +21,12 @@ training (config.data.eval_fraction). Metrics, for tasks of any name:
                   overall and in train_tasks_metrics
   prompt_fidelity dist(E', edit(E | I -> I')), image_fidelity dist(I, edit(I' | E' -> E)), with
                   dist = pixel MSE in [0, 1], or FID when --inception_weights is given
+  heldout_accuracy, heldout_edit_success   means over config.data.heldout_tasks
+
+--example_pairs probes what the model reads from its K example pairs: repeat_first gives every
+row the first pair (one pair's information, the same grid), reversed reverses their order, and
+from_other_grid takes the pairs of the previous grid (grids cycle through the tasks, so another
+task's), leaving the query and its true I' as they were.
 """
 from __future__ import annotations
 
@@ -47,6 +54,32 @@ from imagebrush_jax.metrics import task_accuracy
 
 DEFAULT_SEED = 1_000_003
 Generate = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+EXAMPLE_PAIRS = ("as_drawn", "repeat_first", "reversed", "from_other_grid")
+
+
+def check_example_pairs(mode: str, num_examples: int) -> None:
+  """Refuses an --example_pairs mode that is unknown or means nothing with K pairs."""
+  if mode not in EXAMPLE_PAIRS:
+    raise ValueError(f"--example_pairs must be one of {EXAMPLE_PAIRS}, got {mode!r}")
+  if mode in ("repeat_first", "reversed") and num_examples < 2:
+    raise ValueError(f"--example_pairs {mode} needs config.data.num_examples >= 2, got "
+                     f"{num_examples}")
+
+
+def alter_example_pairs(grid: np.ndarray, num_examples: int, mode: str) -> np.ndarray:
+  """uint8 grids [B, (K+1)T, 2T, 3] with their example rows changed by `mode` (EXAMPLE_PAIRS);
+  the query row is kept."""
+  check_example_pairs(mode, num_examples)
+  t = grid_lib.check_grid(grid, num_examples, None, "--example_pairs")
+  rows = grid[:, :num_examples * t]
+  pairs = rows.reshape(grid.shape[0], num_examples, t, *grid.shape[2:])
+  if mode == "repeat_first":
+    pairs = np.repeat(pairs[:, :1], num_examples, axis=1)
+  elif mode == "reversed":
+    pairs = pairs[:, ::-1]
+  elif mode == "from_other_grid":
+    pairs = np.roll(pairs, 1, axis=0)
+  return np.concatenate([pairs.reshape(rows.shape), grid[:, num_examples * t:]], axis=1)
 
 
 def evaluate_batches(batches: Sequence[Mapping[str, np.ndarray]], *, num_examples: int,
@@ -120,16 +153,24 @@ def evaluate_run(workdir: str | None, *, num_examples: int, seed: int = DEFAULT_
                  step: int | None = None, batch_size: int | None = None,
                  num_steps: int | None = None, guidance_scale: float | None = None,
                  inception_weights: str | None = None, cycle_metrics: bool = True,
-                 params: str | None = None) -> dict:
-  """Metrics of the run in `workdir` (at `step`), or of the run exported to `params`."""
+                 params: str | None = None, example_pairs: str = "as_drawn") -> dict:
+  """Metrics of the run in `workdir` (at `step`), or of the run exported to `params`, with the
+  example pairs as drawn or altered (alter_example_pairs)."""
   run = run_loading.load(workdir, params, step)
   config = run.config
   if seed == int(config.seed):
     raise ValueError(f"--seed {seed} is the training seed: evaluation needs a fresh one")
   editor = editor_lib.Editor(run, batch_size=batch_size, num_steps=num_steps,
                              guidance_scale=guidance_scale)
+  k = int(config.data.num_examples)
+  check_example_pairs(example_pairs, k)
   batches = data_pipeline.make_eval_batches(config, num_grids=num_examples, seed=seed,
                                             batch_size=editor.batch_size, candidates=True)
+  if example_pairs != "as_drawn":  # altered over all grids at once: a batch may hold one grid
+    grids = alter_example_pairs(np.concatenate([np.asarray(b["grid"]) for b in batches]), k,
+                                example_pairs)
+    ends = np.cumsum([len(b["grid"]) for b in batches])
+    batches = [{**b, "grid": g} for b, g in zip(batches, np.split(grids, ends[:-1]))]
   key = jax.random.key(seed)
   counter = iter(range(1 << 30))
 
@@ -141,21 +182,22 @@ def evaluate_run(workdir: str | None, *, num_examples: int, seed: int = DEFAULT_
                              jax.random.fold_in(key, (1 << 20) + next(counter)))
 
   start = time.time()
-  metrics = evaluate_batches(batches, num_examples=int(config.data.num_examples),
+  metrics = evaluate_batches(batches, num_examples=k,
                              task_vocabulary=data_pipeline.task_vocabulary(config),
                              generate=generate, edit=edit if cycle_metrics else None,
                              distance=make_distance(inception_weights),
                              train_tasks=tuple(config.data.train_tasks))
   metrics.update(step=run.step, workdir=str(run.workdir), seed=seed,
                  train_tasks=list(config.data.train_tasks),
-                 heldout_tasks=list(config.data.heldout_tasks),
+                 heldout_tasks=list(config.data.heldout_tasks), example_pairs=example_pairs,
                  sampling={"num_steps": num_steps or int(config.sampling.num_steps),
                            "guidance_scale": (config.sampling.guidance_scale
                                               if guidance_scale is None else guidance_scale)},
                  seconds=round(time.time() - start, 2))
-  heldout = [metrics["per_task"][t]["accuracy"] for t in config.data.heldout_tasks
-             if t in metrics["per_task"] and metrics["per_task"][t]["accuracy"] is not None]
-  metrics["heldout_accuracy"] = float(np.mean(heldout)) if heldout else None
+  for name in ("accuracy", "edit_success"):
+    heldout = [metrics["per_task"][t][name] for t in config.data.heldout_tasks
+               if t in metrics["per_task"] and metrics["per_task"][t][name] is not None]
+    metrics[f"heldout_{name}"] = float(np.mean(heldout)) if heldout else None
   return metrics
 
 
@@ -176,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help="pt_inception-2015-12-05 weights (.safetensors/.npz, or .pth with torch): "
                       "cycle metrics as FID instead of pixel MSE")
   p.add_argument("--no_cycle", action="store_true", help="skip the cycle metrics")
+  p.add_argument("--example_pairs", choices=EXAMPLE_PAIRS, default="as_drawn",
+                 help="alter the example pairs (see above) to probe what the model reads")
   args = p.parse_args(argv)
   if args.num_examples < 1:
     p.error(f"--num_examples must be positive, got {args.num_examples}")
@@ -185,13 +229,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                            step=args.step, batch_size=args.batch_size, num_steps=args.steps,
                            guidance_scale=args.guidance,
                            inception_weights=args.inception_weights,
-                           cycle_metrics=not args.no_cycle, params=args.params)
+                           cycle_metrics=not args.no_cycle, params=args.params,
+                           example_pairs=args.example_pairs)
   except cli.USER_ERRORS as e:  # pylint: disable=catching-non-exception
     return cli.report(e)
   files.write_text_atomic(args.output, json.dumps(metrics, indent=2) + "\n")
   print(json.dumps({k: metrics[k] for k in ("step", "num_examples", "accuracy", "psnr", "ssim",
                                             "copy_psnr", "copy_ssim", "edit_success", "distance",
-                                            "train_tasks_metrics", "heldout_accuracy")
+                                            "train_tasks_metrics", "heldout_accuracy",
+                                            "heldout_edit_success")
                     + (("prompt_fidelity", "image_fidelity") if not args.no_cycle else ())
                     if k in metrics}))
   return 0

@@ -160,6 +160,35 @@ def test_evaluate_cli_on_tiny_checkpoint(tmp_path):
   from_file = json.loads((tmp_path / "p.json").read_text())
   for key in ("accuracy", "psnr", "ssim", "copy_psnr", "prompt_fidelity", "step", "workdir"):
     assert from_file[key] == m[key], key
+  # Probing the example pairs: the same query cells and truths, other pairs.
+  assert evaluate.main(["--workdir", tiny_workdir(), "--num_examples", "6", "--no_cycle",
+                        "--output", str(tmp_path / "o.json"), "--steps", "2",
+                        "--batch_size", "1", "--example_pairs", "from_other_grid"]) == 0
+  other = json.loads((tmp_path / "o.json").read_text())
+  assert other["example_pairs"] == "from_other_grid" and other["copy_psnr"] == m["copy_psnr"]
+  assert other["psnr"] != m["psnr"]
+  assert evaluate.main(["--workdir", tiny_workdir(), "--num_examples", "2", "--output",
+                        str(tmp_path / "r.json"), "--example_pairs", "reversed"]) == 2
+
+
+def test_example_pair_probes_change_only_the_example_rows():
+  rng = np.random.default_rng(3)
+  grid = rng.integers(0, 256, (4, 4 * 5, 2 * 5, 3), dtype=np.uint8)  # K = 3, 5-pixel tiles
+  cells = grid_lib.split_cells(grid, 3)
+  for mode, before, after in [
+      ("as_drawn", cells.before, cells.after),
+      ("repeat_first", np.repeat(cells.before[:, :1], 3, 1), np.repeat(cells.after[:, :1], 3, 1)),
+      ("reversed", cells.before[:, ::-1], cells.after[:, ::-1]),
+      ("from_other_grid", cells.before[[3, 0, 1, 2]], cells.after[[3, 0, 1, 2]])]:
+    got = grid_lib.split_cells(evaluate.alter_example_pairs(grid, 3, mode), 3)
+    np.testing.assert_array_equal(got.before, before, err_msg=mode)
+    np.testing.assert_array_equal(got.after, after, err_msg=mode)
+    np.testing.assert_array_equal(got.query, cells.query)
+    np.testing.assert_array_equal(got.target, cells.target)
+  with pytest.raises(ValueError, match="needs config.data.num_examples >= 2"):
+    evaluate.alter_example_pairs(grid[:, 10:], 1, "repeat_first")
+  with pytest.raises(ValueError, match="--example_pairs must be one of"):
+    evaluate.check_example_pairs("shuffled", 3)
 
 
 OBJECT_TASKS = ("recolor", "move", "delete", "scale_up", "keep_largest")
