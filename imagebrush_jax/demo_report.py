@@ -62,7 +62,7 @@ def plot_curve(records: Sequence[dict], out_path, title: str = "") -> bool:
   ax2.plot(minutes, [r["copy_psnr"] for r in records], "--", color="C7", label="copy PSNR")
   ax2.set_ylabel("PSNR (dB)", color="C1")
   lines = [l for l in ax.get_lines() if not l.get_label().startswith("_")] + ax2.get_lines()
-  ax.legend(lines, [l.get_label() for l in lines], loc="lower right", fontsize=8)
+  ax.legend(lines, [l.get_label() for l in lines], loc="best", fontsize=8)
   if title:
     ax.set_title(title, fontsize=9)
   fig.tight_layout()

@@ -144,6 +144,17 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
                        "as written (on a tiny run, at a free port) and edits through its API"),
     (f"{PY} -m imagebrush_jax.evaluate --workdir runs/demo --num_examples 256 "
      "--output metrics.json", ["--num_examples", "8", "--steps", "2"], ""),
+    (f"{PY} -m imagebrush_jax.train --config configs/objects.py --workdir runs/objects",
+     TINY_DEFAULT, ""),
+    (f"{PY} -m imagebrush_jax.evaluate --workdir runs/objects --num_examples 400 "
+     "--output runs/objects/metrics.json --no_cycle", ["--num_examples", "8", "--steps", "2"],
+     ""),
+    (f"{PY} -m imagebrush_jax.demo_report --workdir runs/objects", [], ""),
+    (f"{PY} -m imagebrush_jax.train --config configs/objects.py --workdir runs/objects_k3 "
+     "--config.data.num_examples=3 --config.train.num_steps=600", TINY_DEFAULT, ""),
+    (f"{PY} -m imagebrush_jax.evaluate --workdir runs/objects_k3 --num_examples 400 "
+     "--output runs/objects_k3/repeat_first.json --no_cycle --example_pairs repeat_first",
+     ["--num_examples", "8", "--steps", "2"], ""),
 ]
 
 
@@ -243,7 +254,8 @@ def test_readme_commands_run_at_tiny_size(tmp_path):
             "out/q_edited.png", "metrics.json", "model.safetensors", "out_file.png",
             "runs/autoencoder_tiny/autoencoder.safetensors",
             "runs/mine/checkpoints/2", "runs/mine_shards/checkpoints/2", "runs/paper/checkpoints/2",
-            "runs/latent_tiny/checkpoints/2"]
+            "runs/latent_tiny/checkpoints/2", "runs/objects/metrics.json",
+            "runs/objects/report.png", "runs/objects_k3/repeat_first.json"]
   missing = [p for p in expect if not os.path.exists(os.path.join(work, p))]
   assert not missing
   assert Image.open(os.path.join(work, "out.png")).size == (35, 27)
