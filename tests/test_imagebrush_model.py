@@ -9,6 +9,7 @@ from configs import default
 from configs import objects
 from configs import paper_256
 from configs import tiny_test
+from imagebrush_jax.data import tasks as tasks_lib
 from imagebrush_jax.imagebrush import build as build_lib
 from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.imagebrush import model as model_lib
@@ -159,6 +160,16 @@ def test_configs_build_with_float32_params(config_module):
     assert 80e6 < counts["prompt_vit"] < 90e6  # ViT-B/16 size
     assert 800e6 < counts["unet"] < 900e6  # SD v1 UNet size
 
+
+def test_config_task_lists_match_the_task_registry():
+  """The configs name tasks without importing the package; these lists must follow its registry."""
+  assert default.GLOBAL_TASKS == tasks_lib.GLOBAL_TASKS
+  registered = tasks_lib.task_names()
+  assert objects.OBJECT_TASKS == tuple(n for n in registered
+                                       if not tasks_lib.get_task(n).is_global)
+  config = objects.get_config()
+  assert sorted(config.data.train_tasks) == sorted(registered)  # every built-in task
+  assert all(tasks_lib.is_known(n) and n not in registered for n in config.data.heldout_tasks)
 
 def test_modules_are_built_from_the_config_with_one_runtime():
   config = tiny_test.get_config()
