@@ -21,7 +21,7 @@ import numpy as np
 
 from imagebrush_jax import files
 from imagebrush_jax.converters import autoencoder_params
-from imagebrush_jax.data import sources
+from imagebrush_jax.data import image_decode
 from imagebrush_jax.models import autoencoder as ae
 from imagebrush_jax.models import runtime as runtime_lib
 
@@ -58,7 +58,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     params, arch = autoencoder_params.load(_PARAMS.value)
-    image = sources.read_image(_INPUT.value)
+    image = image_decode.load_rgb(_INPUT.value)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

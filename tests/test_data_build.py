@@ -90,7 +90,7 @@ def test_ip2p_parquet_build_groups_by_instruction_and_lists_what_it_skips(tmp_pa
   a, b = tmp_path / "in" / "a.parquet", tmp_path / "in" / "b.parquet"
   assert f"{b} row 2" in where and "no instruction" in where[f"{b} row 2"]
   assert "has no other pair" in where[f"{a} 3"]  # the lone instruction
-  assert "cannot decode image" in where[f"{a} pair a.parquet:4"]
+  assert "cannot read image" in where[f"{a} pair a.parquet:4"]
   assert where["'turn the sky red' pair a.parquet:2"] == "its task has no other pair left"
   assert "not a readable parquet file" in where[str(tmp_path / "in" / "c.parquet")]
 
@@ -143,9 +143,9 @@ def test_video_build_pairs_frames_of_each_sequence_and_skips_a_broken_clip(tmp_p
   (error,) = writer.iter_errors(str(tmp_path / "clips_16"))
   assert error["where"].endswith("broken.mp4") and "cannot decode" in error["reason"]
   source = sources.TfdsSource(str(tmp_path / "clips_16"))
-  assert [source.pair_id(i) for i in source.pair_indices("walk/a")] == [
+  assert [source.pair_id(i) for i in source.pair_indices("walk/a.mp4")] == [
       "000000-000002", "000003-000005", "000006-000008"]
-  pair = source[source.pair_indices("walk/a")[1]]
+  pair = source[source.pair_indices("walk/a.mp4")[1]]
   np.testing.assert_allclose(pair.before.reshape(-1, 3).mean(0), frame(3)[0, 0], atol=8)
   np.testing.assert_allclose(pair.after.reshape(-1, 3).mean(0), frame(5)[0, 0], atol=8)
 
@@ -166,8 +166,8 @@ def test_video_build_pairs_frames_of_each_sequence_and_skips_a_broken_clip(tmp_p
 
 
 def test_heldout_tasks_are_disjoint_and_output_does_not_depend_on_workers(tmp_path):
-  one = writer.build(_synthetic(tmp_path / "one", heldout_fraction=0.34))
-  writer.build(_synthetic(tmp_path / "two", heldout_fraction=0.34, workers=2))
+  one = writer.build(_synthetic(tmp_path / "one", heldout_fraction=0.25))
+  writer.build(_synthetic(tmp_path / "two", heldout_fraction=0.25, workers=2))
   assert one["heldout_tasks"] == 2 and one["tasks"] == 6 and one["shards"] == 5
   assert _shard_bytes(tmp_path / "one") == _shard_bytes(tmp_path / "two")
   source = sources.TfdsSource(str(tmp_path / "one"))
@@ -180,17 +180,35 @@ def test_heldout_tasks_are_disjoint_and_output_does_not_depend_on_workers(tmp_pa
   assert sorted(train + held) == sorted(source.tasks)
   heldout_range = range(one["train_pairs"], one["pairs"])  # the held-out split comes second
   assert all(set(source.pair_indices(t)) <= set(heldout_range) for t in held)
-  assert writer.heldout_tasks(list(source.tasks), 0.34) == set(held)
+  assert writer.heldout_tasks(list(source.tasks), 0.25) == set(held)
   # Evaluation grids show held-out tasks only, from the held-out split.
   batches = pipeline.make_eval_batches(resolved, num_grids=4, seed=1, tasks=held)
   vocab = pipeline.task_vocabulary(resolved)
   assert {vocab[i] for b in batches for i in b["task_id"]} == set(held)
 
 
+def test_adding_tasks_to_the_input_never_moves_an_existing_task_between_splits(tmp_path):
+  first = ("hflip", "vflip", "rot90", "grayscale")
+  added = ("invert", "recolor", "move", "delete")  # names that hash below hflip's
+  splits = {}
+  for name, tasks in (("first", first), ("more", first + added)):
+    writer.build(_synthetic(tmp_path / name, tasks=tasks, heldout_fraction=0.25,
+                            pairs_per_task=2))
+    source = sources.TfdsSource(str(tmp_path / name))
+    train_pairs = json.load(open(tmp_path / name / writer.SUMMARY_FILE))["train_pairs"]
+    splits[name] = {t: source.pair_indices(t)[0] >= train_pairs for t in source.tasks}
+  assert splits["first"] == {"hflip": True, "vflip": False, "rot90": False, "grayscale": False}
+  assert {t: splits["more"][t] for t in first} == splits["first"]
+  assert sum(splits["more"].values()) == 5
+  with pytest.raises(ValueError, match="all 1 tasks fall in the held-out split"):
+    writer.build(_synthetic(tmp_path / "all", tasks=("invert",), heldout_fraction=0.25,
+                            pairs_per_task=2))
+
+
 def test_an_interrupted_build_finishes_without_redoing_its_finished_parts(tmp_path,
                                                                           monkeypatch):
-  reference = writer.build(_synthetic(tmp_path / "ref", heldout_fraction=0.34))
-  opts = _synthetic(tmp_path / "out", heldout_fraction=0.34)
+  reference = writer.build(_synthetic(tmp_path / "ref", heldout_fraction=0.25))
+  opts = _synthetic(tmp_path / "out", heldout_fraction=0.25)
   encode, assemble, calls = writer.encode_unit, writer.assemble_shard, []
 
   def stop_at(limit, fn, kind):
@@ -259,3 +277,52 @@ def test_training_mixes_built_data_sets_by_weight_and_resumes_exactly(tmp_path):
   with pytest.raises(ValueError, match=r"config.data.mixture\[0\] weight must be positive"):
     pipeline.make_train_iterator(_mixture_config([(str(tmp_path / "a"), 0.0)]),
                                  process_index=0, process_count=1)
+
+
+def test_workers_default_to_the_cpus_this_process_may_use(monkeypatch):
+  monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the host's count, in a container
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3})
+  assert writer.usable_cpus() == 2
+  pinned = ("import os, runpy, sys; os.sched_setaffinity(0, {0}); "
+            "sys.argv = ['build', '--helpfull']; "
+            "runpy.run_module('imagebrush_jax.data.build', run_name='__main__')")
+  proc = subprocess.run([sys.executable, "-c", pinned], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  flag_help = proc.stdout.split("--workers:", 1)[1].split("--", 1)[0]
+  assert "(default: '1')" in flag_help
+
+
+def test_a_resumed_build_of_a_bucket_input_keeps_its_url_in_the_fingerprint(tmp_path,
+                                                                             monkeypatch):
+  opts = _options("ip2p", "gs://bucket/ip2p", tmp_path / "out")
+  monkeypatch.chdir(tmp_path)
+  here = opts.fingerprint()
+  monkeypatch.chdir(ROOT)
+  assert opts.fingerprint() == here and here["input"] == "gs://bucket/ip2p"
+  local = _options("ip2p", "rel/in", tmp_path / "out")
+  monkeypatch.chdir(tmp_path)
+  assert local.fingerprint()["input"] == str(tmp_path / "rel" / "in")
+
+
+def test_shards_are_copied_one_record_at_a_time(tmp_path, monkeypatch):
+  """assemble_shard never holds more than one record: the array_record reader is asked for one
+  record per call."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  asked = []
+  real = array_record_module.ArrayRecordReader
+
+  class CountingReader:
+    def __init__(self, *args):
+      self._reader = real(*args)
+
+    def read(self, indices):
+      asked.append(len(indices))
+      return self._reader.read(indices)
+
+    def close(self):
+      self._reader.close()
+
+  monkeypatch.setattr(array_record_module, "ArrayRecordReader", CountingReader)
+  reference = writer.build(_synthetic(tmp_path / "out", shard_pairs=100))
+  assert reference["shards"] == 1 and asked and set(asked) == {1}
+  assert len(asked) == reference["pairs"] == 30

@@ -81,7 +81,39 @@ def test_prompt_folders_are_indexed_from_seeds_json(tmp_path):
   assert [s.where for s in skipped] == [str(tmp_path / "0004"), f"{tmp_path}/seeds.json entry 4"]
   tasks, singletons = ip2p.group_by_task(refs)
   assert list(tasks) == ["make it snowy"] and len(singletons) == 1
-  assert ip2p.read_prompt_folder(refs[2]) == (_jpeg(13), _jpeg(113))
+  assert ip2p.read_prompt_folder(refs[2].file, refs[2].item) == (_jpeg(13), _jpeg(113))
   assert refs[2].pair_id == "0002:13"
   with pytest.raises(FileNotFoundError, match="seeds.json not found"):
     ip2p.index_prompt_folders(str(tmp_path / "0001"))
+
+
+def test_parquet_pair_ids_name_the_shard_by_its_path_under_the_input(tmp_path):
+  # The published layout: equal shard names in train/ and test/ give distinct pair ids.
+  for split in ("train", "test"):
+    (tmp_path / split).mkdir()
+    _write_parquet(tmp_path / split / "0000.parquet")
+  refs, _ = ip2p.index(str(tmp_path))
+  ids = [r.pair_id for r in refs]
+  assert len(set(ids)) == len(ids) == 10
+  assert ids[0] == "test/0000.parquet:0" and ids[5] == "train/0000.parquet:0"
+  single, _ = ip2p.index(str(tmp_path / "train" / "0000.parquet"))  # a file as the input
+  assert single[0].pair_id == "0000.parquet:0"
+
+
+@pytest.mark.parametrize("name", ["../outside", "0001/../../outside", "/srv/outside",
+                                  "gs://bucket/outside", "C:/outside", "\\\\host\\share"])
+def test_seeds_json_entries_may_not_leave_the_input_folder(tmp_path, name):
+  (tmp_path / "in").mkdir()
+  write_prompt_folders(tmp_path / "in", {"0001": ("Make it snowy", [11, 12])})
+  (tmp_path / "in" / "seeds.json").write_text(json.dumps([["0001", [11]], [name, [12]]]))
+  with pytest.raises(ValueError, match=r"seeds.json entry 1: .* must be a path inside") as e:
+    ip2p.index(str(tmp_path / "in"))
+  assert "\n" not in str(e.value) and repr(name) in str(e.value)
+
+
+@pytest.mark.parametrize("seed", ["../../x", "1/2", -3, 1.5, True])
+def test_seeds_json_seeds_must_be_integers(tmp_path, seed):
+  write_prompt_folders(tmp_path, {"0001": ("Make it snowy", [11, 12])})
+  (tmp_path / "seeds.json").write_text(json.dumps([["0001", [11, seed]]]))
+  with pytest.raises(ValueError, match=r"seeds.json entry 0: seed .* is not a non-negative"):
+    ip2p.index(str(tmp_path))

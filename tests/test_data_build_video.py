@@ -22,7 +22,7 @@ def test_clips_are_found_recursively_and_decoded_into_frame_pairs(tmp_path):
   _write_clip(tmp_path / "b.webm", 5, codec="libvpx")
   (tmp_path / "notes.txt").write_text("not a clip")
   sequences = video.find_sequences(str(tmp_path))
-  assert [s.name for s in sequences] == ["b", "walk/a"]
+  assert [s.name for s in sequences] == ["b.webm", "walk/a.mp4"]
   pairs = list(video.read_pairs(sequences[1], gap=2))
   assert [(t, u) for t, u, _, _ in pairs] == video.pair_windows(9, 2) == [(0, 2), (3, 5), (6, 8)]
   for t, u, before, after in pairs:
@@ -51,3 +51,37 @@ def test_davis_frame_folders_are_sequences(tmp_path):
     list(video.read_pairs(sequences[1], gap=1))
   with pytest.raises(FileNotFoundError, match="no '1080p' frames"):
     video.find_sequences(str(tmp_path), resolution="1080p")
+
+
+def test_clips_of_one_stem_are_distinct_tasks_and_hidden_files_and_loops_are_skipped(tmp_path):
+  from imagebrush_jax.data.build import units  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.data.build import writer  # pylint: disable=g-import-not-at-top
+  clips = tmp_path / "clips"
+  (clips / "sub").mkdir(parents=True)
+  _write_clip(clips / "clip.mp4", 4)
+  _write_clip(clips / "clip.webm", 4, codec="libvpx")
+  _write_clip(clips / "sub" / "a.mp4", 4)
+  _write_clip(clips / "sub" / "a.MP4", 4)
+  (clips / "._clip.mp4").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+  (clips / ".hidden").mkdir()
+  _write_clip(clips / ".hidden" / "c.mp4", 4)
+  (clips / "sub" / "loop").symlink_to(clips, target_is_directory=True)  # a symlink loop
+  names = [s.name for s in video.find_sequences(str(clips))]
+  assert names == ["clip.mp4", "clip.webm", "sub/a.MP4", "sub/a.mp4"]
+  summary = writer.build(writer.BuildOptions(
+      source="video", input=str(clips), output=str(tmp_path / "out"), tile_size=8,
+      read=units.SourceOptions(frame_gap=1)))
+  assert (summary["tasks"], summary["pairs"], summary["skipped"]) == (4, 8, 0)
+
+
+def test_davis_listing_skips_hidden_and_non_image_files(tmp_path):
+  write_davis(tmp_path, {"bear": 4})
+  bear = tmp_path / "JPEGImages" / "480p" / "bear"
+  (bear / "._00000.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+  (bear / "Thumbs.db").write_bytes(b"junk")
+  (bear / ".DS_Store").write_bytes(b"junk")
+  (tmp_path / "JPEGImages" / "480p" / "._bear").write_bytes(b"junk")
+  (tmp_path / "JPEGImages" / "._480p").write_bytes(b"junk")
+  (seq,) = video.find_sequences(str(tmp_path))
+  assert [p.rsplit("/", 1)[1] for p in seq.frames] == [f"{t:05d}.jpg" for t in range(4)]
+  assert len(list(video.read_pairs(seq, gap=1))) == 2

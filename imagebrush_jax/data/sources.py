@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from imagebrush_jax import files
+from imagebrush_jax.data import image_decode
 from imagebrush_jax.data import scenes
 from imagebrush_jax.data import splits
 from imagebrush_jax.data import tasks as tasks_lib
@@ -136,15 +137,6 @@ class SyntheticSource:
 # ---------------------------------------------------------------- folder
 
 
-def read_image(path: str) -> np.ndarray:
-  """Decodes an image file to uint8 RGB [H, W, 3]; errors name the file."""
-  try:
-    with files.open_read(path) as f, Image.open(f) as image:
-      return np.asarray(image.convert("RGB"), dtype=np.uint8)
-  except Exception as e:  # PIL raises many types for bad files
-    raise ValueError(f"cannot read image {path}: {e}") from e
-
-
 def _check_header(path: str) -> None:
   try:
     with Image.open(path) as image:
@@ -240,7 +232,7 @@ class FolderSource:
 
   def __getitem__(self, index: int) -> Pair:
     task, pair_id, before, after, box = self._pairs[index]
-    return Pair(read_image(before), read_image(after), task, pair_id, box)
+    return Pair(image_decode.load_rgb(before), image_decode.load_rgb(after), task, pair_id, box)
 
 
 # ---------------------------------------------------------------- TFDS

@@ -35,7 +35,8 @@ _HELDOUT = flags.DEFINE_float("heldout_fraction", 0.0, "Fraction of the tasks (c
 _GAP = flags.DEFINE_integer("frame_gap", 4, "video: a pair is frames t and t + frame_gap.")
 _RESOLUTION = flags.DEFINE_string("davis_resolution", None, "video: the DAVIS JPEGImages "
                                   "resolution (default: the only one, else 480p).")
-_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes.")
+_WORKERS = flags.DEFINE_integer("workers", writer.usable_cpus(), "Worker processes (default: "
+                                 "the CPUs this process may run on).")
 _SHARD = flags.DEFINE_integer("shard_pairs", 1024, "Pairs per output shard.")
 _BEFORE = flags.DEFINE_string("before_column", ip2p.Columns.before, "ip2p parquet: before image.")
 _AFTER = flags.DEFINE_string("after_column", ip2p.Columns.after, "ip2p parquet: after image.")

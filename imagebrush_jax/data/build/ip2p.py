@@ -46,10 +46,22 @@ class PairRef:
   task: str  # the normalised instruction
   file: str  # the parquet shard, or the prompt folder
   item: int | str  # the row in the shard, or the seed
+  name: str  # the shard or folder relative to the input root: unique within one input
 
   @property
   def pair_id(self) -> str:
-    return f"{posixpath.basename(self.file.rstrip('/'))}:{self.item}"
+    return f"{self.name}:{self.item}"
+
+
+def relative_name(root: str, path: str) -> str:
+  """`path` relative to the input `root`, '/'-separated (a root that is the file itself: its
+  base name), so pair ids are unique across shards of equal names in different folders."""
+  root, path = files.absolute(root).rstrip("/"), files.absolute(path)
+  if path == root:
+    return posixpath.basename(path)
+  if not path.startswith(root + "/"):
+    raise ValueError(f"{path} is not under the input {root}")
+  return path[len(root) + 1:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +119,11 @@ def parquet_shards(root: str) -> list[str]:
   return sorted(found)
 
 
-def index_parquet(path: str, columns: Columns = Columns()) -> tuple[list[PairRef], list[Skip]]:
-  """A PairRef per row with an instruction, reading only the instruction column."""
+def index_parquet(path: str, columns: Columns = Columns(), root: str | None = None
+                  ) -> tuple[list[PairRef], list[Skip]]:
+  """A PairRef per row with an instruction, reading only the instruction column; pair ids
+  name the shard by its path under the input `root` (default: the shard itself)."""
+  name = relative_name(root or path, path)
   pf = _parquet_file(path)
   _check_columns(path, pf.schema_arrow.names, (columns.before, columns.after,
                                                columns.instruction))
@@ -118,7 +133,7 @@ def index_parquet(path: str, columns: Columns = Columns()) -> tuple[list[PairRef
     for text in table.column(0).to_pylist():
       task = normalise_instruction(text) if isinstance(text, str) else ""
       if task:
-        refs.append(PairRef(task, path, row))
+        refs.append(PairRef(task, path, row, name))
       else:
         skips.append(Skip(f"{path} row {row}", f"no instruction in {columns.instruction!r}"))
       row += 1
@@ -182,7 +197,10 @@ def index_prompt_folders(root: str) -> tuple[list[PairRef], list[Skip]]:
       skips.append(Skip(f"{seeds_path} entry {k}", f"expected [name, [seed, ...]], got {entry!r}"))
       continue
     name, seeds = entry
-    folder = files.join(root, name)
+    folder = files.join_inside(root, name, f"{seeds_path} entry {k}")
+    bad = [seed for seed in seeds if not _is_seed(seed)]
+    if bad:
+      raise ValueError(f"{seeds_path} entry {k}: seed {bad[0]!r} is not a non-negative integer")
     try:
       prompt = files.read_json_object(files.join(folder, PROMPT_FILE))
       task = normalise_instruction(prompt.get("edit") or "")
@@ -191,14 +209,22 @@ def index_prompt_folders(root: str) -> tuple[list[PairRef], list[Skip]]:
     except (ValueError, OSError) as e:
       skips.append(Skip(folder, " ".join(str(e).split())))
       continue
-    refs += [PairRef(task, folder, str(seed)) for seed in seeds]
+    refs += [PairRef(task, folder, str(seed), relative_name(root, folder)) for seed in seeds]
   return refs, skips
 
 
-def read_prompt_folder(ref: PairRef) -> tuple[bytes, bytes]:
-  """The (before, after) JPEG bytes of a prompt-folder pair; OSError when one is missing."""
-  return (files.read_bytes(files.join(ref.file, f"{ref.item}_0.jpg")),
-          files.read_bytes(files.join(ref.file, f"{ref.item}_1.jpg")))
+def _is_seed(value) -> bool:
+  """A seed names files (<seed>_0.jpg): a non-negative integer, or a string of digits."""
+  if isinstance(value, bool):
+    return False
+  return (isinstance(value, int) and value >= 0) or (isinstance(value, str) and value.isdigit()
+                                                      and value.isascii())
+
+
+def read_prompt_folder(folder: str, seed: str) -> tuple[bytes, bytes]:
+  """The (before, after) JPEG bytes of a prompt folder's seed; OSError when one is missing."""
+  return (files.read_bytes(files.join(folder, f"{seed}_0.jpg")),
+          files.read_bytes(files.join(folder, f"{seed}_1.jpg")))
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -232,7 +258,7 @@ def index(path: str, columns: Columns = Columns()) -> tuple[list[PairRef], list[
     raise FileNotFoundError(f"{path} holds neither {SEEDS_FILE} nor .parquet shards")
   for shard in shards:
     try:
-      r, s = index_parquet(shard, columns)
+      r, s = index_parquet(shard, columns, root=path)
     except UnreadableShard as e:  # a damaged download: skipped and listed, the rest is built
       r, s = [], [Skip(shard, str(e))]
     refs += r

@@ -94,10 +94,10 @@ def _plan_ip2p(path: str, columns: ip2p.Columns):
   if kept and isinstance(kept[0].item, int):  # parquet: one unit per shard
     by_file: dict[str, list] = {}
     for r in kept:
-      by_file.setdefault(r.file, []).append([r.item, r.task])
+      by_file.setdefault(r.file, []).append([r.item, r.task, r.pair_id])
     units = [Unit("parquet", f, rows, len(rows)) for f, rows in by_file.items()]
   else:  # prompt folders: runs of PROMPT_PAIRS_PER_UNIT pairs
-    items = [[r.file, r.item, r.task] for r in kept]
+    items = [[r.file, r.item, r.task, r.pair_id] for r in kept]
     for i in range(0, len(items), PROMPT_PAIRS_PER_UNIT):
       chunk = items[i:i + PROMPT_PAIRS_PER_UNIT]
       units.append(Unit("prompt", chunk[0][0], chunk, len(chunk)))
@@ -157,28 +157,27 @@ def read_unit(unit: Unit, opts: SourceOptions) -> Iterator[Pair | Skip]:
 
 
 def _read_parquet(unit: Unit, opts: SourceOptions):
-  tasks = {int(row): task for row, task in unit.items}
+  rows = {int(row): (task, pair_id) for row, task, pair_id in unit.items}
   try:
-    for row, before, after in ip2p.read_parquet(unit.name, list(tasks), opts.columns):
+    for row, before, after in ip2p.read_parquet(unit.name, list(rows), opts.columns):
       if before is None or after is None:
         yield Skip(f"{unit.name} row {row}", "no image bytes in "
                    f"{opts.columns.before if before is None else opts.columns.after!r}")
       else:
-        yield Pair(tasks[row], ip2p.PairRef(tasks[row], unit.name, row).pair_id, before, after)
+        yield Pair(*rows[row], before, after)
   except (ValueError, OSError) as e:  # the shard itself is unreadable: its rows are lost
     yield Skip(unit.name, " ".join(str(e).split()))
 
 
 def _read_prompt(unit: Unit, opts: SourceOptions):
   del opts
-  for folder, seed, task in unit.items:
-    ref = ip2p.PairRef(task, folder, seed)
+  for folder, seed, task, pair_id in unit.items:
     try:
-      before, after = ip2p.read_prompt_folder(ref)
+      before, after = ip2p.read_prompt_folder(folder, seed)
     except OSError as e:
       yield Skip(f"{folder} seed {seed}", " ".join(str(e).split()))
       continue
-    yield Pair(task, ref.pair_id, before, after)
+    yield Pair(task, pair_id, before, after)
 
 
 def _read_video(unit: Unit, opts: SourceOptions):

@@ -9,13 +9,14 @@ time, whatever the clip's length.
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
 
 from imagebrush_jax import files
+from imagebrush_jax.data import image_decode
 
 CLIP_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -39,32 +40,44 @@ def find_sequences(root: str, resolution: str | None = None) -> list[VideoSequen
 
   DAVIS layout (`root/JPEGImages/<resolution>/<sequence>/00000.jpg`): its sequences, at
   `resolution` (default: the only one there, else '480p'). Otherwise every clip file under
-  `root`, searched recursively, named by its path under `root` without the extension.
+  `root`, searched recursively, named by its path under `root` (extension included, so that
+  `clip.mp4` and `clip.webm` are two tasks). Hidden files (macOS `._*` resource forks, ...) and
+  files of other kinds are skipped; a folder reached again through a symlink is read once.
   """
   davis = files.join(root, DAVIS_FRAMES)
   if files.isdir(davis):
     return _davis_sequences(davis, resolution)
   if not files.isdir(root):
     raise FileNotFoundError(f"--input {root} is not a folder of clips or a DAVIS folder")
-  found = []
-  for rel in _clips(root, ""):
-    found.append(VideoSequence(posixpath.splitext(rel)[0], files.join(root, rel)))
+  found = [VideoSequence(rel, files.join(root, rel)) for rel in _clips(root, "", set())]
   return sorted(found, key=lambda s: s.name)
 
 
-def _clips(root: str, prefix: str) -> list[str]:
+def _visible(folder: str) -> list[str]:
+  """The names in `folder` that are not hidden (dotfiles)."""
+  return [n for n in files.listdir(folder) if not n.startswith(".")]
+
+
+def _clips(root: str, prefix: str, seen: set[str]) -> list[str]:
+  """Clip paths under root/prefix, relative to root; `seen` holds the real paths of the folders
+  already listed, so a symlink loop is followed once."""
+  folder = files.join(root, prefix) if prefix else root
+  real = folder if files.is_remote(folder) else os.path.realpath(folder)
+  if real in seen:
+    return []
+  seen.add(real)
   rels = []
-  for name in files.listdir(files.join(root, prefix) if prefix else root):
+  for name in _visible(folder):
     rel = posixpath.join(prefix, name) if prefix else name
-    if name.lower().endswith(CLIP_EXTENSIONS):
+    if files.isdir(files.join(root, rel)):
+      rels += _clips(root, rel, seen)
+    elif name.lower().endswith(CLIP_EXTENSIONS):
       rels.append(rel)
-    elif not name.startswith(".") and files.isdir(files.join(root, rel)):
-      rels += _clips(root, rel)
   return rels
 
 
 def _davis_sequences(davis: str, resolution: str | None) -> list[VideoSequence]:
-  resolutions = [n for n in files.listdir(davis) if files.isdir(files.join(davis, n))]
+  resolutions = [n for n in _visible(davis) if files.isdir(files.join(davis, n))]
   if resolution is None:
     resolution = resolutions[0] if len(resolutions) == 1 else "480p"
   if resolution not in resolutions:
@@ -72,11 +85,11 @@ def _davis_sequences(davis: str, resolution: str | None) -> list[VideoSequence]:
                             f"{', '.join(resolutions) or 'none'})")
   folder = files.join(davis, resolution)
   sequences = []
-  for name in files.listdir(folder):
+  for name in _visible(folder):
     path = files.join(folder, name)
     if not files.isdir(path):
       continue
-    frames = tuple(files.join(path, f) for f in files.listdir(path)
+    frames = tuple(files.join(path, f) for f in _visible(path)
                    if f.lower().endswith(FRAME_EXTENSIONS))
     sequences.append(VideoSequence(name, path, frames))
   return sequences
@@ -94,10 +107,10 @@ def _frames(seq: VideoSequence) -> Iterator[np.ndarray]:
   if seq.frames:
     for path in seq.frames:
       try:
-        with files.open_read(path) as f, Image.open(f) as image:
-          yield np.asarray(image.convert("RGB"))
-      except Exception as e:  # pylint: disable=broad-except  # PIL raises many types
+        frame = image_decode.load_rgb(path)
+      except image_decode.ImageLoadError as e:
         raise VideoError(f"{path}: cannot decode frame: {' '.join(str(e).split())}") from e
+      yield frame
     return
   import av  # pylint: disable=g-import-not-at-top
   try:

@@ -30,6 +30,7 @@ from PIL import Image
 
 from imagebrush_jax import files
 from imagebrush_jax.data import augment
+from imagebrush_jax.data import image_decode
 from imagebrush_jax.data import tfds_format
 from imagebrush_jax.data.build import units as units_lib
 
@@ -99,8 +100,17 @@ class BuildOptions:
     d = dataclasses.asdict(self)
     for key in ("output", "workers"):
       del d[key]
-    d["input"] = os.path.abspath(self.input) if self.input else ""
+    d["input"] = files.absolute(self.input) if self.input else ""
     return json.loads(json.dumps(d, default=str))
+
+
+def usable_cpus() -> int:
+  """The CPUs this process may run on (its affinity mask: a container's share, not the
+  host's count), the default number of build workers."""
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except (AttributeError, OSError):  # no affinity call on this platform
+    return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------- pass 1: encode
@@ -116,10 +126,11 @@ def _init_worker(vocabulary: Sequence[str], opts: BuildOptions) -> None:
   _WORKER["opts"] = opts
 
 
-def _encode_image(image: bytes | np.ndarray, opts: BuildOptions) -> bytes:
+def _encode_image(image: bytes | np.ndarray, opts: BuildOptions, name: str) -> bytes:
+  """The stored encoding of one image: decoded as inference decodes it, resized to the stored
+  size; `name` is what a decoding error names."""
   if isinstance(image, bytes):
-    with Image.open(io.BytesIO(image)) as decoded:
-      image = np.asarray(decoded.convert("RGB"), np.uint8)
+    image = image_decode.decode_rgb(image, name)
   image = augment.resize(image, opts.image_size, opts.resize_method)
   if opts.image_format == "png":
     return files.png_bytes(image)
@@ -160,11 +171,11 @@ def encode_unit(index: int, unit: units_lib.Unit, work: str) -> dict:
           records = [None if r is not None and r[0] == event.drop_task else r for r in records]
         continue
       try:
-        before = _encode_image(event.before, opts)
-        after = _encode_image(event.after, opts)
+        where = f"{unit.name} pair {event.pair_id}"
+        before = _encode_image(event.before, opts, f"{where} (before)")
+        after = _encode_image(event.after, opts, f"{where} (after)")
       except Exception as e:  # pylint: disable=broad-except  # PIL raises many types
-        skips.append([f"{unit.name} pair {event.pair_id}",
-                      f"cannot decode image: {' '.join(str(e).split())}"])
+        skips.append([where, " ".join(str(e).split())])
         continue
       box = event.box
       writer.write(_serialize({
@@ -190,12 +201,9 @@ def task_hash(task: str) -> float:
 
 
 def heldout_tasks(tasks: Sequence[str], fraction: float) -> set[str]:
-  """round(fraction * len(tasks)) tasks (at least one when fraction > 0 and there are two),
-  those with the smallest hashes."""
-  if not fraction or len(tasks) < 2:
-    return set()
-  count = min(len(tasks) - 1, max(1, round(fraction * len(tasks))))
-  return set(sorted(tasks, key=lambda t: (task_hash(t), t))[:count])
+  """The tasks whose name hashes below `fraction` (about that share of them): a task's split
+  depends on its name alone, so adding tasks to the input never moves an existing one."""
+  return {t for t in tasks if task_hash(t) < fraction}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,26 +248,22 @@ def shard_path(output: str, split: str, index: int, count: int) -> str:
 
 
 def assemble_shard(path: str, entries: Sequence[tuple[int, int]], work: str) -> None:
-  """Pass 2 for one output shard: copies its records, in order, from the unit files."""
+  """Pass 2 for one output shard: copies its records, in order, from the unit files, one
+  record at a time (memory does not grow with the shard)."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  wanted: dict[int, list[int]] = {}
-  for u, r in entries:
-    wanted.setdefault(u, []).append(r)
-  found: dict[tuple[int, int], bytes] = {}
-  for u, rs in wanted.items():
-    reader = array_record_module.ArrayRecordReader(unit_paths(work, u)[0],
-                                                   "readahead_buffer_size:0")
-    try:
-      found.update(zip([(u, r) for r in rs], reader.read(rs)))
-    finally:
-      reader.close()
+  readers: dict[int, Any] = {}
   tmp = path + ".tmp"
   writer = array_record_module.ArrayRecordWriter(tmp, _RECORD_OPTIONS)
   try:
-    for entry in entries:
-      writer.write(found[tuple(entry)])
+    for u, r in entries:
+      if u not in readers:
+        readers[u] = array_record_module.ArrayRecordReader(unit_paths(work, u)[0],
+                                                           "readahead_buffer_size:0")
+      writer.write(readers[u].read([r])[0])
   finally:
     writer.close()
+    for reader in readers.values():
+      reader.close()
   os.replace(tmp, path)
 
 
@@ -391,6 +395,10 @@ def build(opts: BuildOptions, *, progress: bool = False) -> dict:
   errors_path = os.path.join(opts.output, ERRORS_FILE)
   if not layout.ranges["train"]:
     _write_errors(errors_path, skips)
+    if layout.ranges["heldout"]:
+      raise ValueError(f"--heldout_fraction {opts.heldout_fraction}: all "
+                       f"{len(layout.ranges['heldout'])} tasks fall in the held-out split; give "
+                       f"a smaller fraction or more tasks")
     raise ValueError(f"--input {opts.input}: no task has two readable pairs; what was "
                      f"skipped, and why, is listed in {errors_path}")
   calls = []
