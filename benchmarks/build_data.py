@@ -5,7 +5,10 @@
 Writes `--pairs` 512-pixel JPEG pairs (rendered scenes: photo-like JPEG sizes, not noise) as an
 InstructPix2Pix parquet shard, builds it with one worker at 256-pixel tiles (pairs built per
 second per worker), then reads it with the training pipeline at 256-pixel tiles, in the main
-process (grids per second per worker). A paper-config step (batch 288 over `--hosts` hosts) at
+process (grids per second per worker). Memory: the same shard and one with 4x the pairs are
+built with --workers 2, each in a fresh process, and the peak resident memory of the largest
+process doing the work is reported for both (`worker_rss_ratio_4x_pairs` near 1: a worker's memory
+does not grow with the input). A paper-config step (batch 288 over `--hosts` hosts) at
 1 s per step needs 288 / hosts grids per second per host; `read_headroom` = grids/s per worker x
 the host's cores / that need, target >= 5. The last line printed is one JSON object.
 """
@@ -13,6 +16,7 @@ import io
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,10 +88,31 @@ def read_grids_per_s(data_dir: str, batches: int) -> float:
   return grids / (time.perf_counter() - start)
 
 
+_MEASURE_WORKERS = """
+import json, resource, sys
+from imagebrush_jax.data.build import writer
+writer.build(writer.BuildOptions(source="ip2p", input=sys.argv[1], output=sys.argv[2],
+                                 tile_size=int(sys.argv[3]), workers=2))
+print(max(resource.getrusage(who).ru_maxrss
+          for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+"""
+
+
+def peak_worker_rss_mib(input_dir: str, output: str) -> float:
+  """Peak resident memory (MiB) of the largest process encoding or assembling `input_dir` with
+  --workers 2 (a single unit or shard is done in the build's own process), measured in a fresh
+  process so that no earlier build counts."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", _MEASURE_WORKERS, input_dir, output, str(TILE)],
+                        cwd=root, capture_output=True, text=True, check=True)
+  return int(proc.stdout.strip().splitlines()[-1]) / 1024.0  # ru_maxrss is in KiB on Linux
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
   with tempfile.TemporaryDirectory() as tmp:
     os.makedirs(os.path.join(tmp, "in"))
+    os.makedirs(os.path.join(tmp, "in_4x"))
     write_source(os.path.join(tmp, "in", "train-00000.parquet"), _PAIRS.value)
     out = os.path.join(tmp, "built")
     start = time.perf_counter()
@@ -96,7 +121,12 @@ def main(argv: Sequence[str]) -> None:
     build_rate = summary["pairs"] / (time.perf_counter() - start)
     print(f"build: {build_rate:.1f} pairs/s with 1 worker ({summary['pairs']} pairs)", flush=True)
     read_rate = read_grids_per_s(out, _BATCHES.value)
+    write_source(os.path.join(tmp, "in_4x", "train-00000.parquet"), 4 * _PAIRS.value)
+    rss = peak_worker_rss_mib(os.path.join(tmp, "in"), os.path.join(tmp, "mem"))
+    rss_4x = peak_worker_rss_mib(os.path.join(tmp, "in_4x"), os.path.join(tmp, "mem_4x"))
   print(f"read: {read_rate:.1f} grids/s per worker at {TILE}-pixel tiles", flush=True)
+  print(f"peak worker memory: {rss:.0f} MiB ({_PAIRS.value} pairs), {rss_4x:.0f} MiB "
+        f"({4 * _PAIRS.value} pairs)", flush=True)
   need = PAPER_BATCH / _HOSTS.value  # grids/s per host at 1 s per step
   headroom = read_rate * _CORES.value / need
   print(json.dumps({
@@ -112,6 +142,9 @@ def main(argv: Sequence[str]) -> None:
       "tile_size": TILE,
       "source_size": SOURCE_SIZE,
       "stored_size": summary["image_size"],
+      "peak_worker_rss_mib": round(rss, 1),
+      "peak_worker_rss_mib_4x_pairs": round(rss_4x, 1),
+      "worker_rss_ratio_4x_pairs": round(rss_4x / rss, 3),
   }))
 
 
