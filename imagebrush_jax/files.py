@@ -101,6 +101,18 @@ def join(base: str | os.PathLike, *parts: str) -> str:
   return base
 
 
+def join_inside(root: str | os.PathLike, part: str, what: str) -> str:
+  """`root`/`part` for a relative `part` read from input data (an index file's entry), which
+  may not be absolute, a URL, or climb out of `root` ('..'): ValueError naming `what`."""
+  if not isinstance(part, str) or not part:
+    raise ValueError(f"{what}: expected a relative path, got {part!r}")
+  pieces = part.replace("\\", "/").split("/")
+  if is_absolute(part) or part.startswith(("/", "\\")) or ".." in pieces or ":" in pieces[0]:
+    raise ValueError(f"{what}: {part!r} must be a path inside {os.fspath(root)} (no absolute "
+                     f"path, drive or '..')")
+  return join(root, part)
+
+
 def parent(path: str | os.PathLike) -> str:
   """The folder holding `path` (absolute when local)."""
   return str(as_path(path).parent)
@@ -222,11 +234,36 @@ def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueErro
 # ---------------------------------------------------------------------------- writes
 
 
+_PROC_STATUS = "/proc/self/status"
+
+
 def _default_file_mode() -> int:
-  """0o666 less the process umask: the mode open() would give a new file (mkstemp gives 0o600)."""
-  umask = os.umask(0)
-  os.umask(umask)
-  return 0o666 & ~umask
+  """0o666 less the process umask: the mode open() would give a new file (mkstemp gives 0o600).
+
+  The umask is read, never set: os.umask can only read it by setting it, and a file that another
+  thread creates in between would get the wrong mode. Linux reports it in /proc/self/status
+  (read at every call, so a changed umask is seen); elsewhere a probe file tells the mode.
+  """
+  try:
+    with open(_PROC_STATUS, encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return 0o666 & ~int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  return _probed_file_mode()
+
+
+@functools.lru_cache(maxsize=None)
+def _probed_file_mode() -> int:
+  """The mode of a file created with mode 0o666 in a temporary folder.
+
+  Probed once, at first use, and cached: without /proc a later change of the umask is not seen.
+  """
+  with tempfile.TemporaryDirectory(prefix=".mode-probe-") as folder:
+    probe = os.path.join(folder, "probe")
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return os.stat(probe).st_mode & 0o777
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -47,9 +47,13 @@ def read_weights(folder: str) -> dict[str, np.ndarray]:
       shards = sorted(set(json.loads(files.read_bytes(index))["weight_map"].values()))
     except (OSError, ValueError, KeyError, AttributeError) as e:
       raise ConversionError(f"{index}: not a safetensors index ({e})") from e
+    try:
+      paths = [files.join_inside(folder, shard, f"{index} weight_map") for shard in shards]
+    except ValueError as e:
+      raise ConversionError(str(e)) from e
     state = {}
-    for shard in shards:
-      state.update(params_file.read_safetensors(files.join(folder, shard))[0])
+    for path in paths:
+      state.update(params_file.read_safetensors(path)[0])
     return state
   others = sorted(n for n in files.listdir(folder) if n.endswith((".bin", ".pt", ".ckpt", ".pth")))
   hint = (f"; found {', '.join(others)}: pickled PyTorch files are not read (unsafe), re-save "
