@@ -8,7 +8,8 @@
 The step is compiled ahead of time (jit(...).lower(...).compile()) on random weights and a
 random batch, so it needs no data set or weight files (latent configs without an autoencoder
 file get random weights of SD's VAE). Reported: compile seconds; FLOPs per step from XLA's cost
-analysis, cross-checked against the analytic count of imagebrush_jax/perf/flops.py (within 10%,
+analysis (which counts the micro-batch loop's body once: times config.train.grad_accum_steps),
+cross-checked against the analytic count of imagebrush_jax/perf/flops.py (within 10%,
 rematerialisation's recomputation included); peak device memory from the compiled memory
 analysis; the median step time; TFLOP/s per device and MFU (the analytic model FLOPs, or XLA's
 for a config with a variant's plug-ins, against the device's dense bfloat16 peak, or on the CPU
@@ -141,7 +142,10 @@ def main(argv):
   compiled, stats = compiler.compile(batch_per_device)
   print(f"train step, {batch_per_device} per device: {stats.summary()}", flush=True)
   analytic = flops_lib.train_step(config, global_batch, compiler.autoencoder_arch)
-  xla_flops = stats.flops * jax.device_count() if stats.flops else None
+  # XLA's count has the micro-batch loop's body once; a step runs it grad_accum_steps times
+  # (imagebrush_jax/train.py scales its count the same way).
+  accum = int(config.train.grad_accum_steps)
+  xla_flops = stats.flops * jax.device_count() * accum if stats.flops else None
   flops_ratio = xla_flops / analytic.hardware if (xla_flops and analytic.hardware) else None
   if config.model.get("variant", ""):  # plug-in layers are not in the analytic count
     model_flops, flops_ratio = xla_flops, None
@@ -181,6 +185,7 @@ def main(argv):
       "remat": bool(config.model.remat), "remat_policy": config.model.get("remat_policy", ""),
       "attention_impl": config.model.get("attention_impl", "auto"),
       "batch_per_device": batch_per_device, "global_batch": global_batch,
+      "grad_accum_steps": accum,
       "compile_s": round(stats.compile_s, 2),
       "flops_per_step": model_flops, "flops_source": flops_source,
       "analytic_flops_per_step": analytic.model,

@@ -9,8 +9,9 @@
   python -m imagebrush_jax.convert --from sd_unet --input DIR --output unet.safetensors [--verify]
       DIR: a diffusers UNet2DConditionModel folder (Stable Diffusion 1.x / 2.x `unet/`) -> the
       UNet in SD's layout, for config.model.unet_init. --verify (needs torch + diffusers) runs
-      diffusers' UNet and the converted one on the same random input and prints a JSON line with
-      their max_abs_diff; the exit status is 1 if it exceeds 1e-4.
+      diffusers' UNet and the converted one on the same random input before writing and prints a
+      JSON line with their max_abs_diff; if it exceeds 1e-4, nothing is written and the exit
+      status is 1.
 
 The output is a safetensors file whose tensors are the Flax parameters under their '/'-joined
 paths (e.g. `encoder/conv_in/kernel`, HWIO / [in, out] layouts, float32) and whose header
@@ -49,10 +50,12 @@ def convert_sd_vae(folder: str, output: str) -> list[str]:
 
 
 def convert_sd_unet(folder: str, output: str, verify: bool) -> tuple[list[str], dict | None]:
-  """Converts, writes, and with `verify` compares against diffusers (the comparison, or None)."""
+  """Converts in memory, with `verify` compares against diffusers, and writes `output` unless
+  the comparison fails; returns (notes, the comparison or None)."""
   params, arch = sd_unet.convert(folder)
   check = sd_unet.verify(folder, params, arch) if verify else None
-  sd_unet.save(output, params, arch, source=f"sd_unet:{files.absolute(folder)}")
+  if check is None or check["ok"]:
+    sd_unet.save(output, params, arch, source=f"sd_unet:{files.absolute(folder)}")
   heads = sd_unet.heads_per_level(arch["channels"], arch["num_heads"], arch["head_dim"])
   notes = [f"UNet: channels={arch['channels']}, attention={arch['attention']}, "
            f"num_res_blocks={arch['num_res_blocks']}, heads per level={heads}, "
@@ -91,15 +94,16 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  if check is not None and not check["ok"]:
+    print(json.dumps(check))
+    print(f"error: the converted UNet differs from diffusers' by {check['max_abs_diff']:.3g} "
+          f"(tolerance {check['tolerance']}); {output} not written", file=sys.stderr)
+    sys.exit(1)
   for line in notes:
     print(line)
   print(f"wrote {output}")
   if check is not None:
     print(json.dumps(check))
-    if not check["ok"]:
-      print(f"error: the converted UNet differs from diffusers' by {check['max_abs_diff']:.3g} "
-            f"(tolerance {check['tolerance']})", file=sys.stderr)
-      sys.exit(1)
 
 
 if __name__ == "__main__":

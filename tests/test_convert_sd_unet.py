@@ -135,6 +135,32 @@ def test_cli_converts_verifies_and_the_file_loads(sd2, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, params, direct)
 
 
+# The CLI with sd_unet.verify replaced by a failing comparison (argv: the CLI's arguments).
+_FAILED_VERIFY_CLI = """
+import runpy, sys
+from imagebrush_jax.converters import sd_unet
+sd_unet.verify = lambda folder, params, arch, **kw: dict(
+    max_abs_diff=0.5, reference_max_abs=1.0, tolerance=1e-4, ok=False, input_shape=[],
+    context_shape=[])
+sys.argv = ["convert"] + sys.argv[1:]
+runpy.run_module("imagebrush_jax.convert", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_cli_writes_nothing_when_verification_fails(sd2, tmp_path):
+  out = tmp_path / "unet.safetensors"
+  proc = subprocess.run([sys.executable, "-c", _FAILED_VERIFY_CLI, "--from", "sd_unet",
+                         "--input", sd2["folder"], "--output", str(out), "--verify"],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert not out.exists() and os.listdir(tmp_path) == []
+  message = (f"error: the converted UNet differs from diffusers' by 0.5 (tolerance 0.0001); "
+             f"{out} not written")
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert errors == [message] and proc.stderr.strip().splitlines()[-1] == message
+  assert not json.loads(proc.stdout.strip().splitlines()[-1])["ok"]
+
+
 def test_verify_reports_a_wrong_conversion(sd2):
   """The comparison sees a difference: one attention projection off by a little."""
   params, arch = sd_unet.convert(sd2["folder"])

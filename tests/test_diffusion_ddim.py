@@ -259,6 +259,24 @@ def test_timesteps_match_diffusers(spacing):
     np.testing.assert_array_equal(ddim.ddim_timesteps(1000, n, spacing), scheduler.timesteps)
 
 
+def test_trailing_timesteps_are_n_steps_for_every_n():
+  """N distinct timesteps in [0, T - 1] from T - 1 down, for every N; diffusers' where it has N
+  (for some N, np.arange's float step gives diffusers an extra t = -1, which is left out)."""
+  scheduler = _diffusers().DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing",
+                                         steps_offset=0)
+  extra = 0
+  for n in range(1, 1001):
+    ts = ddim.ddim_timesteps(1000, n, "trailing")
+    assert len(ts) == n and ts[0] == 999 and ts.min() >= 0 and np.all(np.diff(ts) < 0), n
+    scheduler.set_timesteps(n)
+    want = scheduler.timesteps.numpy()
+    if len(want) == n + 1 and want[-1] == -1:
+      extra += 1
+      want = want[:n]
+    np.testing.assert_array_equal(ts, want, err_msg=f"N = {n}")
+  assert extra > 0  # the comparison covers the N where diffusers overshoots
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v", "sample"])
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine"])

@@ -194,6 +194,21 @@ def test_accelerator_script_at_tiny_size(tmp_path):
   assert sampled["flops_parts"]["autoencoder_decode"] > 0 and 0 < sampled["mfu"] <= 1
 
 
+def test_train_benchmark_counts_every_micro_batch():
+  """With gradient accumulation XLA counts the micro-batch loop's body once: the benchmark scales
+  it, so the check reads as without accumulation (and a variant's MFU, from XLA's count, too)."""
+  wide = ["--config.model.unet.channels=(64,64)", "--config.model.unet.norm_groups=32",
+          "--config.model.prompt.vit.width=64", "--config.model.prompt.mixer.width=64"]
+  ratios = {}
+  for accum in (1, 2):
+    result = _run(["benchmarks/train_mfu.py", "--config", "configs/tiny_test.py",
+                   "--batch_per_device", "4", "--steps", "1",
+                   f"--config.train.grad_accum_steps={accum}", *wide])
+    assert result["grad_accum_steps"] == accum and result["flops_check_ok"], result
+    ratios[accum] = result["xla_to_analytic_ratio"]
+  assert ratios[2] == pytest.approx(ratios[1], abs=0.03)
+
+
 def test_sampler_throughput_benchmark_at_tiny_size():
   """Edits per second at the largest batch (up to 2) that the compiled memory analysis fits."""
   result = _run(["benchmarks/sampler_throughput.py", "--config", "configs/tiny_test.py",

@@ -26,16 +26,22 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str) -> np
   """The descending int32 timesteps of an N-step sampler (the spacings of diffusers' DDIM).
 
   'leading': 0, s, 2s, ... with s = T // N (diffusers' 'leading' with steps_offset=0; never visits
-  t = T - 1). 'trailing': T - 1, T - 1 - T/N, ... (starts at the noisiest step; 'Common Diffusion
-  Noise Schedules and Sample Steps are Flawed', Lin et al. 2023). 'linspace': N points from 0 to
-  T - 1.
+  t = T - 1). 'trailing': T - 1, T - 1 - T/N, ... rounded, N of them (starts at the noisiest
+  step; 'Common Diffusion Noise Schedules and Sample Steps are Flawed', Lin et al. 2023).
+  'linspace': N points from 0 to T - 1.
+
+  'trailing' takes diffusers' values, round(np.arange(T, 0, -T/N)) - 1, but exactly N of them:
+  where the float step T/N makes np.arange overshoot (N = 61 at T = 1000, for one), diffusers
+  gets an extra point near 0 that becomes t = -1.
   """
   if not 1 <= num_steps <= num_train_timesteps:
     raise ValueError(f"sampling.num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
   if spacing == "leading":
     ts = np.arange(num_steps) * (num_train_timesteps // num_steps)
   elif spacing == "trailing":
-    ts = np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / num_steps)) - 1
+    # np.arange's length, ceil(T / (T/N)) in floats, is N or N + 1: keep the first N.
+    ts = np.arange(num_train_timesteps, 0, -num_train_timesteps / num_steps)[:num_steps]
+    ts = np.round(ts) - 1
   elif spacing == "linspace":
     ts = np.round(np.linspace(0, num_train_timesteps - 1, num_steps))
   else:
