@@ -1,11 +1,13 @@
 """The web editor: edit an image by example in the browser, the region of interest drawn as a box.
 
   python -m imagebrush_jax.app --workdir DIR [--port 7860] [--host 127.0.0.1] [--examples DIR]
+      [--max_upload_mb 50]
   python -m imagebrush_jax.app --params model.safetensors ...   (a run exported by `export`)
 
 A Gradio app, served on 127.0.0.1 unless --host says otherwise, analytics off. The page takes
 the run's data.num_examples example pairs (before / after uploads), the query, on which a box is
-dragged with the mouse (none = the whole image), DDIM steps, guidance scale and seed; it shows
+dragged with the mouse (none = the whole image; the query may be turned by quarter turns in
+the page, and is edited as shown), DDIM steps, guidance scale and seed; it shows
 the edited query at its own size and the grid the model saw (examples, query and result, the
 box outlined). A gallery loads ready edits of the built-in task family (and of --examples, a
 folder of pairs in the folder-source layout) with one click.
@@ -18,8 +20,8 @@ The same edit is an API endpoint, `edit`, for gradio_client:
 
 Every edit is infer's single edit (same reading, tiling, box mapping, sampler and seed:
 inference/service.py). One compiled sampler serves all requests, one at a time (queued);
-an unreadable upload, a missing pair or a bad box is a message in the page, and the server
-keeps serving.
+an unreadable upload, a missing pair, a bad box, bad sampler settings or a file over
+--max_upload_mb is a message in the page, and the server keeps serving.
 """
 from __future__ import annotations
 
@@ -34,7 +36,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio i
 
 # pylint: disable=wrong-import-position
 import gradio as gr
+from gradio import processing_utils
 from gradio_image_annotation import image_annotator
+import numpy as np
 
 from imagebrush_jax import cli
 from imagebrush_jax import run_loading
@@ -44,6 +48,8 @@ from imagebrush_jax.inference import service as service_lib
 # pylint: enable=wrong-import-position
 
 CONCURRENCY_ID = "editor"  # the page's and the API's edits share one queue slot
+MB = 2**20
+DEFAULT_MAX_UPLOAD_MB = 50
 # System fonts only: the page must not reach out to a font service.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
@@ -87,8 +93,25 @@ class UploadImage(gr.Image):
     return _upload(payload)
 
 
+def rotate_upload(upload: Upload | None, orientation: int, cache_dir: str) -> Upload | None:
+  """`upload` turned `orientation` quarter turns clockwise (the box-drawing widget's rotation),
+  saved as a PNG in `cache_dir`; unturned, or unreadable (the edit then names it), as it is."""
+  turns = int(orientation or 0) % 4
+  if upload is None or not turns:
+    return upload
+  try:
+    pixels = images.load_rgb(upload.path)
+  except images.ImageLoadError:
+    return upload
+  path = processing_utils.save_img_array_to_cache(np.rot90(pixels, -turns), cache_dir,
+                                                  format="png")
+  return Upload(path, upload.name)
+
+
 class BoxedUpload(image_annotator):
-  """The box-drawing image component, passing its upload on undecoded with the drawn boxes."""
+  """The box-drawing image component, passing its upload on with the drawn boxes: undecoded,
+  or, when turned in the page, turned likewise, so that the boxes (drawn on the turned image)
+  fall on the same pixels."""
   is_template = True  # drawn by the page as an image_annotator, from that package's files
 
   @classmethod
@@ -98,7 +121,9 @@ class BoxedUpload(image_annotator):
   def preprocess(self, payload) -> dict | None:
     if payload is None:
       return None
-    return {"image": _upload(payload.image), "boxes": self.preprocess_boxes(payload.boxes or [])}
+    return {"image": rotate_upload(_upload(payload.image), payload.orientation,
+                                   self.GRADIO_CACHE),
+            "boxes": self.preprocess_boxes(payload.boxes or [])}
 
 
 class EditorApp:
@@ -127,14 +152,14 @@ class EditorApp:
       steps = None if steps in (None, "") else int(steps)
       guidance = None if guidance in (None, "") else float(guidance)
       seed = 0 if seed in (None, "") else int(seed)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
       raise refuse(f"steps, guidance and seed must be numbers: {e}") from e
     if progress is not None:
       progress(0.1, desc=f"sampling ({steps or self.service.default_steps} DDIM steps)")
     try:
       return self.service.edit([(b.path, a.path) for b, a in zip(befores, afters)], query.path,
                                box, steps=steps, guidance=guidance, seed=seed)
-    except ValueError as e:  # images.ImageLoadError included: a message naming the upload
+    except ValueError as e:  # a bad upload (named), box or sampler setting: one line
       message = " ".join(str(e).split())
       for path, label in sorted(names.items(), key=lambda item: -len(item[0])):
         message = message.replace(path, label)
@@ -192,7 +217,7 @@ def build(service: service_lib.EditService, examples: Sequence[gallery_lib.Examp
                             height=320)
         with gr.Row():
           steps = gr.Number(service.default_steps, label="DDIM steps", precision=0, minimum=1,
-                            maximum=1000, elem_id="steps")
+                            maximum=service.num_timesteps, elem_id="steps")
           guidance = gr.Number(service.default_guidance, label="guidance scale",
                                elem_id="guidance")
           seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
@@ -232,11 +257,12 @@ def build(service: service_lib.EditService, examples: Sequence[gallery_lib.Examp
 
 
 def launch(demo: gr.Blocks, *, host: str, port: int, allowed_paths: Sequence[str] = (),
-           block: bool = True) -> None:
-  """Serves `demo` (no share link, no server-side rendering, system fonts)."""
+           block: bool = True, max_file_size: int | None = DEFAULT_MAX_UPLOAD_MB * MB) -> None:
+  """Serves `demo` (no share link, no server-side rendering, system fonts); uploads over
+  `max_file_size` bytes (None: no limit) are refused."""
   demo.launch(server_name=host, server_port=port, share=False, show_error=True, ssr_mode=False,
               theme=THEME, allowed_paths=list(allowed_paths), prevent_thread_lock=not block,
-              quiet=True)
+              quiet=True, max_file_size=max_file_size)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -251,14 +277,20 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--port", type=int, default=7860)
   p.add_argument("--examples", default=None,
                  help="a folder of pairs (<task>/<id>_before.png, <id>_after.png) for the gallery")
+  p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                 help="largest upload accepted, in MB of 2**20 bytes (page and API)")
   return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if not args.max_upload_mb > 0:
+    parser.error(f"--max_upload_mb must be positive, got {args.max_upload_mb}")
+  max_upload = int(args.max_upload_mb * MB)
   try:
     run = run_loading.load(args.workdir, args.params, args.step)
-    service = service_lib.EditService(run)
+    service = service_lib.EditService(run, max_file_bytes=max_upload)
     folder = tempfile.mkdtemp(prefix="imagebrush_gallery_")
     examples = gallery_lib.builtin(run.config, folder)
     if args.examples:
@@ -270,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   service.warm_up()
   demo = build(service, examples, title=f"ImageBrush: {os.path.basename(source.rstrip('/'))}")
   print(f"serving http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-  launch(demo, host=args.host, port=args.port,
+  launch(demo, host=args.host, port=args.port, max_file_size=max_upload,
          allowed_paths=[folder] + ([args.examples] if args.examples else []))
   return 0
 

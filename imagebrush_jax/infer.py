@@ -27,7 +27,9 @@ OUT/errors.jsonl as {"line": N, "error": "..."} while the others proceed.
 
 Exit status: 0 on success; 1 when a batch run finished but some rows failed; 2 for usage,
 input and config errors (a bad argument, an unreadable single-edit image, a missing manifest,
-workdir or checkpoint), printed as one line "error: ..." naming the file or key.
+workdir or checkpoint), printed as one line "error: ..." naming the file or key. Sampler
+settings are checked as the web editor checks them (inference/editor.py): --seed in
+[0, 2**63), --steps in [1, diffusion.num_timesteps], --guidance and --eta finite.
 """
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ def load_row(row: manifest_lib.Row, *, num_examples: int, spec: augment.TileSpec
     try:
       box = spec.box_to_tile(images.normalize_box(row.box, width, height))
     except ValueError as e:
-      raise ValueError(f"query {row.query}: {e}") from e
+      raise ValueError(f"{row.query}: {e}") from e
     if box is None:
       raise ValueError(
           f"box {list(row.box)} of {row.query} lies wholly in the border that the centred "
@@ -173,6 +175,7 @@ def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, s
 
   Returns counts {done, skipped, failed}. Batch i is sampled with fold_in(key(seed), i).
   """
+  key = editor_lib.rng_key(seed)
   spec = tile_spec(editor.config)
   errors = _ErrorLog(errors_path)
   errors.flush()  # a rerun starts a fresh error list
@@ -184,7 +187,6 @@ def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, s
                   spec=spec, skip_existing=skip_existing, stats=stats),
       daemon=True, name="imagebrush-infer-loader")
   thread.start()
-  key = jax.random.key(seed)
   batch_index = 0
   start = time.time()
   while True:
@@ -244,7 +246,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="grids per device batch (default 8 x local devices)")
   batch.add_argument("--no_skip", action="store_true", help="redo rows whose output exists")
   s = p.add_argument_group("sampling (defaults: the run's config.sampling)")
-  s.add_argument("--steps", type=int, default=None, help="DDIM steps")
+  s.add_argument("--steps", type=int, default=None,
+                 help="DDIM steps, 1 to the run's diffusion.num_timesteps")
   s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
   s.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
   s.add_argument("--seed", type=int, default=0)
@@ -267,8 +270,6 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if len(args.before) != len(args.after):
       p.error(f"--before given {len(args.before)} time(s) but --after {len(args.after)}: "
               f"they pair up in order")
-  if args.steps is not None and args.steps < 1:
-    p.error(f"--steps must be positive, got {args.steps}")
   if args.batch_size is not None and args.batch_size < 1:
     p.error(f"--batch_size must be positive, got {args.batch_size}")
 
@@ -283,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         files.check_access(path)
   except files.StorageAccessError as e:
     return cli.report(e)
+  try:
+    editor_lib.check_seed(args.seed)
+  except ValueError as e:
+    return cli.fail(_one_line(e))
   if args.manifest and not files.isfile(args.manifest):
     return cli.fail(f"manifest not found: {args.manifest}")
   single_row = None
@@ -305,16 +310,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli.fail(f"the run config of {args.workdir or args.params}: {e}")
   print(f"loaded {args.workdir or args.params} step {run.step} "
         f"({'raw' if args.raw_params else 'EMA'} parameters)", file=sys.stderr)
+  try:  # the sampler settings, checked against the run (--steps <= diffusion.num_timesteps)
+    editor = editor_lib.Editor(run, batch_size=1 if single_row else args.batch_size,
+                               num_steps=args.steps, guidance_scale=args.guidance, eta=args.eta)
+  except ValueError as e:
+    return cli.fail(_one_line(e))
 
   if single_row is not None:
     try:
       loaded = load_row(single_row, num_examples=int(run.config.data.num_examples), spec=spec)
     except (ValueError, OSError) as e:
       return cli.fail(_one_line(e))
-    editor = editor_lib.Editor(run, batch_size=1, num_steps=args.steps,
-                               guidance_scale=args.guidance, eta=args.eta)
     batch = {k: v[None] for k, v in loaded.grid.items()}
-    cell = editor.edit_grids(batch, jax.random.key(args.seed))[0]
+    cell = editor.edit_grids(batch, editor_lib.rng_key(args.seed))[0]
     try:
       write_output(loaded, cell, spec.resize_method)
     except OSError as e:
@@ -322,8 +330,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
-  editor = editor_lib.Editor(run, batch_size=args.batch_size, num_steps=args.steps,
-                             guidance_scale=args.guidance, eta=args.eta)
   try:
     files.makedirs(args.output_dir)
   except OSError as e:

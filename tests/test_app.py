@@ -1,5 +1,7 @@
-"""The web editor: its edits equal infer's, its API endpoint, its errors, and a real browser
-(Debian's Chromium driven by Playwright) drawing a box and editing."""
+"""The web editor: its edits equal infer's, its API endpoint, its errors and limits, and a real
+browser (Debian's Chromium driven by Playwright) drawing a box, on the query as uploaded and
+turned, and editing."""
+import math
 import os
 import re
 import socket
@@ -7,6 +9,10 @@ import subprocess
 import sys
 import time
 
+import gradio as gr
+from gradio.data_classes import FileData
+from gradio_image_annotation.image_annotator import AnnotatedImageData
+import httpx
 import numpy as np
 from PIL import Image
 import pytest
@@ -15,6 +21,7 @@ from imagebrush_jax import app as app_lib
 from imagebrush_jax import infer
 from imagebrush_jax import run_loading
 from imagebrush_jax.inference import gallery
+from imagebrush_jax.inference import images
 from imagebrush_jax.inference import service as service_lib
 from imagebrush_jax.metrics import image_quality
 
@@ -56,10 +63,12 @@ def service():
   return svc
 
 
-def _infer(files, tmp, box=None, seed=0, steps=None, guidance=None):
-  out = os.path.join(tmp, f"infer_{box}_{seed}_{steps}_{guidance}.png".replace(" ", ""))
+def _infer(files, tmp, box=None, seed=0, steps=None, guidance=None, query=None):
+  query = query or files["q"]
+  out = os.path.join(tmp, f"infer_{os.path.basename(query)}_{box}_{seed}_{steps}_{guidance}.png"
+                     .replace(" ", ""))
   argv = ["--workdir", tiny_workdir(), "--before", files["a"], "--after", files["b"],
-          "--query", files["q"], "--output", out, "--seed", str(seed)]
+          "--query", query, "--output", out, "--seed", str(seed)]
   if box is not None:
     argv += ["--box", ",".join(str(v) for v in box)]
   if steps is not None:
@@ -113,6 +122,120 @@ def test_service_refuses_bad_input(service, files, change, message):
   with pytest.raises(ValueError, match=message):
     service.edit([(files[b], files[a]) for b, a in args["examples"]], files[args["query"]],
                  args["box"], steps=args["steps"])
+
+
+def _refusal(call) -> str:
+  """The message of the gr.Error that `call` raises."""
+  with pytest.raises(gr.Error) as e:
+    call()
+  return e.value.message
+
+
+def test_a_refused_box_names_the_query_once(service, files):
+  handlers = app_lib.EditorApp(service)
+  query = {"image": app_lib.as_upload(files["q"]), "boxes": [
+      {"xmin": 50, "ymin": 20, "xmax": 50, "ymax": 60}]}
+  message = _refusal(lambda: handlers.edit_page(files["a"], files["b"], query, None, None, 0,
+                                                progress=None))
+  assert message == ("the query (q.png): box [50.0, 20.0, 50.0, 60.0] must satisfy "
+                     "0 <= x0 < x1 <= 160 and 0 <= y0 < y1 <= 120 (the query's size in pixels)")
+
+
+@pytest.mark.parametrize("steps, guidance, seed, message", [
+    (None, None, 2**63, "seed must be in [0, 2**63), got 9223372036854775808"),
+    (None, None, -1, "seed must be in [0, 2**63), got -1"),
+    (None, math.nan, 0, "guidance must be a finite number, got nan"),
+    (None, math.inf, 0, "guidance must be a finite number, got inf"),
+    (None, None, math.inf, "steps, guidance and seed must be numbers: cannot convert float "
+                           "infinity to integer"),
+    (0, None, 0, "steps must be between 1 and 1000 (the run's diffusion.num_timesteps), got 0"),
+    (1001, None, 0, "steps must be between 1 and 1000 (the run's diffusion.num_timesteps), "
+                    "got 1001"),
+])
+def test_page_refuses_bad_sampler_settings(service, files, steps, guidance, seed, message):
+  handlers = app_lib.EditorApp(service)
+  query = {"image": app_lib.as_upload(files["q"]), "boxes": []}
+  assert _refusal(lambda: handlers.edit_page(files["a"], files["b"], query, steps, guidance, seed,
+                                             progress=None)) == message
+
+
+def _turn_box(box, width, height):
+  """A box on a width x height image after the image turns a quarter clockwise, as the
+  box-drawing widget moves it (its onRotate)."""
+  x0, y0, x1, y1 = box
+  return (height - y1, x0, height - y0, x1), (height, width)
+
+
+@pytest.mark.parametrize("orientation", [0, 1, 2, 3])
+def test_a_turned_query_is_turned_with_its_box(files, orientation):
+  """The widget shows the query turned `orientation` quarter turns clockwise and the box drawn
+  on that: the handler gets the turned image, the box on the same pixels."""
+  widget = app_lib.BoxedUpload(image_type="filepath", render=False)
+  original = images.load_rgb(files["q"])
+  region = (20, 10, 70, 40)
+  box, size = region, original.shape[1::-1]
+  for _ in range(orientation):
+    box, size = _turn_box(box, *size)
+  value = widget.preprocess(AnnotatedImageData(
+      image=FileData(path=files["q"], orig_name="q.png"),
+      boxes=[dict(zip(("xmin", "ymin", "xmax", "ymax"), box))], orientation=orientation))
+  turned = images.load_rgb(value["image"].path)
+  assert value["image"].name == "q.png" and turned.shape[1::-1] == size
+  b = value["boxes"][0]
+  x0, y0, x1, y1 = region
+  np.testing.assert_array_equal(turned[b["ymin"]:b["ymax"], b["xmin"]:b["xmax"]],
+                                np.rot90(original[y0:y1, x0:x1], -orientation))
+  # An unreadable upload goes on as it is, for the edit to name it.
+  bad = widget.preprocess(AnnotatedImageData(
+      image=FileData(path=files["bad"], orig_name="bad.png"), orientation=orientation))
+  assert bad["image"] == app_lib.Upload(files["bad"], "bad.png")
+
+
+def test_uploads_over_the_limit_are_refused(service, files, monkeypatch):
+  """The service refuses files over max_file_bytes (whatever path they came by); Gradio refuses
+  uploads over max_file_size; app's --max_upload_mb sets both."""
+  from gradio_client import Client, handle_file  # pylint: disable=import-outside-toplevel
+  limit = 10_000  # a.png and b.png are under it, q.png over
+  size = os.path.getsize(files["q"])
+  assert os.path.getsize(files["a"]) < limit < size
+  monkeypatch.setattr(service, "max_file_bytes", limit)
+  with pytest.raises(ValueError, match=re.escape(f"q.png is over the upload limit ({size:,} "
+                                                 f"bytes > 10,000)")):
+    service.edit([(files["a"], files["b"])], files["q"])
+  handlers = app_lib.EditorApp(service)
+  query = {"image": app_lib.as_upload(files["q"]), "boxes": []}
+  assert _refusal(lambda: handlers.edit_page(files["a"], files["b"], query, None, None, 0,
+                                             progress=None)) == (
+      f"the query (q.png) is over the upload limit ({size:,} bytes > 10,000)")
+  monkeypatch.undo()
+
+  demo = app_lib.build(service)
+  port = _free_port()
+  app_lib.launch(demo, host="127.0.0.1", port=port, block=False, max_file_size=limit)
+  try:
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with pytest.raises(Exception, match="exceeds the maximum file size of 10000 bytes"):
+      client.predict(handle_file(files["a"]), handle_file(files["b"]), handle_file(files["q"]),
+                     "", api_name="/edit")
+    with open(files["q"], "rb") as f:  # the server refuses it too, whoever sends it
+      response = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload",
+                            files={"files": ("q.png", f.read(), "image/png")})
+    assert response.status_code == 413, response.text
+    small = client.predict(handle_file(files["a"]), handle_file(files["b"]),
+                           handle_file(files["a"]), "", api_name="/edit")
+    assert np.asarray(Image.open(small)).shape == (30, 40, 3)
+  finally:
+    demo.close()
+
+  served = {}
+  monkeypatch.setattr(app_lib, "launch", lambda demo, **kwargs: served.update(kwargs))
+  monkeypatch.setattr(service_lib, "EditService", lambda run, **kwargs: served.update(
+      service_kwargs=kwargs) or service)
+  assert app_lib.main(["--workdir", tiny_workdir(), "--max_upload_mb", "0.5"]) == 0
+  assert served["max_file_size"] == 2**19 and served["service_kwargs"] == {
+      "max_file_bytes": 2**19}
+  with pytest.raises(SystemExit):
+    app_lib.main(["--workdir", tiny_workdir(), "--max_upload_mb", "0"])
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +345,60 @@ def test_browser_draws_a_box_and_edits(server, files, tmp_path):
       page.locator("#edit").click()
       page.get_by_text("cannot read image example 1 before (bad.png)").first.wait_for(
           timeout=60_000)
+    finally:
+      browser.close()
+
+
+def test_browser_turns_the_query_and_edits_it_as_shown(server, files, tmp_path):
+  """The query turned a quarter clockwise in the widget, a box drawn on it: the edit is infer's
+  of the turned query with that box. A seed out of range is a message in the page."""
+  _chromium_or_skip()
+  from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
+  turned_query = str(tmp_path / "turned.png")
+  Image.fromarray(np.rot90(images.load_rgb(files["q"]), -1)).save(turned_query)  # 120 x 160
+  with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    try:
+      page = browser.new_page(viewport={"width": 1400, "height": 1100})
+      page.goto(server)
+      page.wait_for_selector("#edit", timeout=60_000)
+      page.locator("#before0 input[type=file]").set_input_files(files["a"])
+      page.locator("#after0 input[type=file]").set_input_files(files["b"])
+      page.locator("#query input[type=file]").set_input_files(files["q"])
+      canvas = page.locator("#query canvas")
+      canvas.wait_for(timeout=30_000)
+      page.wait_for_timeout(500)
+      page.locator("#query button[aria-label='Rotate clockwise']").click()
+      page.wait_for_timeout(500)
+      # The query, now 120 wide and 160 tall, is drawn fitted and centred in the canvas.
+      c = canvas.bounding_box()
+      scale = min(c["width"] / 120, c["height"] / 160)
+      left = c["x"] + (c["width"] - 120 * scale) / 2
+      top = c["y"] + (c["height"] - 160 * scale) / 2
+      page.mouse.move(left + 20 * scale, top + 30 * scale)
+      page.mouse.down()
+      page.mouse.move(left + 100 * scale, top + 120 * scale, steps=8)
+      page.mouse.up()
+      page.locator("#edit").click()
+      page.wait_for_function(
+          "() => document.querySelector('#status')?.innerText.includes('edited in')",
+          timeout=120_000)
+      status = page.locator("#status").inner_text()
+      box = [int(v) for v in re.search(r"box \[(\d+), (\d+), (\d+), (\d+)\]", status).groups()]
+      assert abs(box[0] - 20) <= 4 and abs(box[2] - 100) <= 4, box
+      assert abs(box[1] - 30) <= 4 and abs(box[3] - 120) <= 4, box
+      page.wait_for_function("() => document.querySelector('#result img')?.naturalWidth > 0",
+                             timeout=30_000)
+      shown = tmp_path / "shown.png"
+      shown.write_bytes(page.request.get(page.locator("#result img").get_attribute("src")).body())
+      result = np.asarray(Image.open(shown).convert("RGB"))
+      want = _infer(files, str(tmp_path), box, query=turned_query)
+      assert result.shape == want.shape == (160, 120, 3)
+      assert image_quality.psnr(result[None], want[None])[0] >= 40.0
+      # A seed past 2**63 - 1 is the page's error message, not a crash.
+      page.locator("#seed input").fill(str(2**63))
+      page.locator("#edit").click()
+      page.get_by_text("seed must be in [0, 2**63)").first.wait_for(timeout=60_000)
     finally:
       browser.close()
 

@@ -167,6 +167,34 @@ def test_cli_input_errors_are_one_line_and_exit_2(workdir, image_dir, tmp_path, 
   assert rc == 2 and "rows.jsonl" in _error_line(capsys)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", str(2**63)], "seed must be in [0, 2**63), got 9223372036854775808"),
+    (["--seed", "-1"], "seed must be in [0, 2**63), got -1"),
+    (["--guidance", "nan"], "guidance must be a finite number, got nan"),
+    (["--guidance", "inf"], "guidance must be a finite number, got inf"),
+    (["--eta", "nan"], "eta must be a finite number, got nan"),
+    (["--steps", "0"], "steps must be between 1 and 1000 (the run's diffusion.num_timesteps), "
+                       "got 0"),
+    (["--steps", "1001"], "steps must be between 1 and 1000 (the run's "
+                          "diffusion.num_timesteps), got 1001"),
+])
+@pytest.mark.parametrize("mode", ["single", "manifest"])
+def test_cli_refuses_bad_sampler_settings_in_one_line(workdir, image_dir, tmp_path, capsys,
+                                                      flags, message, mode):
+  if mode == "single":
+    out = tmp_path / "o.png"
+    argv = ["--before", str(image_dir / "a.png"), "--after", str(image_dir / "b.png"),
+            "--query", str(image_dir / "a.png"), "--output", str(out)]
+  else:
+    out = tmp_path / "out"
+    _write_manifest(tmp_path / "rows.jsonl", [
+        {"examples": [{"before": str(image_dir / "a.png"), "after": str(image_dir / "b.png")}],
+         "query": str(image_dir / "a.png"), "output": "r1.png"}])
+    argv = ["--manifest", str(tmp_path / "rows.jsonl"), "--output_dir", str(out)]
+  rc = infer.main(["--workdir", workdir, *argv, *flags])
+  assert rc == 2 and _error_line(capsys) == f"error: {message}" and not out.exists()
+
+
 def _write_manifest(path, rows):
   path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
 

@@ -1,12 +1,16 @@
 """A trained run as a batched image editor: uint8 cells in, uint8 edited target cells out.
 
-One compiled sampler per editor: every call is padded to `batch_size` grids (a multiple of the
-local device count) and sharded over a Mesh of this host's devices along the batch, with the
-parameters replicated. Inference is per host: each host edits its own rows.
+Every call is padded to `batch_size` grids (a multiple of the local device count) and sharded
+over a Mesh of this host's devices along the batch, with the parameters replicated. One sampler
+is compiled per (DDIM steps, guided or not), the `max_samplers` most recently used kept.
+Inference is per host: each host edits its own rows.
 """
 from __future__ import annotations
 
-from typing import Any
+import collections
+import math
+import operator
+from typing import Any, Callable
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -16,56 +20,133 @@ from imagebrush_jax import run_loading
 from imagebrush_jax.imagebrush import grid as grid_lib
 from imagebrush_jax.imagebrush import task as task_lib
 
+SEED_LIMIT = 2**63  # seeds are in [0, SEED_LIMIT): jax.random.key takes a signed 64-bit int
+DEFAULT_MAX_SAMPLERS = 4
+
+
+def check_seed(seed: Any) -> int:
+  """`seed` as an int in [0, 2**63) (what jax.random.key takes), else a one-line ValueError."""
+  try:
+    value = operator.index(seed)
+  except TypeError:
+    raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}") from None
+  if not 0 <= value < SEED_LIMIT:
+    raise ValueError(f"seed must be in [0, 2**63), got {value}")
+  return value
+
+
+def rng_key(seed: Any) -> jax.Array:
+  """The sampling key of a checked seed (check_seed)."""
+  return jax.random.key(check_seed(seed))
+
 
 class Editor:
   """Edits grids with the EMA parameters of a run (see run_loading.load_run)."""
 
   def __init__(self, run: run_loading.Run, *, batch_size: int | None = None,
                num_steps: int | None = None, guidance_scale: float | None = None,
-               eta: float | None = None, devices: list[Any] | None = None):
+               eta: float | None = None, devices: list[Any] | None = None,
+               max_samplers: int = DEFAULT_MAX_SAMPLERS):
     self.run = run
     self.config = run.config
     self.num_examples = int(run.config.data.num_examples)
     self.tile_size = int(run.config.data.tile_size)
+    self.num_timesteps = int(run.config.diffusion.num_timesteps)
     devices = list(jax.local_devices() if devices is None else devices)
     self.mesh = Mesh(np.asarray(devices), ("data",))
     n = len(devices)
     batch_size = 8 * n if batch_size is None else int(batch_size)
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if max_samplers < 1:
+      raise ValueError(f"max_samplers must be positive, got {max_samplers}")
     self.batch_size = -(-batch_size // n) * n  # a multiple of the device count
+    self.max_samplers = int(max_samplers)
     self._data_sharding = NamedSharding(self.mesh, P("data"))
     self.params = jax.device_put(run.params, NamedSharding(self.mesh, P()))
-    self._sample = task_lib.make_sample_fn(run.model, run.config, run.space)
-    self._overrides = dict(num_steps=num_steps, guidance_scale=guidance_scale, eta=eta)
+    sampling = run.config.sampling
+    self._settings = dict(num_steps=int(sampling.num_steps),
+                          guidance_scale=float(sampling.guidance_scale), eta=float(sampling.eta))
+    self._settings.update(self.check_settings(num_steps=num_steps, guidance_scale=guidance_scale,
+                                              eta=eta))
+    # (num_steps, guided) -> sample function, least recently used first.
+    self._samplers: collections.OrderedDict[tuple[int, bool], Callable[..., dict]] = (
+        collections.OrderedDict())
+    self._sampler(self._settings)  # a config the sampler cannot take fails here
 
   @property
   def compilations(self) -> int:
-    """How many sampler compilations this process holds (one per batch shape and settings)."""
-    return self._sample.jitted._cache_size()  # pylint: disable=protected-access
+    """How many sampler compilations this editor holds (one per batch shape and settings)."""
+    return sum(sample.jitted._cache_size()  # pylint: disable=protected-access
+               for sample in self._samplers.values())
+
+  @property
+  def sampler_settings(self) -> list[tuple[int, bool]]:
+    """(num_steps, guided) of the samplers held, least recently used first."""
+    return list(self._samplers)
+
+  def check_settings(self, *, num_steps: Any = None, guidance_scale: Any = None,
+                     eta: Any = None) -> dict[str, int | float]:
+    """The given sampler settings (None: not given), checked: steps a whole number in
+    [1, diffusion.num_timesteps], guidance and eta finite; else a one-line ValueError."""
+    settings = {}
+    if num_steps is not None:
+      try:
+        steps = operator.index(num_steps)
+      except TypeError:
+        raise ValueError(f"steps must be an integer, got {num_steps!r}") from None
+      if not 1 <= steps <= self.num_timesteps:
+        raise ValueError(f"steps must be between 1 and {self.num_timesteps} (the run's "
+                         f"diffusion.num_timesteps), got {steps}")
+      settings["num_steps"] = steps
+    for key, name, value in (("guidance_scale", "guidance", guidance_scale), ("eta", "eta", eta)):
+      if value is None:
+        continue
+      try:
+        number = float(value)
+      except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+      if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {number}")
+      settings[key] = number
+    return settings
+
+  def _sampler(self, settings: dict[str, Any]) -> Callable[..., dict]:
+    """The sample function of these settings' (num_steps, guided): reused while held, else made
+    anew (compiled on its first call), dropping the least recently used beyond max_samplers."""
+    key = (int(settings["num_steps"]), float(settings["guidance_scale"]) != 1.0)
+    sample = self._samplers.get(key)
+    if sample is not None:
+      self._samplers.move_to_end(key)
+      return sample
+    sample = task_lib.make_sample_fn(self.run.model, self.config, self.run.space)
+    self._samplers[key] = sample
+    while len(self._samplers) > self.max_samplers:
+      self._samplers.popitem(last=False)  # its compilation goes with the function
+    return sample
 
   def edit_grids(self, batch: dict[str, np.ndarray], rng: jax.Array,
                  **overrides: int | float | None) -> np.ndarray:
     """{grid, mask, box} with B <= batch_size grids -> uint8 target cells [B, T, T, 3].
 
-    `overrides` (num_steps, guidance_scale, eta; None = the editor's) apply to this call only;
-    each distinct num_steps (and guided or not) compiles the sampler once.
+    `overrides` (num_steps, guidance_scale, eta; None = the editor's) apply to this call only
+    and are checked as check_settings does; each distinct num_steps (and guided or not) has its
+    own compiled sampler, kept while among the max_samplers most recently used.
     """
     b = int(batch["grid"].shape[0])
     if not 1 <= b <= self.batch_size:
       raise ValueError(f"edit_grids takes 1 to {self.batch_size} grids, got {b}")
+    unknown = sorted(set(overrides) - set(self._settings))
+    if unknown:
+      raise TypeError(f"edit_grids got unknown sampling settings {unknown}")
+    settings = {**self._settings, **self.check_settings(**overrides)}
     padded = {}
     for key in ("grid", "mask", "box"):
       x = np.asarray(batch[key])
       if b < self.batch_size:  # repeat the last grid: same shapes, so no recompilation
         x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - b, axis=0)], axis=0)
       padded[key] = jax.device_put(x, self._data_sharding)
-    unknown = sorted(set(overrides) - set(self._overrides))
-    if unknown:
-      raise TypeError(f"edit_grids got unknown sampling settings {unknown}")
-    settings = {k: v if overrides.get(k) is None else overrides[k]
-                for k, v in self._overrides.items()}
-    out = self._sample(self.params, padded, rng, **settings)
+    out = self._sampler(settings)(self.params, padded, rng, **settings)
     return grid_lib.unit_to_pixels(np.asarray(jax.device_get(out["target"])))[:b]
 
   def edit_cells(self, before: np.ndarray, after: np.ndarray, query: np.ndarray,

@@ -4,11 +4,14 @@ query and a picture of the grid the model saw out.
 Each edit goes through infer's own steps (`infer.load_row`: the same decoding, tiling and box
 mapping; `infer.output_image`: the same resize back), so an edit here equals `infer`'s single
 edit for the same inputs, box and seed. One Editor (batch 1) serves every request: its sampler
-compiles once per (steps, guided or not) and is reused.
+compiles once per (steps, guided or not) and is reused while among the editor's most recently
+used. Sampler settings and seeds are checked by the editor, as for `infer`; image files over
+`max_file_bytes` are refused before they are decoded.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Sequence
 
@@ -55,13 +58,16 @@ def grid_picture(grid: np.ndarray, cell: np.ndarray, box: np.ndarray, tile: int)
 class EditService:
   """A loaded run that edits one query at a time (thread-compatible: callers serialise)."""
 
-  def __init__(self, run: run_loading.Run):
+  def __init__(self, run: run_loading.Run, *, max_file_bytes: int | None = None,
+               max_samplers: int = editor_lib.DEFAULT_MAX_SAMPLERS):
     self.run = run
     self.config = run.config
     self.num_examples = int(run.config.data.num_examples)
     self.tile_size = int(run.config.data.tile_size)
     self.spec = infer.tile_spec(run.config)
-    self.editor = editor_lib.Editor(run, batch_size=1)
+    self.editor = editor_lib.Editor(run, batch_size=1, max_samplers=max_samplers)
+    self.max_file_bytes = max_file_bytes  # None: no limit
+    self.num_timesteps = self.editor.num_timesteps
     self.default_steps = int(run.config.sampling.num_steps)
     self.default_guidance = float(run.config.sampling.guidance_scale)
 
@@ -75,18 +81,31 @@ class EditService:
            box: Sequence[float] | None = None, *, steps: int | None = None,
            guidance: float | None = None, seed: int = 0) -> Edit:
     """Edits image file `query` as the (before, after) image files show; `box` in the query's
-    pixels (None: the whole image). Bad input raises ValueError with a one-line message."""
+    pixels (None: the whole image). Bad input (settings, seed, files, box) raises ValueError
+    with a one-line message."""
     start = time.time()
-    if steps is not None and not 1 <= int(steps) <= 1000:
-      raise ValueError(f"steps must be between 1 and 1000, got {steps}")
+    settings = self.editor.check_settings(num_steps=steps, guidance_scale=guidance)
+    key = editor_lib.rng_key(seed)
+    for path in [p for pair in examples for p in pair] + [query]:
+      self._check_size(path)
     row = manifest_lib.Row(line=0, examples=tuple(examples), query=query, output="",
                            box=None if box is None else tuple(float(v) for v in box))
     loaded = infer.load_row(row, num_examples=self.num_examples, spec=self.spec)
     batch = {k: v[None] for k, v in loaded.grid.items()}
-    cell = self.editor.edit_grids(
-        batch, jax.random.key(int(seed)), num_steps=None if steps is None else int(steps),
-        guidance_scale=None if guidance is None else float(guidance))[0]
+    cell = self.editor.edit_grids(batch, key, **settings)[0]
     return Edit(image=infer.output_image(loaded, cell, self.spec.resize_method),
                 grid=grid_picture(loaded.grid["grid"], cell, loaded.grid["box"],
                                   self.tile_size),
                 seconds=time.time() - start)
+
+  def _check_size(self, path: str) -> None:
+    """Refuses a file over max_file_bytes (a missing one is left to the image reader)."""
+    if self.max_file_bytes is None:
+      return
+    try:
+      size = os.path.getsize(path)
+    except OSError:
+      return
+    if size > self.max_file_bytes:
+      raise ValueError(f"{path} is over the upload limit ({size:,} bytes > "
+                       f"{self.max_file_bytes:,})")
