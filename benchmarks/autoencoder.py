@@ -34,12 +34,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from imagebrush_jax import latent
-from imagebrush_jax import train_autoencoder
-from imagebrush_jax import train_state
+from imagebrush_jax.core import latent
+from imagebrush_jax.training import autoencoder as autoencoder_training
+from imagebrush_jax.training import train_state
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.data import pipeline
-from imagebrush_jax.imagebrush import task as imagebrush_task  # pylint: disable=g-import-not-at-top
+from imagebrush_jax.training import objectives  # pylint: disable=g-import-not-at-top
 from imagebrush_jax.models import autoencoder as ae
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/latent_tiny.py",
@@ -67,7 +67,7 @@ def _autoencoder_file(config, ae_config, folder: str) -> str:
   path = config.model.autoencoder.params
   if path and os.path.isfile(path):
     return path
-  arch = train_autoencoder.architecture(ae_config)
+  arch = autoencoder_training.architecture(ae_config)
   model = ae.build(arch)
   params = jax.jit(lambda k: ae.init_params(model, k))(jax.random.key(0))
   path = os.path.join(folder, "autoencoder.safetensors")
@@ -80,7 +80,7 @@ def _log(text: str) -> None:
 
 
 def _step_time(config, batch, steps: int, repeats: int, name: str) -> list[float]:
-  task = imagebrush_task.build(config, latent.load(config))
+  task = objectives.imagebrush(config, latent.load(config))
   state = jax.jit(task.init_state)(jax.random.key(0))
   step = jax.jit(train_state.make_train_step(task), donate_argnums=(0,))
   start = time.perf_counter()

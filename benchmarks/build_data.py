@@ -36,7 +36,7 @@ from imagebrush_jax.data import options as options_lib
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.data import scenes
 from imagebrush_jax.data import tasks as tasks_lib
-from imagebrush_jax.data.build import writer
+from imagebrush_jax.data.prepare import writer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 TARGET_HEADROOM = 5.0
@@ -90,7 +90,7 @@ def read_grids_per_s(data_dir: str, batches: int) -> float:
 
 _MEASURE_WORKERS = """
 import json, resource, sys
-from imagebrush_jax.data.build import writer
+from imagebrush_jax.data.prepare import writer
 writer.build(writer.BuildOptions(source="ip2p", input=sys.argv[1], output=sys.argv[2],
                                  tile_size=int(sys.argv[3]), workers=2))
 print(max(resource.getrusage(who).ru_maxrss

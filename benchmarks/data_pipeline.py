@@ -57,12 +57,12 @@ TRAIN_CONSUMER = "the real jitted ImageBrush train step on a constant on-device 
 def consumer_grids_per_s(config: Any, *, steps: int = 10) -> float:
   """Grids/s that the real train step (train_state.jit_train_step) consumes on config's batch."""
   import jax  # pylint: disable=g-import-not-at-top
-  from imagebrush_jax.imagebrush import task as imagebrush_task  # pylint: disable=g-import-not-at-top
-  from imagebrush_jax import latent  # pylint: disable=g-import-not-at-top
-  from imagebrush_jax import parallel  # pylint: disable=g-import-not-at-top
-  from imagebrush_jax import train_state  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.training import objectives  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.core import latent  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.infra import parallel  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.training import train_state  # pylint: disable=g-import-not-at-top
 
-  task = imagebrush_task.build(config, latent.load(config))
+  task = objectives.imagebrush(config, latent.load(config))
   mesh, state, step = train_state.fresh_sharded_state(task, config, jax.random.key(0))
   batch = pipeline.make_eval_batches(config, num_grids=config.train.batch_size, seed=0,
                                      batch_size=config.train.batch_size)[0]

@@ -26,11 +26,11 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 # pylint: disable=wrong-import-position
-from imagebrush_jax.imagebrush import build as build_lib
-from imagebrush_jax.imagebrush import model as model_lib
-from imagebrush_jax.imagebrush import task as imagebrush_task
+from imagebrush_jax.core import build as build_lib
+from imagebrush_jax.core import model as model_lib
+from imagebrush_jax.core import objective as objective_lib
 from imagebrush_jax.perf import compiled as compiled_lib
-from imagebrush_jax.perf import workload
+from benchmarks import workload
 
 
 def _timed(fn, *args) -> float:
@@ -57,7 +57,7 @@ def main() -> None:
   params = jax.tree.map(lambda p: p + 0.01 * noise.standard_normal(p.shape, np.float32), params)
   batch = workload.random_batch(config, args.batch)
 
-  sample_fn = imagebrush_task.make_sample_fn(model, config)
+  sample_fn = objective_lib.make_sample_fn(model, config)
   run_sample = lambda key: sample_fn(params, batch, key, num_steps=args.steps,
                                      guidance_scale=args.guidance_scale)["grid"]
 
@@ -75,7 +75,7 @@ def main() -> None:
               context=double(context, null))
   x2 = jax.random.normal(jax.random.key(1), (2 * args.batch, *inputs.x0.shape[1:]))
   t2 = jnp.full((2 * args.batch,), config.diffusion.num_timesteps // 2, jnp.int32)
-  denoise = imagebrush_task.make_denoise_fn(model)
+  denoise = objective_lib.make_denoise_fn(model)
   forward = jax.jit(denoise).lower(params, x2, t2, cond).compile()
   flops = compiled_lib.xla_flops(forward) or float("nan")
 

@@ -3,7 +3,7 @@
   python benchmarks/sampler_throughput.py --config configs/paper_256.py [--batch 8]
       [--find_max_batch] [--steps 50] [--guidance_scale 7.5] [--config.key=value ...]
 
-One edit is the whole of imagebrush/task.make_sample_fn on one grid: the prompt encoded once,
+One edit is the whole of core/objective.make_sample_fn on one grid: the prompt encoded once,
 `steps` DDIM steps of the UNet on the [conditional; unconditional] batch, and in latent space the
 grid's encoding and the edited cell's decoding. Random weights and grids (latent configs without
 an autoencoder file get random weights of SD's VAE); compiled ahead of time, so the compile time
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imagebrush_jax.perf import compiled as compiled_lib
 from imagebrush_jax.perf import flops as flops_lib
 from imagebrush_jax.perf import hardware
-from imagebrush_jax.perf import workload
+from benchmarks import workload
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Grids edited per call.", lower_bound=1)
@@ -53,8 +53,8 @@ def main(argv):
   config = _CONFIG.value
   device = jax.devices()[0]
   task, autoencoder_arch = workload.build_task(config)
-  params = jax.jit(task.init_params)(jax.random.key(0))
-  sample = task.extras["sample_fn"].jitted
+  params = jax.jit(task.objective.init_params)(jax.random.key(0))
+  sample = task.objective.sample_fn.jitted
   guided = _GUIDANCE.value != 1.0
   scalars = (jnp.float32(_GUIDANCE.value), jnp.float32(config.sampling.eta))
   statics = dict(num_steps=_STEPS.value, spacing=config.sampling.spacing, guided=guided)

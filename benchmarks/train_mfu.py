@@ -37,13 +37,13 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from imagebrush_jax import parallel
-from imagebrush_jax import train_state
+from imagebrush_jax.infra import parallel
+from imagebrush_jax.training import train_state
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.perf import compiled as compiled_lib
 from imagebrush_jax.perf import flops as flops_lib
 from imagebrush_jax.perf import hardware
-from imagebrush_jax.perf import workload
+from benchmarks import workload
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
 _BATCH = flags.DEFINE_integer("batch_per_device", 0,
@@ -143,7 +143,7 @@ def main(argv):
   print(f"train step, {batch_per_device} per device: {stats.summary()}", flush=True)
   analytic = flops_lib.train_step(config, global_batch, compiler.autoencoder_arch)
   # XLA's count has the micro-batch loop's body once; a step runs it grad_accum_steps times
-  # (imagebrush_jax/train.py scales its count the same way).
+  # (imagebrush_jax/training/loop.py scales its count the same way).
   accum = int(config.train.grad_accum_steps)
   xla_flops = stats.flops * jax.device_count() * accum if stats.flops else None
   flops_ratio = xla_flops / analytic.hardware if (xla_flops and analytic.hardware) else None

@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.folder = ml_collections.ConfigDict()
   c.data.folder.root = ""
   c.data.folder.check_images = True  # open every image header when the folder is indexed
-  # TFDS source: a data set folder written by `python -m imagebrush_jax.data.build` (array_record
+  # TFDS source: a data set folder written by `python -m imagebrush_jax.build_data` (array_record
   # shards; its train and heldout splits). Empty train_tasks / heldout_tasks take its tasks.
   c.data.tfds = ml_collections.ConfigDict()
   c.data.tfds.dir = ""
@@ -72,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   # What the UNet's conditioning holds in the target cell: "zeros" (the paper's, SD inpainting)
   # or "query" (I itself, as InstructPix2Pix conditions on its input image).
   c.model.target_cell_fill = "zeros"
-  # Plug-ins beside the paper's model (imagebrush_jax/variants): "" = none, or "cpu_demo" with
+  # Plug-ins beside the paper's model (imagebrush_jax/core/plugins): "" = none, or "cpu_demo" with
   # its options in variant_options (configs/cpu_demo.py).
   c.model.variant = ""
   c.model.variant_options = ml_collections.ConfigDict()

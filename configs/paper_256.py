@@ -16,8 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- data
   # The paper's data: InstructPix2Pix pairs grouped by instruction and frame pairs of videos,
   # each built once into a data set folder (README: "Training data"):
-  #   python -m imagebrush_jax.data.build --source ip2p --input /data/ip2p --output /data/ip2p_256
-  #   python -m imagebrush_jax.data.build --source video --input /data/DAVIS --output /data/video_256
+  #   python -m imagebrush_jax.build_data --source ip2p --input /data/ip2p --output /data/ip2p_256
+  #   python -m imagebrush_jax.build_data --source video --input /data/DAVIS --output /data/video_256
   # and mixed in equal parts. Every task of their train splits is trained on (empty task
   # lists); their held-out tasks are evaluated. Give other folders with --config.data.mixture.
   c.data.source = "tfds"
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   # END data
 
   # ---------------------------------------------------------------- model + diffusion
-  # The f=8 latent of SD's VAE (imagebrush_jax/latent.py): the UNet denoises 4-channel latents,
+  # The f=8 latent of SD's VAE (imagebrush_jax/core/latent.py): the UNet denoises 4-channel latents,
   # each grid cell encoded on its own inside the train step; the prompt encoder sees pixels.
   c.model.in_channels = 4
   c.model.latent_factor = 8

@@ -40,8 +40,8 @@ from gradio import processing_utils
 from gradio_image_annotation import image_annotator
 import numpy as np
 
-from imagebrush_jax import cli
-from imagebrush_jax import run_loading
+from imagebrush_jax.infra import cli
+from imagebrush_jax.inference import run_loading
 from imagebrush_jax.inference import gallery as gallery_lib
 from imagebrush_jax.inference import images
 from imagebrush_jax.inference import service as service_lib

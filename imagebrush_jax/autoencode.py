@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.data import image_decode
 from imagebrush_jax.models import autoencoder as ae

@@ -30,7 +30,7 @@ import sys
 from absl import app
 from absl import flags
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.converters import sd_unet

@@ -20,12 +20,12 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from imagebrush_jax import files
-from imagebrush_jax import periodic_eval
-from imagebrush_jax import run_loading
+from imagebrush_jax.infra import files
+from imagebrush_jax.training import periodic_eval
+from imagebrush_jax.inference import run_loading
 from imagebrush_jax.data import pipeline
-from imagebrush_jax.imagebrush import grid as grid_lib
-from imagebrush_jax.imagebrush import task as imagebrush_task
+from imagebrush_jax.core import grid as grid_lib
+from imagebrush_jax.core import objective as objective_lib
 from imagebrush_jax.metrics import edits
 
 REPORT_SEED = periodic_eval.EVAL_SEED_OFFSET + 7  # fresh scenes, none seen in training
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   config = run.config
   names = tuple(config.data.train_tasks)
-  sample_fn = imagebrush_task.make_sample_fn(run.model, config, run.space)
+  sample_fn = objective_lib.make_sample_fn(run.model, config, run.space)
   params = jax.device_put(run.params)
   k, tile = config.data.num_examples, config.data.tile_size
 

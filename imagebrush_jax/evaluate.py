@@ -40,11 +40,11 @@ from typing import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from imagebrush_jax import cli
-from imagebrush_jax import files
-from imagebrush_jax import run_loading
+from imagebrush_jax.infra import cli
+from imagebrush_jax.infra import files
+from imagebrush_jax.inference import run_loading
 from imagebrush_jax.data import pipeline as data_pipeline
-from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.metrics import cycle
 from imagebrush_jax.metrics import edits

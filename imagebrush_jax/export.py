@@ -10,10 +10,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from imagebrush_jax import checkpoint as ckpt_lib
-from imagebrush_jax import cli
-from imagebrush_jax import files
-from imagebrush_jax import run_loading
+from imagebrush_jax.infra import checkpoint as ckpt_lib
+from imagebrush_jax.infra import cli
+from imagebrush_jax.infra import files
+from imagebrush_jax.inference import run_loading
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import pytest
 
 from imagebrush_jax import app as app_lib
 from imagebrush_jax import infer
-from imagebrush_jax import run_loading
+from imagebrush_jax.inference import run_loading
 from imagebrush_jax.inference import gallery
 from imagebrush_jax.inference import images
 from imagebrush_jax.inference import service as service_lib

@@ -9,11 +9,11 @@ import pytest
 from configs import latent_tiny
 from configs import paper_256
 from configs import tiny_test
-from imagebrush_jax import latent
-from imagebrush_jax import train_state
+from imagebrush_jax.core import latent
+from imagebrush_jax.training import train_state
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.data import pipeline
-from imagebrush_jax.imagebrush import task as imagebrush_task
+from imagebrush_jax.training import objectives
 from tests.test_autoencoder import SMALL
 from tests.test_autoencoder import random_params
 
@@ -102,7 +102,7 @@ def test_training_keeps_the_autoencoder_frozen_and_samples_decode(ae_file, monke
   real_load = autoencoder_params.load
   monkeypatch.setattr(autoencoder_params, "load", lambda p: reads.append(p) or real_load(p))
   loaded = latent.load(config)
-  task = imagebrush_task.build(config, loaded)
+  task = objectives.imagebrush(config, loaded)
   state = jax.jit(task.init_state)(jax.random.key(0))
   # The file is read once; the saved config rebuilds the space without it.
   saved = latent.record_arch(config, loaded[0])
@@ -124,7 +124,7 @@ def test_training_keeps_the_autoencoder_frozen_and_samples_decode(ae_file, monke
   ema = jax.tree.map(np.asarray, state["ema_params"][latent.PARAMS_KEY])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ema, frozen)
 
-  out = task.extras["sample_fn"](state["ema_params"], batch, jax.random.key(1), num_steps=2,
+  out = task.objective.sample_fn(state["ema_params"], batch, jax.random.key(1), num_steps=2,
                                  guidance_scale=1.0)
   assert out["grid"].shape == (4, 8, 8, 4) and out["target_latent"].shape == (4, 4, 4, 4)
   assert out["target"].shape == (4, 8, 8, 3)

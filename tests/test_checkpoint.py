@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from imagebrush_jax import checkpoint as ckpt_lib
-from imagebrush_jax import parallel
+from imagebrush_jax.infra import checkpoint as ckpt_lib
+from imagebrush_jax.infra import parallel
 
 
 def _ckpt_cfg():

@@ -41,6 +41,6 @@ def test_config_errors_are_one_line(tmp_path, module, args, message):
 
 
 def test_data_build_input_errors_are_one_line(tmp_path):
-  proc = _run("imagebrush_jax.data.build", "--source", "folder", "--output", str(tmp_path))
+  proc = _run("imagebrush_jax.build_data", "--source", "folder", "--output", str(tmp_path))
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == ["error: --input is required for --source folder"]

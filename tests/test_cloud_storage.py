@@ -13,7 +13,7 @@ from PIL import Image
 import pytest
 
 from configs import tiny_test
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.data import options
 import test_train

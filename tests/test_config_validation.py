@@ -3,7 +3,7 @@ import ml_collections
 import pytest
 
 from configs import tiny_test
-from imagebrush_jax import config_validation
+from imagebrush_jax.training import config_validation
 
 
 def _config() -> ml_collections.ConfigDict:

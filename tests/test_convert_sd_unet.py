@@ -18,9 +18,9 @@ from configs import paper_256_from_sd
 from configs import tiny_test
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.converters import sd_unet
-from imagebrush_jax.imagebrush import build as build_lib
-from imagebrush_jax.imagebrush import model as model_lib
-from imagebrush_jax.imagebrush import task as task_lib
+from imagebrush_jax.core import build as build_lib
+from imagebrush_jax.core import model as model_lib
+from imagebrush_jax.core import objective as objective_lib
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -223,7 +223,7 @@ def test_fine_tuning_starts_as_sd_on_the_noisy_latent(tiny_sd):
   """At step 0 the widened UNet computes SD's function of x_t: the known grid and the mask,
   whatever they hold, enter through zero weights."""
   config = _tiny_sd_config(tiny_sd["file"])
-  trainable = task_lib.build(config)
+  trainable = objective_lib.build(config)
   params = trainable.init_params(jax.random.key(0))
   kernel = np.asarray(params["unet"]["conv_in"]["kernel"])
   assert kernel.shape[2] == 3 + 3 + 1  # x_t, the known grid, the mask
@@ -239,7 +239,7 @@ def test_fine_tuning_starts_as_sd_on_the_noisy_latent(tiny_sd):
   np.testing.assert_allclose(got, _torch_output(tiny_sd["unet"], x_t, t, context), rtol=0,
                              atol=TOLERANCE)
   # The prompt encoder is untouched: it starts at random as without unet_init.
-  plain = task_lib.build(_tiny_sd_config("")).init_params(jax.random.key(0))
+  plain = objective_lib.build(_tiny_sd_config("")).init_params(jax.random.key(0))
   jax.tree.map(np.testing.assert_array_equal, params["prompt_encoder"], plain["prompt_encoder"])
 
 
@@ -247,25 +247,25 @@ def test_config_that_does_not_fit_the_file_is_one_clear_error(tiny_sd):
   config = _tiny_sd_config(tiny_sd["file"], **{"model.prompt.mixer.width": 48,
                                               "model.unet.num_res_blocks": 2})
   with pytest.raises(ValueError) as e:
-    task_lib.build(config)
+    objective_lib.build(config)
   message = str(e.value)
   assert f"config.model.unet_init = {tiny_sd['file']}" in message
   assert "config.model.prompt.mixer.width = 48" in message and "32" in message
   assert "config.model.unet.num_res_blocks = 2, the file's UNet has 1" in message
   config = _tiny_sd_config(tiny_sd["file"], **{"model.unet.attention": ("self", "self+cross")})
   with pytest.raises(ValueError, match=r"config\.model\.unet\.attention = \['self', 'self\+cross'"):
-    task_lib.build(config)
+    objective_lib.build(config)
 
 
 def test_unet_init_refuses_other_files(tiny_sd, tmp_path):
   raw = os.path.join(os.path.dirname(tiny_sd["file"]), "unet", sd_unet.WEIGHTS)
   with pytest.raises(params_file.ParamsFileError, match="not a converted-params file"):
-    task_lib.build(_tiny_sd_config(raw))
+    objective_lib.build(_tiny_sd_config(raw))
   params, _, _ = params_file.load(tiny_sd["file"], sd_unet.KIND)
   other = str(tmp_path / "vae.safetensors")
   params_file.save(other, params, kind="autoencoder_kl", architecture={})
   with pytest.raises(params_file.ParamsFileError, match="holds a 'autoencoder_kl' model"):
-    task_lib.build(_tiny_sd_config(other))
+    objective_lib.build(_tiny_sd_config(other))
 
 
 # ---------------------------------------------------------------------------- errors

@@ -194,7 +194,7 @@ def test_unknown_layout_is_refused(tmp_path):
 
 def test_converted_vit_initialises_the_prompt_backbone(siglip, tmp_path):
   from configs import tiny_test  # pylint: disable=g-import-not-at-top
-  from imagebrush_jax.imagebrush import task as imagebrush_task  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.core import objective as objective_lib  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "vit.safetensors")
   convert.convert_vit(siglip["path"], out, num_heads=None, lossy=False)
   config = tiny_test.get_config()
@@ -207,13 +207,13 @@ def test_converted_vit_initialises_the_prompt_backbone(siglip, tmp_path):
   vit = config.model.prompt.vit
   vit.patch_size, vit.width, vit.depth, vit.num_heads, vit.mlp_ratio = 4, 32, 2, 4, 2
   with pytest.raises(ValueError, match=r"config.model.prompt.image_size = 16"):
-    imagebrush_task.build(config)  # 8-pixel tiles: 4 patches, the file has 16
+    objective_lib.build(config)  # 8-pixel tiles: 4 patches, the file has 16
   config.model.prompt.image_size = 16
   vit.depth = 3
   with pytest.raises(ValueError, match=r"config.model.prompt.vit.depth = 3, but the ViT"):
-    imagebrush_task.build(config)
+    objective_lib.build(config)
   vit.depth = 2
-  task = imagebrush_task.build(config)
+  task = objective_lib.build(config)
   params = jax.jit(task.init_params)(jax.random.key(0))
   want, _ = vit_conv.load(out)
   jax.tree.map(np.testing.assert_array_equal,

@@ -1,4 +1,4 @@
-"""python -m imagebrush_jax.data.build on small files in each published layout: counts, grouping,
+"""python -m imagebrush_jax.build_data on small files in each published layout: counts, grouping,
 what is skipped and listed, held-out disjointness, determinism, resume of an interrupted build,
 and the training pipeline reading the result (one data set, and a mixture that resumes exactly).
 """
@@ -19,8 +19,8 @@ from imagebrush_jax.data import options as options_lib
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.data import sources
 from imagebrush_jax.data import task_lists
-from imagebrush_jax.data.build import units
-from imagebrush_jax.data.build import writer
+from imagebrush_jax.data.prepare import units
+from imagebrush_jax.data.prepare import writer
 from imagebrush_jax.metrics import image_quality
 from published_data import frame
 from published_data import jpeg
@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "imagebrush_jax.data.build", *args], cwd=ROOT,
+  return subprocess.run([sys.executable, "-m", "imagebrush_jax.build_data", *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
 
 
@@ -285,7 +285,7 @@ def test_workers_default_to_the_cpus_this_process_may_use(monkeypatch):
   assert writer.usable_cpus() == 2
   pinned = ("import os, runpy, sys; os.sched_setaffinity(0, {0}); "
             "sys.argv = ['build', '--helpfull']; "
-            "runpy.run_module('imagebrush_jax.data.build', run_name='__main__')")
+            "runpy.run_module('imagebrush_jax.build_data', run_name='__main__')")
   proc = subprocess.run([sys.executable, "-c", pinned], cwd=ROOT, capture_output=True,
                         text=True, timeout=120)
   flag_help = proc.stdout.split("--workers:", 1)[1].split("--", 1)[0]

@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from imagebrush_jax.data.build import ip2p
+from imagebrush_jax.data.prepare import ip2p
 from published_data import jpeg as _jpeg
 from published_data import write_parquet
 from published_data import write_prompt_folders

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from imagebrush_jax.data.build import video
+from imagebrush_jax.data.prepare import video
 from published_data import frame as _frame
 from published_data import write_clip as _write_clip
 from published_data import write_davis
@@ -54,8 +54,8 @@ def test_davis_frame_folders_are_sequences(tmp_path):
 
 
 def test_clips_of_one_stem_are_distinct_tasks_and_hidden_files_and_loops_are_skipped(tmp_path):
-  from imagebrush_jax.data.build import units  # pylint: disable=g-import-not-at-top
-  from imagebrush_jax.data.build import writer  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.data.prepare import units  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.data.prepare import writer  # pylint: disable=g-import-not-at-top
   clips = tmp_path / "clips"
   (clips / "sub").mkdir(parents=True)
   _write_clip(clips / "clip.mp4", 4)

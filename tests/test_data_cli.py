@@ -39,7 +39,7 @@ def test_preview_writes_the_training_grids_labelled(tmp_path):
 
 
 def test_data_build_cli_writes_a_data_set_training_reads(tmp_path):
-  run("imagebrush_jax.data.build", "--source", "synthetic", "--config", "configs/tiny_test.py",
+  run("imagebrush_jax.build_data", "--source", "synthetic", "--config", "configs/tiny_test.py",
       "--output", str(tmp_path / "built"), "--tile_size", "8", "--crop_scale", "1.25",
       "--pairs_per_task", "2", "--workers", "1")
   src = sources.TfdsSource(str(tmp_path / "built"))

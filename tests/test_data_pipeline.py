@@ -14,7 +14,7 @@ from imagebrush_jax.data import options
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.data import sources
 from imagebrush_jax.data import tasks
-from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.core import grid as grid_lib
 
 BOXED_TASKS = ("recolor", "move", "scale_up", "scale_down", "delete", "keep_largest", "hollow",
                "fill", "bbox")

@@ -12,8 +12,8 @@ from imagebrush_jax.data import augment
 from imagebrush_jax.data import options
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.data import sources
-from imagebrush_jax.data.build import units
-from imagebrush_jax.data.build import writer
+from imagebrush_jax.data.prepare import units
+from imagebrush_jax.data.prepare import writer
 
 BOXES = {"p0": [0.1, 0.2, 0.6, 0.9]}
 
@@ -214,7 +214,7 @@ def test_bad_boxes_file(tmp_path, content, message):
 
 
 def _build(source: str, input_path, output, **kw) -> str:
-  """python -m imagebrush_jax.data.build at tiny_test's sizes (tile 8, 10-pixel renders), PNG."""
+  """python -m imagebrush_jax.build_data at tiny_test's sizes (tile 8, 10-pixel renders), PNG."""
   writer.build(writer.BuildOptions(source=source, input=str(input_path), output=str(output),
                                    tile_size=8, crop_scale=1.25, image_format="png", **kw))
   return str(output)

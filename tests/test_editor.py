@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from imagebrush_jax import run_loading
-from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.inference import run_loading
+from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.inference import editor as editor_lib
 
 from _tiny_run import tiny_workdir  # pylint: disable=g-bad-import-order

@@ -9,7 +9,7 @@ from configs import tiny_test
 from imagebrush_jax import evaluate
 from imagebrush_jax.data import pipeline as data_pipeline
 from imagebrush_jax.data import tasks as tasks_lib
-from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.metrics import cycle
 from imagebrush_jax.metrics import fid as fid_lib
 from imagebrush_jax.metrics import image_quality

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 
 
 def test_write_replaces_whole_and_uses_the_umask_mode(tmp_path):
@@ -31,7 +31,7 @@ _UMASK_SCRIPT = textwrap.dedent("""
     def no_umask(mask):
       raise AssertionError("os.umask called")
     os.umask = no_umask  # the file layer must read the umask without setting it
-    from imagebrush_jax import files
+    from imagebrush_jax.infra import files
     if sys.argv[2] == "probe":
       files._PROC_STATUS = os.path.join(sys.argv[1], "no-such-status")
     assert files._default_file_mode() == 0o640

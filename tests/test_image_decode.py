@@ -5,11 +5,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from imagebrush_jax import infer
+from imagebrush_jax.inference import batch as batch_lib
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import image_decode
 from imagebrush_jax.data import sources
-from imagebrush_jax.data.build import writer
+from imagebrush_jax.data.prepare import writer
 from imagebrush_jax.inference import images
 from imagebrush_jax.inference import manifest as manifest_lib
 
@@ -85,7 +85,7 @@ def test_a_file_gives_the_same_tile_to_training_and_to_infer(pairs_folder, tmp_p
     assert built.pair_id(i) == folder.pair_id(i)
     row = manifest_lib.Row(line=1, examples=((after_file, before_file),), query=before_file,
                            output=str(tmp_path / "o.png"), box=None)
-    loaded = infer.load_row(row, num_examples=1, spec=SPEC)
+    loaded = batch_lib.load_row(row, num_examples=1, spec=SPEC)
     t = SPEC.tile_size
     infer_tiles = {"before": loaded.grid["grid"][t:, :t], "after": loaded.grid["grid"][:t, :t]}
     for role, from_folder, from_build in (("before", folder[i].before, built[i].before),

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.core import grid as grid_lib
 
 
 def tiles(n, t=4, seed=0):

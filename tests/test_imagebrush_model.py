@@ -10,10 +10,10 @@ from configs import objects
 from configs import paper_256
 from configs import tiny_test
 from imagebrush_jax.data import tasks as tasks_lib
-from imagebrush_jax.imagebrush import build as build_lib
-from imagebrush_jax.imagebrush import grid as grid_lib
-from imagebrush_jax.imagebrush import model as model_lib
-from imagebrush_jax.imagebrush import summary
+from imagebrush_jax.core import build as build_lib
+from imagebrush_jax.core import grid as grid_lib
+from imagebrush_jax.core import model as model_lib
+from imagebrush_jax.core import summary
 from tests import fake_params
 
 

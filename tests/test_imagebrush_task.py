@@ -1,4 +1,4 @@
-"""ImageBrush as a task: the loss and the sampler on a data batch (imagebrush/task.py)."""
+"""ImageBrush as a task: the loss and the sampler on a data batch (core/objective.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,9 +7,9 @@ import pytest
 from configs import tiny_test
 from imagebrush_jax.diffusion import gaussian
 from imagebrush_jax.diffusion.schedules import make_schedule
-from imagebrush_jax.imagebrush import build as build_lib
-from imagebrush_jax.imagebrush import grid as grid_lib
-from imagebrush_jax.imagebrush import task as imagebrush_task
+from imagebrush_jax.core import build as build_lib
+from imagebrush_jax.core import grid as grid_lib
+from imagebrush_jax.core import objective as objective_lib
 
 
 def _batch(config, b=2, seed=0):
@@ -42,7 +42,7 @@ def test_init_params_starts_at_zero_output(tiny):
 
 def test_loss_fn_gradients(tiny):
   config, model, params = tiny
-  loss_fn = imagebrush_task.make_loss_fn(model, config)
+  loss_fn = objective_lib.make_loss_fn(model, config)
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=3)
   batch = _batch(config)
   (loss, metrics), grads = grad_fn(params, batch, jax.random.key(1), True)
@@ -58,7 +58,7 @@ def test_loss_fn_gradients(tiny):
 
 def test_sample_fn_keeps_context_and_reuses_compilation(tiny):
   config, model, params = tiny
-  sample_fn = imagebrush_task.make_sample_fn(model, config)
+  sample_fn = objective_lib.make_sample_fn(model, config)
   batch = _batch(config)
   out = sample_fn(params, batch, jax.random.key(0), guidance_scale=3.0)
   tile = config.data.tile_size
@@ -93,10 +93,10 @@ def test_residual_target_is_diffused_and_added_back(tiny, monkeypatch, residual)
 
   monkeypatch.setattr(imagebrush_task, "make_denoise_fn", oracle_fn)
   batch = _batch(config)
-  out = imagebrush_task.make_sample_fn(model, config)(params, batch, jax.random.key(0),
+  out = objective_lib.make_sample_fn(model, config)(params, batch, jax.random.key(0),
                                                       num_steps=5, guidance_scale=1.0)
   query = grid_lib.split_cells(grid_lib.pixels_to_unit(batch["grid"]), 1).query
   np.testing.assert_allclose(np.asarray(out["target"]), query if residual else 0.0, atol=1e-4)
-  loss_fn = imagebrush_task.make_loss_fn(model, config)
+  loss_fn = objective_lib.make_loss_fn(model, config)
   _, metrics = loss_fn(params, batch, jax.random.key(1), False)
   assert np.isfinite(float(metrics["loss"]))

@@ -10,7 +10,8 @@ from PIL import Image
 import pytest
 
 from imagebrush_jax import infer
-from imagebrush_jax import run_loading
+from imagebrush_jax.inference import batch as batch_lib
+from imagebrush_jax.inference import run_loading
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.inference import images
 from imagebrush_jax.inference import manifest as manifest_lib
@@ -222,7 +223,7 @@ def test_manifest_batches_errors_and_rerun(workdir, image_dir, tmp_path):
   run = run_loading.load_run(workdir)
   editor = editor_lib.Editor(run, batch_size=4, num_steps=2)
   before = editor.compilations
-  stats = infer.edit_rows(editor, manifest_lib.read_manifest(str(manifest), str(out)),
+  stats = batch_lib.edit_rows(editor, manifest_lib.read_manifest(str(manifest), str(out)),
                           str(out / "errors.jsonl"), log=lambda m: None)
   assert stats == {"done": 7, "skipped": 0, "failed": 4}
   assert editor.compilations - before == 1
@@ -267,7 +268,7 @@ def test_a_decompression_bomb_fails_its_row_only(workdir, image_dir, tmp_path, m
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # bombs above 2,000 pixels
   out = tmp_path / "out"
   editor = editor_lib.Editor(run_loading.load_run(workdir), batch_size=4, num_steps=2)
-  stats = infer.edit_rows(editor, manifest_lib.read_manifest(str(manifest), str(out)),
+  stats = batch_lib.edit_rows(editor, manifest_lib.read_manifest(str(manifest), str(out)),
                           str(out / "errors.jsonl"), log=lambda m: None)
   assert stats == {"done": 2, "skipped": 0, "failed": 2}
   errors = [json.loads(l) for l in (out / "errors.jsonl").read_text().splitlines()]

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.converters import diffusers_folder as df
 
 

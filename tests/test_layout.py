@@ -1,4 +1,5 @@
-"""The package's structure: no import cycles, diffusion/ pure, the core model free of variants."""
+"""The package's structure: thin entry points at the top, subpackages below them with no import
+cycle between them (nor between modules), diffusion/ pure, the core model free of plug-ins."""
 import ast
 import os
 
@@ -51,9 +52,51 @@ def test_diffusion_imports_only_diffusion():
     assert not outside, (module, outside)
 
 
-def test_core_model_and_blocks_know_no_variant():
+def test_core_model_and_blocks_know_no_plugin():
   graph = import_graph()
-  for module in ("imagebrush_jax.imagebrush.model", "imagebrush_jax.imagebrush.grid",
+  for module in ("imagebrush_jax.core.model", "imagebrush_jax.core.grid",
                  "imagebrush_jax.models.unet", "imagebrush_jax.models.prompt_encoder"):
-    assert not any(d.startswith("imagebrush_jax.variants") for d in reachable(graph, module)), \
-        module
+    assert not any(d.startswith("imagebrush_jax.core.plugins")
+                   for d in reachable(graph, module)), module
+
+
+def _package(module: str) -> str:
+  """imagebrush_jax.<package>.x -> <package>; a top-level module is its own entry point."""
+  return module.split(".")[1] if module.count(".") else ""
+
+
+def entry_points(graph) -> set[str]:
+  """The top-level modules of imagebrush_jax: the programs (every one has a __main__ block)."""
+  return {m for m in graph if m.count(".") == 1 and
+          not os.path.isdir(os.path.join(ROOT, m.split(".")[1]))}
+
+
+def test_entry_points_are_the_top_level_modules_and_no_library_imports_one():
+  graph = import_graph()
+  programs = entry_points(graph)
+  assert {"imagebrush_jax.train", "imagebrush_jax.infer", "imagebrush_jax.build_data"} <= programs
+  for module in programs:
+    source = open(os.path.join(ROOT, module.split(".")[1] + ".py")).read()
+    assert 'if __name__ == "__main__":' in source, f"{module} is at the top but is no program"
+  for module, deps in graph.items():
+    if module not in programs:
+      assert not deps & programs, f"library module {module} imports {sorted(deps & programs)}"
+
+
+def test_no_import_cycle_between_packages():
+  graph = import_graph()
+  programs = entry_points(graph)
+  packages: dict[str, set[str]] = {}
+  for module, deps in graph.items():
+    if module in programs or module == "imagebrush_jax":
+      continue
+    for dep in deps:
+      if _package(dep) != _package(module):
+        packages.setdefault(_package(module), set()).add(_package(dep))
+  packages.setdefault("", set())
+  package_graph = {p: packages.get(p, set()) for p in packages}
+  for deps in list(package_graph.values()):
+    for dep in deps:
+      package_graph.setdefault(dep, set())
+  cycles = sorted(p for p in package_graph if p in reachable(package_graph, p))
+  assert not cycles, f"packages on an import cycle: {cycles} ({package_graph})"

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from imagebrush_jax import parallel
+from imagebrush_jax.infra import parallel
 
 
 def _mesh_cfg(data, fsdp):

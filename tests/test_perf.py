@@ -13,12 +13,12 @@ import pytest
 import conftest
 from configs import tiny_test
 from imagebrush_jax.converters import autoencoder_params
-from imagebrush_jax.imagebrush import build as build_lib
+from imagebrush_jax.core import build as build_lib
 from imagebrush_jax.models import autoencoder as ae
 from imagebrush_jax.perf import compiled as compiled_lib
 from imagebrush_jax.perf import flops as flops_lib
 from imagebrush_jax.perf import hardware
-from imagebrush_jax.perf import workload
+from benchmarks import workload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_AE = dict(block_out_channels=(32, 32, 32), layers_per_block=1, norm_num_groups=8)

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from imagebrush_jax import periodic_eval
+from imagebrush_jax.training import periodic_eval
 from imagebrush_jax.diffusion import losses
 from imagebrush_jax.diffusion import schedules
 import conftest
@@ -52,15 +52,18 @@ import sys
 import jax
 from configs import tiny_test
 from etils import epath
-from imagebrush_jax import metric_writers, parallel, periodic_eval, train_state
-from imagebrush_jax.imagebrush import task as imagebrush_task
+from imagebrush_jax.infra import parallel
+from imagebrush_jax.training import metric_writers
+from imagebrush_jax.training import periodic_eval
+from imagebrush_jax.training import train_state
+from imagebrush_jax.training import objectives
 config = tiny_test.get_config()
 config.data.eval_batch_size = 6
 for key in ("eval_num_grids", "sample_num_grids", "accuracy_num_grids"):
   config.train[key] = 6
 assert jax.device_count() == 8
 mesh = parallel.make_mesh(config.mesh)
-task = imagebrush_task.build(config)
+task = objectives.imagebrush(config)
 _, shardings = train_state.state_shapes_and_shardings(task, mesh, config.sharding,
                                                       jax.random.key(0))
 state = train_state.init_sharded_state(task, shardings, jax.random.key(0))

@@ -6,12 +6,12 @@ from PIL import Image
 import pytest
 
 from configs import tiny_test
-from imagebrush_jax import infer
+from imagebrush_jax.inference import batch as batch_lib
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import imageops
 from imagebrush_jax.data import options
 from imagebrush_jax.data import pipeline
-from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.inference import images
 from imagebrush_jax.inference import manifest as manifest_lib
 
@@ -57,7 +57,7 @@ def test_infer_feeds_the_tiles_evaluation_feeds(tmp_path, resize_method, crop_sc
   config = _config(root, resize_method, crop_scale)
   batches = pipeline.make_eval_batches(config, num_grids=4, seed=3)
   got = {k: np.concatenate([b[k] for b in batches]) for k in ("grid", "mask", "box")}
-  spec = infer.tile_spec(config)
+  spec = batch_lib.tile_spec(config)
   num_examples = int(config.data.num_examples)
   tiles = {str(path): spec.to_tile(images.load_rgb(str(path)))
            for path in sorted(root.glob("*/*.png"))}
@@ -72,7 +72,7 @@ def test_infer_feeds_the_tiles_evaluation_feeds(tmp_path, resize_method, crop_sc
         query=_find(tiles, cells.query[i], f"grid {i} query"),
         output=str(tmp_path / "o.png"),
         box=tuple(np.multiply(BOX, [WIDTH, HEIGHT, WIDTH, HEIGHT]).tolist()))
-    loaded = infer.load_row(row, num_examples=num_examples, spec=spec)
+    loaded = batch_lib.load_row(row, num_examples=num_examples, spec=spec)
     expected = got["grid"][i].copy()
     expected[got["mask"][i][..., 0] == 1] = 0  # inference does not know the target cell
     np.testing.assert_array_equal(loaded.grid["grid"], expected)
@@ -110,4 +110,4 @@ def test_infer_refuses_a_box_inside_the_trimmed_border(tmp_path):
   row = manifest_lib.Row(line=1, examples=((q, q),), query=q, output=str(tmp_path / "o.png"),
                          box=(0.0, 0.0, 1.5, 20.0))  # inside the trimmed left tenth
   with pytest.raises(ValueError, match="border"):
-    infer.load_row(row, num_examples=1, spec=spec)
+    batch_lib.load_row(row, num_examples=1, spec=spec)

@@ -86,7 +86,7 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "--config.data.source=folder --config.data.folder.root=/data/pairs "
      "--config.data.train_tasks=\"('mirror','neg')\" --config.data.heldout_tasks=\"()\"",
      TINY_DEFAULT, ""),
-    (f"{PY} -m imagebrush_jax.data.build --source folder --input /data/pairs "
+    (f"{PY} -m imagebrush_jax.build_data --source folder --input /data/pairs "
      "--output /data/pairs_16 --tile_size 16", [], ""),
     (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/mine_shards "
      "--config.data.source=tfds --config.data.tfds.dir=/data/pairs_16 "
@@ -95,9 +95,9 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "--local-dir /data/ip2p", None, "a download; the test writes parquet shards in its layout"),
     ("unzip DAVIS-2017-trainval-480p.zip -d /data", None,
      "a download; the test writes DAVIS frame folders"),
-    (f"{PY} -m imagebrush_jax.data.build --source ip2p --input /data/ip2p "
+    (f"{PY} -m imagebrush_jax.build_data --source ip2p --input /data/ip2p "
      "--output /data/ip2p_256 --heldout_fraction 0.02", ["--tile_size", "32"], ""),
-    (f"{PY} -m imagebrush_jax.data.build --source video --input /data/DAVIS "
+    (f"{PY} -m imagebrush_jax.build_data --source video --input /data/DAVIS "
      "--output /data/video_256 --frame_gap 4 --heldout_fraction 0.1", ["--tile_size", "32"], ""),
     (f"{PY} -m imagebrush_jax.train --config configs/cpu_demo.py --workdir runs/demo "
      "--config.train.batch_size=64 --config.train.learning_rate=5e-4",

@@ -15,7 +15,7 @@ import pytest
 
 import conftest
 from configs import tiny_test
-from imagebrush_jax import checkpoint as ckpt_lib
+from imagebrush_jax.infra import checkpoint as ckpt_lib
 from imagebrush_jax import train
 from imagebrush_jax.perf import flops as flops_lib
 from imagebrush_jax.perf import hardware

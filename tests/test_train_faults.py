@@ -3,7 +3,7 @@ step, kill -9 during an asynchronous checkpoint write, a damaged checkpoint and
 config.checkpoint.restore_step, a NaN loss at a checkpoint step, and classifier-free
 guidance training its null token.
 
-The loop tests run train.run_training (the real loop, checkpointer and train step) on a small
+The loop tests run loop.run_training (the real loop, checkpointer and train step) on a small
 network with an rng-free loss and a checkpointable iterator: seconds where the tiny ImageBrush
 takes a compilation of tens of seconds. The SIGTERM test on the real model through the CLI
 is in test_train.py (it shares that file's uninterrupted reference run).
@@ -21,12 +21,13 @@ import numpy as np
 import pytest
 
 from configs import tiny_test
-from imagebrush_jax import checkpoint as ckpt_lib
-from imagebrush_jax import train
-from imagebrush_jax import train_state
+from imagebrush_jax.infra import checkpoint as ckpt_lib
+from imagebrush_jax.training import loop
+from imagebrush_jax.training import preemption
+from imagebrush_jax.training import train_state
 from imagebrush_jax.data import pipeline
-from imagebrush_jax.imagebrush import build as build_lib
-from imagebrush_jax.imagebrush import task as imagebrush_task
+from imagebrush_jax.core import build as build_lib
+from imagebrush_jax.core import objective as objective_lib
 from tests.test_train_state import mlp_error
 from tests.test_train_state import mlp_init
 
@@ -73,16 +74,13 @@ class _Batches:
 
 
 def _task(config) -> train_state.Trainable:
-  optimizer, schedule = train_state.make_optimizer(config.train)
-
   def loss_fn(params, batch, rng, is_train):
     del rng, is_train
     loss = jnp.mean(mlp_error(params, batch) ** 2)
     return loss + jnp.where(batch["poison"].sum() > 0, jnp.nan, 0.0), {}
 
-  return train_state.Trainable(init_params=mlp_init, loss_fn=loss_fn, optimizer=optimizer,
-                               lr_schedule=schedule, train_config=config.train,
-                               seed=int(config.seed))
+  return train_state.make_trainable(train_state.Objective(init_params=mlp_init, loss_fn=loss_fn),
+                                    config.train, config.seed)
 
 
 class _NoEval:
@@ -104,7 +102,7 @@ def _config(num_steps=6, every=2):
 
 
 def _train(config, workdir, **batches):
-  return train.run_training(config, str(workdir), build_task=_task,
+  return loop.run_training(config, str(workdir), build_trainable=_task,
                             make_train_iterator=functools.partial(_Batches, **batches),
                             make_evaluator=_NoEval)
 
@@ -136,8 +134,8 @@ def test_multi_host_stop_is_agreed_every_n_steps_and_at_forced_steps(monkeypatch
     return np.array([int(flag), others[0]])
 
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  monkeypatch.setattr(train.multihost_utils, "process_allgather", allgather)
-  flag = train._StopFlag(check_every=10)  # pylint: disable=protected-access
+  monkeypatch.setattr(preemption.multihost_utils, "process_allgather", allgather)
+  flag = preemption.StopFlag(check_every=10)
   for step in range(1, 31):  # no signal: a collective at 10, 20, 30 and the forced 25 only
     assert not flag.agreed(step, force_check=step == 25)
   assert calls == [10, 20, 25, 30]
@@ -146,7 +144,7 @@ def test_multi_host_stop_is_agreed_every_n_steps_and_at_forced_steps(monkeypatch
   flag._handler(signal.SIGTERM, None)  # pylint: disable=protected-access
   stops = [step for step in range(31, 45) if flag.agreed(step)]
   assert stops[0] == 40
-  quiet = train._StopFlag(check_every=10)  # pylint: disable=protected-access
+  quiet = preemption.StopFlag(check_every=10)
   others[0] = 1
   assert [step for step in range(31, 45) if quiet.agreed(step)][0] == 40
   assert quiet.agreed(36, force_check=True)  # a checkpoint step before it
@@ -154,7 +152,7 @@ def test_multi_host_stop_is_agreed_every_n_steps_and_at_forced_steps(monkeypatch
   # One process: stops at once, no collective.
   monkeypatch.setattr(jax, "process_count", lambda: 1)
   calls.clear()
-  alone = train._StopFlag(check_every=10)  # pylint: disable=protected-access
+  alone = preemption.StopFlag(check_every=10)
   alone._handler(signal.SIGTERM, None)  # pylint: disable=protected-access
   step = 3
   assert alone.agreed(step) and not calls
@@ -165,13 +163,13 @@ def test_sigterm_stops_one_process_at_that_step_and_checks_at_checkpoints(tmp_pa
   """The loop: SIGTERM during step 3 saves step 3 and returns; agreement is forced at
   checkpoint steps; the caller's SIGTERM handler is put back afterwards."""
   seen = []
-  agreed = train._StopFlag.agreed  # pylint: disable=protected-access
+  agreed = preemption.StopFlag.agreed
 
   def spy(self, step, force_check=False):
     seen.append((step, force_check))
     return agreed(self, step, force_check)
 
-  monkeypatch.setattr(train._StopFlag, "agreed", spy)  # pylint: disable=protected-access
+  monkeypatch.setattr(preemption.StopFlag, "agreed", spy)
   before = signal.getsignal(signal.SIGTERM)
   config = _config(num_steps=6, every=2)
   config.train.stop_check_every = 10
@@ -188,7 +186,7 @@ import asyncio, os, signal, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 from orbax.checkpoint._src.path import atomicity
 import test_train_faults as t
-from imagebrush_jax import checkpoint as ckpt_lib
+from imagebrush_jax.infra import checkpoint as ckpt_lib
 
 finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
@@ -293,7 +291,7 @@ def test_damaged_checkpoint_names_its_step_and_restore_step_resumes_before_it(tm
 @pytest.mark.parametrize("bad_step", [3, 4, 6])
 def test_nan_at_a_checkpoint_step_saves_nothing_for_it(bad_step, tmp_path):
   """Step 3 is between checkpoints; step 4 is a checkpoint step; step 6 is also the last."""
-  with pytest.raises(train.NonFiniteLossError, match=f"loss is nan at step {bad_step} of 6"):
+  with pytest.raises(loop.NonFiniteLossError, match=f"loss is nan at step {bad_step} of 6"):
     _train(_config(num_steps=6, every=2), tmp_path, poison_at=bad_step)
   assert _steps(tmp_path) == list(range(2, bad_step, 2))
   assert [r["step"] for r in _history(tmp_path)] == list(range(1, bad_step))
@@ -323,7 +321,7 @@ def test_null_token_gets_gradient_only_from_dropped_prompts():
   grads = {}
   for rate in (1.0, 0.0):
     config.model.cfg_drop_rate = rate
-    loss_fn = imagebrush_task.make_loss_fn(model, config)
+    loss_fn = objective_lib.make_loss_fn(model, config)
 
     def prompt_loss(prompt_params, loss_fn=loss_fn):
       return loss_fn({**params, "prompt_encoder": prompt_params}, batch, jax.random.key(1),

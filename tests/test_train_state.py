@@ -8,9 +8,9 @@ import optax
 import pytest
 
 from configs import tiny_test
-from imagebrush_jax import parallel
-from imagebrush_jax import train_state
-from imagebrush_jax.imagebrush import build as build_lib
+from imagebrush_jax.infra import parallel
+from imagebrush_jax.training import train_state
+from imagebrush_jax.core import build as build_lib
 
 
 def _names(tree) -> dict[str, bool]:
@@ -85,15 +85,13 @@ def _small_task(accum: int) -> train_state.Trainable:
   tc = tiny_test.get_config().train
   tc.grad_accum_steps = accum
   tc.learning_rate = 1e-2
-  optimizer, schedule = train_state.make_optimizer(tc)
-
   def loss_fn(params, batch, rng, train):
     del rng, train
     err = mlp_error(params, batch)
     return jnp.mean(err ** 2), {"mae": jnp.mean(jnp.abs(err))}
 
-  return train_state.Trainable(init_params=mlp_init, loss_fn=loss_fn, optimizer=optimizer,
-                               lr_schedule=schedule, train_config=tc, seed=0)
+  return train_state.make_trainable(train_state.Objective(init_params=mlp_init, loss_fn=loss_fn),
+                                    tc, seed=0)
 
 
 def test_four_micro_batches_give_the_full_batch_update():
@@ -119,6 +117,6 @@ def test_four_micro_batches_give_the_full_batch_update():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), micro[tree],
                  full[tree])
   # The updates were real: parameters moved well beyond the tolerance.
-  start = _small_task(1).init_params(jax.random.key(0))
+  start = _small_task(1).objective.init_params(jax.random.key(0))
   moved = optax.global_norm(jax.tree.map(jnp.subtract, full["params"], start))
   assert float(moved) > 1e-2

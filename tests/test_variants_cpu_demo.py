@@ -6,10 +6,10 @@ import pytest
 
 from configs import cpu_demo
 from configs import tiny_test
-from imagebrush_jax.imagebrush import build as build_lib
-from imagebrush_jax.imagebrush import model as model_lib
-from imagebrush_jax.variants import cpu_demo as demo_lib
-from imagebrush_jax.variants import dihedral
+from imagebrush_jax.core import build as build_lib
+from imagebrush_jax.core import model as model_lib
+from imagebrush_jax.core.plugins import cpu_demo as demo_lib
+from imagebrush_jax.core.plugins import dihedral
 from tests.fake_params import random_params
 from tests.test_imagebrush_model import _batch
 

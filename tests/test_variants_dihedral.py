@@ -2,7 +2,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from imagebrush_jax.variants import dihedral
+from imagebrush_jax.core.plugins import dihedral
 
 
 def _group(x: np.ndarray) -> list[np.ndarray]:

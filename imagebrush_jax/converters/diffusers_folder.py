@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.converters import params_file
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

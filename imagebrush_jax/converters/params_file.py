@@ -24,8 +24,8 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
-from imagebrush_jax import files
-from imagebrush_jax import shape_diff
+from imagebrush_jax.infra import files
+from imagebrush_jax.infra import shape_diff
 
 FORMAT_VERSION = "1"
 KIND_KEY = "imagebrush_jax.kind"

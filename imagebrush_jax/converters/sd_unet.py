@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.converters import diffusers_folder
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.converters.diffusers_folder import CONFIG, WEIGHTS, ConversionError

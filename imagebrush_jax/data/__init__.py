@@ -1,5 +1,5 @@
 """Data: synthetic task family, pair sources and the grain input pipeline that assembles grids
-(the grid layout and the batch dict it fills: imagebrush_jax/imagebrush/grid.py).
+(the grid layout and the batch dict it fills: imagebrush_jax/core/grid.py).
 
   tasks.py        task registry (global and object-level edits, compositions 'a+b')
   scenes.py       procedural scenes: sampling, rendering at any tile size, geometry edits
@@ -7,7 +7,7 @@
   sources.py      synthetic, folder, built (TFDS) and mixture pair sources (random access)
   tfds_format.py  a built data set's layout (task ranges, pair ids), for writer and reader
   task_lists.py   empty task lists filled from built data sets
-  build/          python -m imagebrush_jax.data.build: data sets from published data
+  build/          python -m imagebrush_jax.build_data: data sets from published data
   splits.py       training / evaluation pairs of a stored source, by a hash of task/pair_id
   options.py      validated view of config.data
   augment.py      resize, crop and flip applied alike to every cell of a grid

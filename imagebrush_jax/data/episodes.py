@@ -4,7 +4,7 @@
         -> LoadPairs     -> decoded pairs, resized to render_size (augment.TileSpec.render)
         -> AugmentCells  -> the same crop and flip on every cell, and on the query box
                             (TileSpec.crop / box_to_tile; inference tiles with the same TileSpec)
-        -> AssembleGrid  -> {grid, mask, box, task_id} (see imagebrush/grid.py)
+        -> AssembleGrid  -> {grid, mask, box, task_id} (see core/grid.py)
 
 Evaluation grids of synthetic scenes add QueryCandidates before AssembleGrid: every task's output
 on the query's scene, cropped alike, as `candidates` [N, T, T, 3] in task_id order (what task
@@ -23,7 +23,7 @@ from imagebrush_jax.data import augment
 from imagebrush_jax.data import options as options_lib
 from imagebrush_jax.data import sources
 from imagebrush_jax.data import tasks as tasks_lib
-from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.core import grid as grid_lib
 
 _EPISODE_STREAM = 0  # tags the episode sampler's random stream (scenes use another)
 
@@ -117,7 +117,7 @@ class QueryCandidates(grain.transforms.Map):
 
 
 class AssembleGrid(grain.transforms.Map):
-  """-> the batch element {grid, mask, box, task_id[, candidates]} (imagebrush/grid.py has the
+  """-> the batch element {grid, mask, box, task_id[, candidates]} (core/grid.py has the
   layout)."""
 
   def map(self, element) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")

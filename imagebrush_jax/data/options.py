@@ -8,7 +8,7 @@ import dataclasses
 import numbers
 from typing import Any, Sequence
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import scenes
 from imagebrush_jax.data import task_lists
@@ -187,7 +187,7 @@ def _mixture(value: Any, source: str, tfds_dir: str) -> tuple[tuple[str, float],
       raise ValueError(f"{key}[{i}] weight must be positive, got {weight}")
     if not tfds_format.is_built_dir(entry[0]):
       raise FileNotFoundError(f"{key}[{i}] = {entry[0]!r} is not a data set written by "
-                              f"python -m imagebrush_jax.data.build")
+                              f"python -m imagebrush_jax.build_data")
     entries.append((entry[0], weight))
   dirs = [e[0] for e in entries]
   if len(set(dirs)) != len(dirs):
@@ -224,7 +224,7 @@ def from_config(config: Any) -> DataOptions:
   mixture = _mixture(d.get("mixture", ()), source, str(_get(d, "tfds.dir")))
   if source == "tfds" and not mixture and not str(_get(d, "tfds.dir")):
     raise ValueError("config.data.tfds.dir must name a data set folder written by python -m "
-                     "imagebrush_jax.data.build (or config.data.mixture several) when "
+                     "imagebrush_jax.build_data (or config.data.mixture several) when "
                      "config.data.source is 'tfds'")
   return DataOptions(
       seed=_int(config.seed, "config.seed", 0, 2**32 - 1),

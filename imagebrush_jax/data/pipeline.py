@@ -10,7 +10,7 @@ for any number of workers, and the iterator state (a few integers) restores it e
 the same config.data.num_workers: the state records each worker's position):
 
   it = make_train_iterator(config)
-  batch = next(it)                      # imagebrush/grid.py documents the batch dict
+  batch = next(it)                      # core/grid.py documents the batch dict
   state = it.get_state(); ...; it.set_state(state)
   # with orbax: grain.checkpoint.CheckpointSave(it) / grain.checkpoint.CheckpointRestore(it)
 """

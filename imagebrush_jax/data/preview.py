@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.data import pipeline
 
 

@@ -6,7 +6,7 @@ indices of that task's pairs, so that an episode can draw several distinct pairs
   * SyntheticSource: procedural scenes, an effectively infinite index space;
   * FolderSource: ROOT/<task>/<pair_id>_before.<ext> and <pair_id>_after.<ext> (png, jpg, jpeg,
     webp), plus optional ROOT/<task>/boxes.json {"<pair_id>": [x0, y0, x1, y1]} in [0, 1];
-  * TfdsSource: a data set folder written by `python -m imagebrush_jax.data.build` (array_record
+  * TfdsSource: a data set folder written by `python -m imagebrush_jax.build_data` (array_record
     shards of TFDS records, read with TFDS's data source: no TensorFlow needed);
   * MixtureSource: several of those as one (config.data.mixture).
 
@@ -22,7 +22,7 @@ from typing import Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.data import image_decode
 from imagebrush_jax.data import scenes
 from imagebrush_jax.data import splits
@@ -252,7 +252,7 @@ def _quiet_decoder_notice() -> None:
 
 
 class TfdsSource:
-  """Pairs of a data set folder written by `python -m imagebrush_jax.data.build` (array_record
+  """Pairs of a data set folder written by `python -m imagebrush_jax.build_data` (array_record
   shards of TFDS records, read with TFDS's data source: no TensorFlow). Both its splits are
   held, the train split's records first; a task's pairs are in one split only."""
 
@@ -278,7 +278,7 @@ class TfdsSource:
     if not tfds_format.is_built_dir(self.data_dir):
       raise FileNotFoundError(
           f"config.data.tfds.dir={self.data_dir!r} is not a data set folder; write it first: "
-          f"python -m imagebrush_jax.data.build --output DIR ... (README: Training data)")
+          f"python -m imagebrush_jax.build_data --output DIR ... (README: Training data)")
     try:
       return tfds.builder_from_directory(self.data_dir)
     except Exception as e:

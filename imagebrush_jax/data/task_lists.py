@@ -1,5 +1,5 @@
 """Task lists read from built data sets: an empty config.data.train_tasks trains on every task
-of the train split of the data set(s) written by `python -m imagebrush_jax.data.build`, and an
+of the train split of the data set(s) written by `python -m imagebrush_jax.build_data`, and an
 empty config.data.heldout_tasks evaluates every task of their held-out split."""
 from typing import Any
 
@@ -30,7 +30,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if data.source != "tfds" or not all(tfds_format.is_built_dir(d) for d in dirs):
     raise ValueError(
         "config.data.train_tasks is empty: only data sets written by python -m "
-        "imagebrush_jax.data.build (config.data.source=tfds with config.data.tfds.dir or "
+        "imagebrush_jax.build_data (config.data.source=tfds with config.data.tfds.dir or "
         "config.data.mixture naming them) list their own tasks; name the tasks to train on")
   need = pairs_needed(data)
   heldout = tuple(data.heldout_tasks)

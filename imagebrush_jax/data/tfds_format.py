@@ -46,7 +46,7 @@ def built_task_counts(path: str) -> dict[str, dict[str, int]]:
       ranges = json.load(f)[RANGES_KEY]
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f"{meta_path}: not the metadata of a data set written by "
-                     f"imagebrush_jax.data.build ({e})") from None
+                     f"imagebrush_jax.build_data ({e})") from None
   return {split: {task: stop - start for task, (start, stop) in ranges.get(split, {}).items()}
           for split in BUILT_SPLITS}
 
@@ -58,7 +58,7 @@ def task_ranges(info: Any, split: str, num_examples: int) -> dict[str, range]:
     raw = info.metadata[RANGES_KEY][split]
   except (KeyError, TypeError):
     raise ValueError(f"{info.data_dir}: no {RANGES_KEY!r} metadata for split {split!r}; "
-                     f"write the data set with python -m imagebrush_jax.data.build") from None
+                     f"write the data set with python -m imagebrush_jax.build_data") from None
   ranges = {task: range(*bounds) for task, bounds in raw.items()}
   ordered = sorted(ranges.values(), key=lambda r: r.start)
   for a, b in zip(ordered, ordered[1:]):

@@ -16,9 +16,9 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from imagebrush_jax import run_loading
-from imagebrush_jax.imagebrush import grid as grid_lib
-from imagebrush_jax.imagebrush import task as task_lib
+from imagebrush_jax.inference import run_loading
+from imagebrush_jax.core import grid as grid_lib
+from imagebrush_jax.core import objective as objective_lib
 
 SEED_LIMIT = 2**63  # seeds are in [0, SEED_LIMIT): jax.random.key takes a signed 64-bit int
 DEFAULT_MAX_SAMPLERS = 4
@@ -119,7 +119,7 @@ class Editor:
     if sample is not None:
       self._samplers.move_to_end(key)
       return sample
-    sample = task_lib.make_sample_fn(self.run.model, self.config, self.run.space)
+    sample = objective_lib.make_sample_fn(self.run.model, self.config, self.run.space)
     self._samplers[key] = sample
     while len(self._samplers) > self.max_samplers:
       self._samplers.popitem(last=False)  # its compilation goes with the function

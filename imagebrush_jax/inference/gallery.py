@@ -13,7 +13,7 @@ import os
 import ml_collections
 import numpy as np
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import options
 from imagebrush_jax.data import sources

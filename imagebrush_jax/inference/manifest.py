@@ -15,7 +15,7 @@ import json
 import os
 from typing import Iterator
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 
 
 class RowError(ValueError):

@@ -1,8 +1,8 @@
 """One edit at a time for an interactive front end (the web editor): image files in, the edited
 query and a picture of the grid the model saw out.
 
-Each edit goes through infer's own steps (`infer.load_row`: the same decoding, tiling and box
-mapping; `infer.output_image`: the same resize back), so an edit here equals `infer`'s single
+Each edit goes through infer's own steps (`batch.load_row`: the same decoding, tiling and box
+mapping; `batch.output_image`: the same resize back), so an edit here equals `infer`'s single
 edit for the same inputs, box and seed. One Editor (batch 1) serves every request: its sampler
 compiles once per (steps, guided or not) and is reused while among the editor's most recently
 used. Sampler settings and seeds are checked by the editor, as for `infer`; image files over
@@ -19,9 +19,9 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
-from imagebrush_jax import infer
-from imagebrush_jax import run_loading
-from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.inference import batch as batch_lib
+from imagebrush_jax.inference import run_loading
+from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.inference import manifest as manifest_lib
 
@@ -64,7 +64,7 @@ class EditService:
     self.config = run.config
     self.num_examples = int(run.config.data.num_examples)
     self.tile_size = int(run.config.data.tile_size)
-    self.spec = infer.tile_spec(run.config)
+    self.spec = batch_lib.tile_spec(run.config)
     self.editor = editor_lib.Editor(run, batch_size=1, max_samplers=max_samplers)
     self.max_file_bytes = max_file_bytes  # None: no limit
     self.num_timesteps = self.editor.num_timesteps
@@ -90,10 +90,10 @@ class EditService:
       self._check_size(path)
     row = manifest_lib.Row(line=0, examples=tuple(examples), query=query, output="",
                            box=None if box is None else tuple(float(v) for v in box))
-    loaded = infer.load_row(row, num_examples=self.num_examples, spec=self.spec)
+    loaded = batch_lib.load_row(row, num_examples=self.num_examples, spec=self.spec)
     batch = {k: v[None] for k, v in loaded.grid.items()}
     cell = self.editor.edit_grids(batch, key, **settings)[0]
-    return Edit(image=infer.output_image(loaded, cell, self.spec.resize_method),
+    return Edit(image=batch_lib.output_image(loaded, cell, self.spec.resize_method),
                 grid=grid_picture(loaded.grid["grid"], cell, loaded.grid["box"],
                                   self.tile_size),
                 seconds=time.time() - start)

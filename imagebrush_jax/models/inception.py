@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 
 BN_EPS = 1e-3
 

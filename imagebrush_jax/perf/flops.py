@@ -298,3 +298,12 @@ def sample(config: ml_collections.ConfigDict, batch_size: int, num_steps: int, g
     parts["autoencoder_decode"] = autoencoder_decode(autoencoder, batch_size, t)
   total = math.fsum(parts.values())
   return StepFlops(model=total, hardware=total, parts=parts)
+
+
+def model_flops_fn(config: ml_collections.ConfigDict,
+                   autoencoder: ae.AutoencoderConfig | None = None):
+  """global batch -> the train step's model FLOPs (MFU's numerator), for the paper's model;
+  None with a variant's plug-ins, whose layers this count leaves out (XLA's count then)."""
+  if config.model.get("variant", ""):
+    return None
+  return lambda batch_size: train_step(config, batch_size, autoencoder).model

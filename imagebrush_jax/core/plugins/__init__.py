@@ -1,7 +1,7 @@
 """Plug-ins beside the paper's model, chosen by config.model.variant ('' = the paper's model).
 
 A variant is a function (config, runtime, **config.model.variant_options) -> model.Plugins that
-fills the core's extension points (imagebrush/model.py); it adds no branch to the core.
+fills the core's extension points (core/model.py); it adds no branch to the core.
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import inspect
 
 import ml_collections
 
-from imagebrush_jax.imagebrush import model as model_lib
+from imagebrush_jax.core import model as model_lib
 from imagebrush_jax.models import runtime as runtime_lib
-from imagebrush_jax.variants import cpu_demo
+from imagebrush_jax.core.plugins import cpu_demo
 
 VARIANTS = {"cpu_demo": cpu_demo.plugins}
 

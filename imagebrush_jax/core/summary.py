@@ -1,6 +1,6 @@
 """Parameter counts of a config's model, from shapes only (nothing is allocated).
 
-  python -m imagebrush_jax.imagebrush.summary --config configs/paper_256.py
+  python -m imagebrush_jax.summary --config configs/paper_256.py
 
 Prints one line per component and, last, one JSON line with the counts.
 """
@@ -16,7 +16,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from imagebrush_jax.imagebrush import build as build_lib
+from imagebrush_jax.core import build as build_lib
 
 
 def count(tree: Any) -> int:

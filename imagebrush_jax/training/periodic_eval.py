@@ -24,12 +24,12 @@ from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 
-from imagebrush_jax import files
-from imagebrush_jax import metric_writers
-from imagebrush_jax import parallel
-from imagebrush_jax import train_state
+from imagebrush_jax.infra import files
+from imagebrush_jax.training import metric_writers
+from imagebrush_jax.infra import parallel
+from imagebrush_jax.training import train_state
 from imagebrush_jax.data import pipeline
-from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.metrics import edits
 
 EVAL_SEED_OFFSET = 1_000_003  # eval grids come from seeds no training index uses
@@ -118,7 +118,7 @@ class Evaluator:
   def _generate(self, params: Any, batch: tuple[dict, int], key: jax.Array) -> np.ndarray:
     """uint8 target cells of a padded global batch, gathered on every host, padding dropped."""
     arrays, rows = batch
-    out = self.task.extras["sample_fn"](params, arrays, key)
+    out = self.task.objective.sample_fn(params, arrays, key)
     cells = multihost_utils.process_allgather(grid_lib.unit_to_pixels(out["target"]), tiled=True)
     return np.asarray(cells)[:rows]
 

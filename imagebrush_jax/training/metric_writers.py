@@ -11,7 +11,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 
 
 class MetricWriter:

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from imagebrush_jax.imagebrush import model as model_lib
+from imagebrush_jax.core import model as model_lib
 from imagebrush_jax.models import runtime as runtime_lib
-from imagebrush_jax.variants.dihedral import NUM_DIHEDRAL_VIEWS, dihedral_views
+from imagebrush_jax.core.plugins.dihedral import NUM_DIHEDRAL_VIEWS, dihedral_views
 
 TARGET_CELL_FILLS = ("zeros", "query", "query_dihedral")
 

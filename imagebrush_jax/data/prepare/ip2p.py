@@ -20,7 +20,7 @@ import json
 import posixpath
 from typing import Iterator, Sequence
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 
 SEEDS_FILE = "seeds.json"
 PROMPT_FILE = "prompt.json"

@@ -18,12 +18,12 @@ from typing import Any
 
 import ml_collections
 
-from imagebrush_jax import checkpoint as ckpt_lib
-from imagebrush_jax import files
-from imagebrush_jax import latent
+from imagebrush_jax.infra import checkpoint as ckpt_lib
+from imagebrush_jax.infra import files
+from imagebrush_jax.core import latent
 from imagebrush_jax.converters import params_file
-from imagebrush_jax.imagebrush import build as build_lib
-from imagebrush_jax.imagebrush import model as model_lib
+from imagebrush_jax.core import build as build_lib
+from imagebrush_jax.core import model as model_lib
 from imagebrush_jax.models import autoencoder as ae
 
 

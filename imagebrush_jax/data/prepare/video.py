@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.data import image_decode
 
 CLIP_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv")

@@ -25,9 +25,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from imagebrush_jax import files
-from imagebrush_jax import parallel
-from imagebrush_jax import shape_diff
+from imagebrush_jax.infra import files
+from imagebrush_jax.infra import parallel
+from imagebrush_jax.infra import shape_diff
 
 STATE, DATA, CONFIG = "state", "data", "config"
 

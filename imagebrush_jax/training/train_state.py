@@ -15,36 +15,70 @@ from jax.sharding import Mesh
 import ml_collections
 import optax
 
-from imagebrush_jax import parallel
+from imagebrush_jax.infra import parallel
 
 State = dict[str, Any]
 LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
-class Trainable:
-  """What the generic loop needs from a model: parameters, a loss and an optimizer.
-
-  init_params(rng) -> params; loss_fn(params, batch, rng, train) -> (loss, metrics),
-  with batch the global batch dict of arrays; model holds whatever evaluation needs.
-  """
+class Objective:
+  """What a model gives the generic loop: init_params(rng) -> params; loss_fn(params, batch,
+  rng, train) -> (loss, metrics), batch the global batch dict of arrays; the top-level parameter
+  keys the optimizer leaves unchanged (a frozen autoencoder); the compute dtype, for MFU.
+  Models with more to give (a sampler) subclass it."""
   init_params: Callable[[jax.Array], Any]
   loss_fn: LossFn
+  frozen_keys: tuple[str, ...] = ()
+  compute_dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainable:
+  """An objective with its optimizer: what the train step and the loop run.
+
+  flops_per_step(global batch) -> the step's model FLOPs, or None (the loop then takes XLA's).
+  """
+  objective: Objective
   optimizer: optax.GradientTransformation
   lr_schedule: optax.Schedule
   train_config: ml_collections.ConfigDict
   seed: int
-  model: Any = None
-  extras: dict = dataclasses.field(default_factory=dict)
+  flops_per_step: Callable[[int], float] | None = None
+
+  @property
+  def loss_fn(self) -> LossFn:
+    return self.objective.loss_fn
 
   def init_state(self, rng: jax.Array) -> State:
-    params = self.init_params(rng)
+    params = self.objective.init_params(rng)
     return {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
         "ema_params": jax.tree.map(jnp.copy, params),
         "opt_state": self.optimizer.init(params),
     }
+
+
+def make_trainable(objective: Objective, train_config: ml_collections.ConfigDict, seed: int,
+                   *, flops_per_step: Callable[[int], float] | None = None) -> Trainable:
+  """`objective` with config.train's optimizer (its frozen keys left unchanged); `seed` seeds
+  the steps' randomness."""
+  optimizer, schedule = make_optimizer(train_config)
+  if objective.frozen_keys:
+    optimizer = freeze(optimizer, objective.frozen_keys)
+  return Trainable(objective=objective, optimizer=optimizer, lr_schedule=schedule,
+                   train_config=train_config, seed=int(seed), flops_per_step=flops_per_step)
+
+
+def freeze(optimizer: optax.GradientTransformation, keys: tuple[str, ...]
+           ) -> optax.GradientTransformation:
+  """`optimizer` on every top-level parameter but `keys`, whose updates are zero (no state)."""
+  def labels(params):
+    return {k: jax.tree.map(lambda _: "frozen" if k in keys else "train", v)
+            for k, v in params.items()}
+
+  return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
 
 
 # ====================================================================== optimizer
@@ -178,7 +212,7 @@ def jit_train_step(task: Trainable, mesh: Mesh, state_shardings: Any):
 def fresh_sharded_state(task: Trainable, config: ml_collections.ConfigDict,
                         rng: jax.Array) -> tuple[Mesh, Any, Callable]:
   """(mesh, state, jitted step) of a new run on config.mesh / config.sharding (benchmarks,
-  tools); train.py does the same around restoring a checkpoint."""
+  tools); training/loop.py does the same around restoring a checkpoint."""
   mesh = parallel.make_mesh(config.mesh)
   _, shardings = state_shapes_and_shardings(task, mesh, config.sharding, rng)
   return mesh, init_sharded_state(task, shardings, rng), jit_train_step(task, mesh, shardings)

@@ -1,6 +1,6 @@
 """The dihedral group of a square cell: its 8 flips, rotations and transposes.
 
-The CPU demo's conditioning and pair statistics (variants/cpu_demo.py) stack these views,
+The CPU demo's conditioning and pair statistics (core/plugins/cpu_demo.py) stack these views,
 so a geometric edit becomes a per-pixel choice.
 """
 from __future__ import annotations

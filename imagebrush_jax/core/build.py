@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from imagebrush_jax import variants
-from imagebrush_jax.imagebrush import model as model_lib
+from imagebrush_jax.core import model as model_lib
+from imagebrush_jax.core import plugins as plugins_lib
 from imagebrush_jax.models import prompt_encoder as prompt_lib
 from imagebrush_jax.models import runtime as runtime_lib
 from imagebrush_jax.models import unet as unet_lib
@@ -46,7 +46,7 @@ def build_model(config: ml_collections.ConfigDict) -> model_lib.ImageBrush:
   check_sizes(config)
   m, p = config.model, config.model.prompt
   runtime = runtime_lib.Runtime.from_config(m)
-  plugins = variants.plugins(config, runtime)
+  plugins = plugins_lib.plugins(config, runtime)
   vit = prompt_lib.ViT(**p.vit, dropout=p.dropout, runtime=runtime)
   encoder = prompt_lib.PromptEncoder(
       vit=vit, **p.mixer, max_examples=p.max_examples, box_fourier_freqs=p.box_fourier_freqs,

@@ -28,11 +28,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from imagebrush_jax import files
+from imagebrush_jax.infra import files
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import image_decode
 from imagebrush_jax.data import tfds_format
-from imagebrush_jax.data.build import units as units_lib
+from imagebrush_jax.data.prepare import units as units_lib
 
 WORK_DIR = ".build"
 PLAN_FILE = "plan.json"

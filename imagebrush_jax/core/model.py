@@ -1,14 +1,14 @@
 """The ImageBrush denoiser: UNet([x_t, known grid, mask], t, PromptEncoder(E, E', I, box)).
 
 The grid is {E_1, E'_1; ...; E_K, E'_K; I, I'}: K+1 rows of two cells, the target I' bottom right
-(imagebrush/grid.py). The UNet inpaints the target cell of the noisy grid; it reads the known grid
+(core/grid.py). The UNet inpaints the target cell of the noisy grid; it reads the known grid
 with the target cell zeroed and the mask as extra input channels (SD inpainting), and the visual
 prompt through cross-attention. config.model.target_cell_fill = 'query' puts I under the target
 cell instead (QueryInTarget), as InstructPix2Pix concatenates its input image. Two resolutions
 are kept apart: the pixel tile T, which the prompt encoder sees, and the diffusion-space tile
 T // latent_factor, the cell size the UNet denoises.
 
-Extension points (imagebrush_jax/variants plugs into them; the paper uses none):
+Extension points (imagebrush_jax/core/plugins plugs into them; the paper uses none):
   Plugins.conditioning  how the known grid is conditioned, and how many channels that gives
                         (None: config.model.target_cell_fill's);
   Plugins.extra_tokens  more prompt tokens (PromptEncoder.extra_tokens);
@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from imagebrush_jax.imagebrush import grid as grid_lib
+from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.models import prompt_encoder as prompt_lib
 from imagebrush_jax.models import unet as unet_lib
 

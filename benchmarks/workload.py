@@ -8,10 +8,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from imagebrush_jax import cli
-from imagebrush_jax import latent
-from imagebrush_jax.imagebrush import task as imagebrush_task
+from imagebrush_jax.infra import cli
+from imagebrush_jax.core import latent
 from imagebrush_jax.models import autoencoder as ae
+from imagebrush_jax.training import objectives
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -49,5 +49,5 @@ def autoencoder(config: ml_collections.ConfigDict, seed: int = 0
 def build_task(config: ml_collections.ConfigDict):
   """(the ImageBrush Trainable of `config`, its autoencoder architecture or None)."""
   space = autoencoder(config)
-  task = imagebrush_task.build(config, space)
+  task = objectives.imagebrush(config, space)
   return task, (space[0].model.arch if space is not None else None)

@@ -13,9 +13,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from imagebrush_jax import files
-from imagebrush_jax.data.build import ip2p
-from imagebrush_jax.data.build import video
+from imagebrush_jax.infra import files
+from imagebrush_jax.data.prepare import ip2p
+from imagebrush_jax.data.prepare import video
 
 SOURCES = ("ip2p", "video", "folder", "synthetic")
 PROMPT_PAIRS_PER_UNIT = 256  # prompt-folder pairs encoded by one worker task

@@ -37,7 +37,6 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.models import autoencoder as ae
@@ -202,11 +201,3 @@ def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
   own = {k: v for k, v in params.items() if k != PARAMS_KEY}
   return own, jax.lax.stop_gradient(params[PARAMS_KEY])
 
-
-def freeze(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
-  """`optimizer` on everything but params[PARAMS_KEY], whose updates are zero (no state kept)."""
-  def labels(params):
-    return {k: jax.tree.map(lambda _: "frozen" if k == PARAMS_KEY else "train", v)
-            for k, v in params.items()}
-
-  return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)

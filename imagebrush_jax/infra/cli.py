@@ -3,8 +3,9 @@ configuration or input errors printed as one line (exit status 2) instead of a t
 non-finite loss, which stops a run, likewise, with exit status 1).
 
     if __name__ == "__main__":
-      FLAGS = cli.define_run_flags()     # --config, --workdir, multi-host flags
-      cli.run(main)
+      cli.run(main)                       # a program with its own flags
+    if __name__ == "__main__":
+      cli.run_training_program(train_and_evaluate)  # --config, --workdir, multi-host flags
 
 --verbosity=1 shows library INFO logs and, for an error, its traceback.
 """
@@ -20,8 +21,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from imagebrush_jax import checkpoint as ckpt_lib
-from imagebrush_jax import files
+from imagebrush_jax.infra import checkpoint as ckpt_lib
+from imagebrush_jax.infra import files
+from imagebrush_jax.infra import parallel
 
 USAGE_ERROR = 2  # exit status of a configuration or input error, as argparse's
 # Errors that describe the user's config, files or run folder: their message is the report.
@@ -55,7 +57,7 @@ class RunFlags:
 def load_config_file(path: str, what: str = "--config") -> Any:
   """get_config() of a config file, read as --config of the training programs reads it (the
   configs import `configs`, so the repository root joins the import path)."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if root not in sys.path:
     sys.path.insert(0, root)
   spec = importlib.util.spec_from_file_location("config_file", path)
@@ -106,3 +108,18 @@ def run(main: Callable[[list[str]], Any]) -> None:
       sys.exit(1)
 
   app.run(wrapped)
+
+
+def run_training_program(train_and_evaluate: Callable[[Any, str], Any]) -> None:
+  """The whole of a training program: defines --config, --workdir and the multi-host flags,
+  starts the distributed runtime, and runs train_and_evaluate(config, workdir) under run()."""
+  run_flags = define_run_flags()
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    parallel.initialize_distributed(run_flags.coordinator_address, run_flags.num_processes,
+                                    run_flags.process_id)
+    train_and_evaluate(run_flags.config, run_flags.workdir)
+
+  run(main)

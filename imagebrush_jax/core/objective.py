@@ -1,7 +1,7 @@
-"""ImageBrush as a task: the training loss and the editing sampler on a data batch, and the
-Trainable the generic loop runs (model, loss, optimizer, sampler).
+"""ImageBrush's diffusion objective: the training loss and the editing sampler on a data batch,
+and the ImageBrushObjective that the training loop and the samplers take.
 
-    task = build(config, autoencoder)  # autoencoder = latent.load(config) in latent space
+    objective = build(config, autoencoder)  # autoencoder = latent.load(config) in latent space
     loss_fn = make_loss_fn(model, config, space)  # (params, batch, rng, train) -> (loss, metrics)
     sample_fn = make_sample_fn(model, config, space)  # (params, batch, rng, **overrides) -> dict
 
@@ -12,11 +12,12 @@ by the caller and shared by both; None in pixel space.
 uint8 [B, (K+1)T, 2T, 3|1], box float32 [B, 4], and for the loss an optional per-grid weight
 float32 [B] (0 for padding rows); other keys are ignored. With
 config.model.latent_factor > 1 the UNet works on the latents of a frozen autoencoder whose
-parameters are params[latent.PARAMS_KEY] (see imagebrush_jax/latent.py); the prompt encoder still
+parameters are params[latent.PARAMS_KEY] (see imagebrush_jax/core/latent.py); the prompt encoder still
 sees pixels.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
@@ -24,18 +25,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from imagebrush_jax import latent
-from imagebrush_jax import train_state
+from imagebrush_jax.core import latent
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.converters import sd_unet
 from imagebrush_jax.converters import vit as vit_conv
 from imagebrush_jax.diffusion import ddim
 from imagebrush_jax.diffusion import losses
 from imagebrush_jax.diffusion.schedules import make_schedule
-from imagebrush_jax.imagebrush import build as build_lib
-from imagebrush_jax.imagebrush import grid as grid_lib
-from imagebrush_jax.imagebrush import model as model_lib
-from imagebrush_jax.perf import flops as flops_lib
+from imagebrush_jax.core import build as build_lib
+from imagebrush_jax.core import grid as grid_lib
+from imagebrush_jax.core import model as model_lib
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 _POSTERIOR_STREAM = 0x1A7E  # folded into the step's rng for posterior samples (latent space)
@@ -211,23 +210,36 @@ def _pretrained_starts(model: model_lib.ImageBrush, config: ml_collections.Confi
   return vit_start, unet_start
 
 
-def build(config: ml_collections.ConfigDict,
-          autoencoder: tuple[latent.LatentSpace, dict] | None = None) -> train_state.Trainable:
-  """The Trainable of `config`; `autoencoder` = latent.load(config) in latent space.
+@dataclasses.dataclass(frozen=True)
+class ImageBrushObjective:
+  """The paper's model as the training loop (training/train_state.Objective's fields) and the
+  samplers use it.
 
-  In latent space (config.model.latent_factor > 1) the parameters also hold the frozen
-  autoencoder (params[latent.PARAMS_KEY]), which the optimizer leaves unchanged; see latent.py.
+  init_params(rng) -> params (with the frozen autoencoder's under latent.PARAMS_KEY in latent
+  space, a key the optimizer leaves unchanged: frozen_keys); loss_fn(params, batch, rng, train)
+  -> (loss, metrics); sample_fn(params, batch, rng, **overrides) -> {'target', ...}, jitted.
+  """
+  model: model_lib.ImageBrush
+  space: latent.LatentSpace | None
+  init_params: Callable[[jax.Array], Any]
+  loss_fn: LossFn
+  sample_fn: Callable[..., dict[str, jax.Array]]
+  frozen_keys: tuple[str, ...]
+  compute_dtype: str
+
+
+def build(config: ml_collections.ConfigDict,
+          autoencoder: tuple[latent.LatentSpace, dict] | None = None) -> ImageBrushObjective:
+  """The ImageBrushObjective of `config`; `autoencoder` = latent.load(config) in latent space.
+
   config.model.prompt.vit_init, if set, names a converted ViT file
   (python -m imagebrush_jax.convert --from vit) that initialises the prompt encoder's backbone;
   config.model.unet_init a converted UNet (--from sd_unet) that initialises the UNet, its input
   convolution widened with zeros for the known grid and the mask (sd_unet.params_for_config).
   """
   model = build_lib.build_model(config)
-  optimizer, schedule = train_state.make_optimizer(config.train)
   space, frozen = autoencoder if autoencoder is not None else (None, None)
   latent.check_space(config, space)
-  if space is not None:
-    optimizer = latent.freeze(optimizer)
   vit_start, unet_start = _pretrained_starts(model, config)
 
   def init_params(rng: jax.Array):
@@ -241,25 +253,9 @@ def build(config: ml_collections.ConfigDict,
       params = {**params, latent.PARAMS_KEY: jax.tree.map(jnp.asarray, frozen)}
     return params
 
-  return train_state.Trainable(
-      init_params=init_params,
+  return ImageBrushObjective(
+      model=model, space=space, init_params=init_params,
       loss_fn=make_loss_fn(model, config, space),
-      optimizer=optimizer,
-      lr_schedule=schedule,
-      train_config=config.train,
-      seed=int(config.seed),
-      model=model,
-      extras={"sample_fn": make_sample_fn(model, config, space),
-              "flops_per_step": _analytic_flops(config, space),
-              "compute_dtype": str(config.model.dtype)},
-  )
-
-
-def _analytic_flops(config: ml_collections.ConfigDict, space: latent.LatentSpace | None
-                    ) -> Callable[[int], float] | None:
-  """batch size -> the train step's model FLOPs (perf/flops.py), for the paper's model; None
-  with a variant's plug-ins, whose layers the count leaves out (the loop then takes XLA's)."""
-  if config.model.get("variant", ""):
-    return None
-  arch = space.model.arch if space is not None else None
-  return lambda batch_size: flops_lib.train_step(config, batch_size, arch).model
+      sample_fn=make_sample_fn(model, config, space),
+      frozen_keys=(latent.PARAMS_KEY,) if space is not None else (),
+      compute_dtype=str(config.model.dtype))

@@ -1,7 +1,7 @@
 """Builds a training data set folder from published edit data or your own pairs.
 
-    python -m imagebrush_jax.data.build --source ip2p --input /data/ip2p --output /data/ip2p_256
-    python -m imagebrush_jax.data.build --source video --input /data/DAVIS --output /data/davis_256
+    python -m imagebrush_jax.build_data --source ip2p --input /data/ip2p --output /data/ip2p_256
+    python -m imagebrush_jax.build_data --source video --input /data/DAVIS --output /data/davis_256
 
 Sources: `ip2p` (InstructPix2Pix parquet shards or prompt folders; a task = one instruction),
 `video` (clips or DAVIS frame folders; a task = one sequence, a pair = frames t and t + frame_gap),
@@ -15,10 +15,10 @@ from typing import Sequence
 
 from absl import flags
 
-from imagebrush_jax import cli
-from imagebrush_jax.data.build import ip2p
-from imagebrush_jax.data.build import units
-from imagebrush_jax.data.build import writer
+from imagebrush_jax.infra import cli
+from imagebrush_jax.data.prepare import ip2p
+from imagebrush_jax.data.prepare import units
+from imagebrush_jax.data.prepare import writer
 
 _SOURCE = flags.DEFINE_enum("source", None, units.SOURCES, "What --input holds.")
 _INPUT = flags.DEFINE_string("input", "", "The downloaded data set, or your pairs folder.")
