@@ -334,3 +334,15 @@ def test_null_token_gets_gradient_only_from_dropped_prompts():
   encoder = {k: v for k, v in dropped.items() if k != "null_token"}
   assert all(np.all(g == 0) for g in jax.tree.leaves(encoder))  # the prompt was replaced ...
   assert max(np.abs(g).max() for g in jax.tree.leaves(kept["vit"])) > 1e-6  # ... else used
+
+
+def test_a_bad_data_config_stops_the_run_before_its_workdir_is_made(tmp_path):
+  """Config errors of every kind (train keys, the model, the data) stop a run before it writes
+  anything: here a task the data source does not have."""
+  config = _config()
+  config.data.train_tasks = ("hflip", "no_such_task")
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=r"config.data.train_tasks\[1\] = 'no_such_task'"):
+    loop.run_training(config, str(workdir), build_trainable=_task,
+                      make_train_iterator=pipeline.make_train_iterator, make_evaluator=_NoEval)
+  assert not workdir.exists()

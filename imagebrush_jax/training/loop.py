@@ -4,20 +4,27 @@ data-exact), profiling, a NaN stop and preemption.
 
     run_training(config, workdir, build_trainable=..., make_train_iterator=...,
                  make_evaluator=...)
+
+setup() builds the run (mesh, state restored or initialised, data, writers, evaluator); the
+step is compiled ahead of time; train_steps() runs it and after each step calls the periodic
+actions of actions.py (profile, metrics, evaluation, preemption, checkpoint).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any, Callable, Sequence
 
+from etils import epath
 import jax
+from jax.sharding import Mesh
 import ml_collections
-import numpy as np
 
 from imagebrush_jax.infra import checkpoint as ckpt_lib
 from imagebrush_jax.infra import files
 from imagebrush_jax.infra import parallel
 from imagebrush_jax.perf import compiled as compiled_lib
 from imagebrush_jax.perf import hardware
+from imagebrush_jax.training import actions
 from imagebrush_jax.training import config_validation
 from imagebrush_jax.training import metric_writers
 from imagebrush_jax.training import preemption
@@ -28,21 +35,108 @@ State = dict[str, Any]
 # checkpoint (locally each record is appended at once).
 HISTORY_FLUSH_SECS = 30.0
 
+NonFiniteLossError = actions.NonFiniteLossError
 
-class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or inf; the run stops without saving the bad state."""
+
+@dataclasses.dataclass
+class Run:
+  """What setup() builds for run_training; close() releases it."""
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  mesh: Mesh
+  task: train_state.Trainable
+  train_step: Any  # jitted, not yet compiled
+  state: State | None  # restored or initialised, until take_state()
+  first_step: int
+  last_step: int  # config.train.num_steps, or config.train.stop_at_step if earlier
+  train_iter: Any  # the checkpointable host-batch iterator
+  checkpointer: ckpt_lib.Checkpointer
+  writer: metric_writers.MetricWriter
+  history: metric_writers.JsonlHistory
+  evaluator: Any
+  _peeked: Any = dataclasses.field(default=None, repr=False)
+
+  def take_state(self) -> State:
+    """The state, handed over: the first step donates it, so the run keeps no reference."""
+    state, self.state = self.state, None
+    return state
+
+  def peek_batch(self) -> Any:
+    """The batch next_batch() returns next (fetched now, if not yet)."""
+    if self._peeked is None:
+      self._peeked = parallel.host_batch_to_global(next(self.train_iter), self.mesh)
+    return self._peeked
+
+  def next_batch(self) -> Any:
+    """The next global batch, split over the mesh."""
+    batch, self._peeked = self.peek_batch(), None
+    return batch
+
+  def close(self) -> None:
+    self.history.flush()
+    self.checkpointer.close()
+    self.writer.close()
+    if hasattr(self.train_iter, "close"):
+      self.train_iter.close()  # stops grain worker processes
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str, *,
                  build_trainable: Callable[[ml_collections.ConfigDict], train_state.Trainable],
                  make_train_iterator: Callable[..., Any],
                  make_evaluator: Callable[..., Any]) -> State:
-  """The generic loop, shared by every model this project trains.
+  """The generic loop, shared by every model this project trains; returns the last state.
 
   build_trainable(config) -> Trainable; make_train_iterator(config, process_index=,
   process_count=) -> a checkpointable host-batch iterator; make_evaluator(config, task,
   mesh, workdir_path, writer) -> an object whose run(step, state) evaluates.
   """
+  run = setup(config, workdir, build_trainable=build_trainable,
+              make_train_iterator=make_train_iterator, make_evaluator=make_evaluator)
+  tc = config.train
+  stop_flag = preemption.StopFlag(tc.stop_check_every)
+  stop_flag.install()
+  try:
+    try:
+      profile = actions.Profile(tc.profile_steps, str(run.workdir / "profile"))
+      step_fn, flops_per_step = run.train_step, None
+      if run.first_step < run.last_step:  # compiled ahead of time, to report its cost first
+        step_fn, flops_per_step = _compile_step(run.train_step, run.state, run.peek_batch(),
+                                                run.task, run.writer, run.first_step)
+      periodic = [profile, *_periodic_actions(run, stop_flag, flops_per_step)]
+      return train_steps(step_fn, run.take_state(), run.first_step, run.last_step,
+                         run.next_batch, periodic)
+    finally:
+      run.close()
+  finally:
+    stop_flag.uninstall()
+
+
+def train_steps(step_fn: Callable[[State, Any], tuple[State, Any]], state: State,
+                first_step: int, last_step: int, next_batch: Callable[[], Any],
+                periodic: Sequence[actions.PeriodicAction]) -> State:
+  """Runs step_fn from first_step to last_step, calling the periodic actions around each step;
+  stops early where one of them asks to. Returns the last state."""
+  step = first_step
+  while step < last_step:
+    for action in periodic:
+      action.before_step(step)
+    state, metrics = step_fn(state, next_batch())
+    step += 1
+    stop = False
+    for action in periodic:
+      stop = bool(action(step, state, metrics)) or stop
+    if stop:
+      break
+  return state
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, *,
+          build_trainable: Callable[[ml_collections.ConfigDict], train_state.Trainable],
+          make_train_iterator: Callable[..., Any],
+          make_evaluator: Callable[..., Any]) -> Run:
+  """Validates the config; builds the mesh, the trainable, the state (restored from the
+  checkpoint to resume from, else initialised), the data iterator, the writers and the
+  evaluator; writes WORKDIR/config.json on a fresh start."""
   config_validation.validate(config)
   files.check_access(workdir)  # a bucket without credentials stops here, naming the bucket
   workdir_path = files.as_path(workdir)
@@ -57,6 +151,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
 
   # ------------------------------------------------------------ model, optimizer, state
   task = build_trainable(config)  # model config errors stop the run before the workdir is made
+  # ------------------------------------------------------------ data (its errors too)
+  train_iter = make_train_iterator(config, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
   files.makedirs(workdir_path)
   abstract_state, state_shardings = train_state.state_shapes_and_shardings(
       task, mesh, config.sharding, jax.random.key(config.seed))
@@ -66,10 +163,6 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
   warning = hardware.cpu_backend_warning(num_params)
   if warning:
     metric_writers.log_line(warning)
-
-  # ------------------------------------------------------------ data
-  train_iter = make_train_iterator(config, process_index=jax.process_index(),
-                                            process_count=jax.process_count())
 
   # ------------------------------------------------------------ checkpoint / resume
   checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint, remove_partial_saves=True)
@@ -82,86 +175,40 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, *,
     state = train_state.init_sharded_state(task, state_shardings, jax.random.key(config.seed))
   first_step = int(jax.device_get(state["step"]))
 
-  # ------------------------------------------------------------ logging and hooks
+  # ------------------------------------------------------------ writers and evaluator
   writer = metric_writers.MetricWriter(str(workdir_path / "tensorboard"))
   if first_step == 0 and jax.process_index() == 0:
     files.write_text_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
     writer.write_scalars(0, {"params_millions": num_params / 1e6})
   last_step = tc.num_steps if tc.stop_at_step < 0 else min(tc.stop_at_step, tc.num_steps)
-  next_batch = lambda: parallel.host_batch_to_global(next(train_iter), mesh)
   history = metric_writers.JsonlHistory(workdir_path / "train_metrics.jsonl",
                                         flush_secs=HISTORY_FLUSH_SECS)
   evaluator = make_evaluator(config, task, mesh, workdir_path, writer)
-  stop = preemption.StopFlag(tc.stop_check_every)
-  stop.install()
-  profile_start, profile_stop = _profile_window(tc.profile_steps)
+  return Run(config=config, workdir=workdir_path, mesh=mesh, task=task, train_step=train_step,
+             state=state, first_step=first_step, last_step=last_step, train_iter=train_iter,
+             checkpointer=checkpointer, writer=writer, history=history, evaluator=evaluator)
 
-  # ------------------------------------------------------------ steps
-  step = first_step
-  pending = None  # (step, metrics) of the previous step, checked one step late
-  metric_sums: dict[str, float] = {}
-  metric_count = 0
-  try:
-    batch = next_batch() if step < last_step else None
-    flops_per_step = None
-    if batch is not None:  # compiled ahead of time, to report what it costs before it runs
-      train_step, flops_per_step = _compile_step(train_step, state, batch, task, writer, step)
-    peak_flops, _ = hardware.peak_flops(jax.devices()[0], task.objective.compute_dtype)
-    progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, first_step,
-                                           flops_per_step=flops_per_step,
-                                           num_devices=jax.device_count(), peak_flops=peak_flops)
-    while step < last_step:
-      if step == profile_start:
-        jax.profiler.start_trace(str(workdir_path / "profile"))
-      if batch is None:
-        batch = next_batch()
-      state, metrics = train_step(state, batch)
-      batch = None
-      step += 1
-      if step == profile_stop:
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
 
-      # The previous step's metrics are ready by now: checking them costs no stall.
-      if pending is not None:
-        metric_count += _accumulate(metric_sums, pending, tc.num_steps)
-      pending = (step, metrics)
-
-      if step % tc.log_every == 0 or step == last_step:
-        metric_count += _accumulate(metric_sums, pending, tc.num_steps)
-        pending = None
-        means = {k: v / max(metric_count, 1) for k, v in metric_sums.items()}
-        line, rates = progress.line(step, {"loss": means.get("loss", float("nan"))})
-        metric_writers.log_line(line)
-        writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()}, **rates})
-        history.append(step, {**means, **rates})
-        metric_sums, metric_count = {}, 0
-
-      if step % tc.eval_every == 0 or (step == tc.num_steps and tc.eval_at_end):
-        evaluator.run(step, state)
-
-      checkpoint_step = step % config.checkpoint.every == 0 or step == last_step
-      stopping = stop.agreed(step, force_check=checkpoint_step)
-      if checkpoint_step or stopping:
-        if pending is not None:  # never save a state whose loss was not checked
-          metric_count += _accumulate(metric_sums, pending, tc.num_steps)
-          pending = None
-        checkpointer.save(step, state, train_iter, config, force=True)
-        history.flush()  # every record up to a checkpoint is kept (uploaded, in a bucket)
-        writer.flush()
-      if stopping:
-        metric_writers.log_line(f"stopped by SIGTERM at step {step}; checkpoint saved")
-        break
-  finally:
-    try:
-      history.flush()
-      checkpointer.close()
-      writer.close()
-      if hasattr(train_iter, "close"):
-        train_iter.close()  # stops grain worker processes
-    finally:
-      stop.uninstall()
-  return state
+def _periodic_actions(run: Run, stop_flag: preemption.StopFlag,
+                      flops_per_step: float | None) -> list[actions.PeriodicAction]:
+  """The actions after each step, in the order they run: metrics, evaluation, preemption,
+  checkpoint."""
+  tc = run.config.train
+  peak_flops, _ = hardware.peak_flops(jax.devices()[0], run.task.objective.compute_dtype)
+  progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, run.first_step,
+                                         flops_per_step=flops_per_step,
+                                         num_devices=jax.device_count(), peak_flops=peak_flops)
+  metrics = actions.Metrics(log_every=tc.log_every, last_step=run.last_step,
+                            total_steps=tc.num_steps, progress=progress, writer=run.writer,
+                            history=run.history)
+  evaluation = actions.Evaluation(run.evaluator, every=tc.eval_every, total_steps=tc.num_steps,
+                                  at_end=tc.eval_at_end)
+  checkpoint_due = actions.every_n_steps(run.config.checkpoint.every, run.last_step)
+  stop = actions.Preemption(stop_flag, force_check=checkpoint_due)
+  checkpoint = actions.Checkpoint(run.checkpointer, run.train_iter, run.config,
+                                  due=checkpoint_due, metrics=metrics, preemption_action=stop,
+                                  history=run.history, writer=run.writer)
+  return [metrics, evaluation, stop, checkpoint]
 
 
 def _compile_step(train_step, state: State, batch: Any, task: train_state.Trainable,
@@ -206,26 +253,3 @@ def _resume_step(checkpointer: ckpt_lib.Checkpointer,
         f"config.checkpoint.restore_step={wanted}: newer checkpoints {moved} moved to "
         f"{checkpointer.set_aside_directory}")
   return wanted
-
-
-def _accumulate(sums: dict[str, float], pending, total_steps: int) -> int:
-  """Adds one step's metrics to the running sums; stops the run on a non-finite loss."""
-  step, metrics = pending
-  values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  if not np.isfinite(values["loss"]):
-    raise NonFiniteLossError(
-        f"loss is {values['loss']} at step {step} of {total_steps}; stopping. The last "
-        f"checkpoint before it is kept. Lower config.train.learning_rate or check the data.")
-  for k, v in values.items():
-    sums[k] = sums.get(k, 0.0) + v
-  return 1
-
-
-def _profile_window(profile_steps) -> tuple[int, int]:
-  if not profile_steps:
-    return -1, -1
-  start, stop = (int(s) for s in profile_steps)
-  if not 0 <= start < stop:
-    raise ValueError(f"config.train.profile_steps must be (start, stop) with 0 <= start < stop, "
-                     f"got {tuple(profile_steps)}")
-  return start, stop
