@@ -1,20 +1,26 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Each builds .venv from requirements.txt first (only when requirements change); `make test`
-# adds the test-only requirements-test.txt (CPU torch + diffusers / transformers references).
+# Each builds .venv from requirements.txt first (only when requirements change), with this
+# package installed in it, editable (its console scripts: pyproject.toml); `make test` adds the
+# test-only requirements-test.txt (CPU torch + diffusers / transformers references).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# The folder of this Makefile (also when make runs in a folder of links to it).
+PROJECT := $(patsubst %/,%,$(dir $(realpath $(firstword $(MAKEFILE_LIST)))))
 
 .PHONY: demo test app venv venv-gpu venv-tpu clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+# The pinned requirements, then the package itself without dependencies (pip resolves nothing
+# twice and moves no pin); setuptools' notice about editable installs of a flat layout is muted.
+$(STAMP): requirements.txt $(PROJECT)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install --quiet --no-deps -e "$(PROJECT)"
 	touch $(STAMP)
 
 # Accelerator builds of the pinned jax in the same .venv (README "Installing for GPUs and TPUs"):
@@ -25,11 +31,11 @@ CUDA ?= 12
 
 venv-gpu: $(STAMP)
 	$(PY) -m pip install --quiet "jax[cuda$(CUDA)]==$(JAX_VERSION)"
-	$(PY) -m imagebrush_jax.perf.hardware --expect gpu
+	$(PY) -m imagebrush_jax.hardware --expect gpu
 
 venv-tpu: $(STAMP)
 	$(PY) -m pip install --quiet "jax[tpu]==$(JAX_VERSION)"
-	$(PY) -m imagebrush_jax.perf.hardware --expect tpu
+	$(PY) -m imagebrush_jax.hardware --expect tpu
 
 # Resolved together with requirements.txt, so the test packages never move a runtime pin.
 $(TEST_STAMP): $(STAMP) requirements-test.txt
