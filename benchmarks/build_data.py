@@ -35,6 +35,7 @@ from configs import paper_256
 from imagebrush_jax.data import options as options_lib
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.data import scenes
+from imagebrush_jax.data import task_lists
 from imagebrush_jax.data import tasks as tasks_lib
 from imagebrush_jax.data.prepare import writer
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -81,6 +82,7 @@ def read_grids_per_s(data_dir: str, batches: int) -> float:
   config.data.tfds.dir = data_dir
   config.data.num_workers = 0
   config.train.batch_size = 8
+  config = task_lists.resolve(config)  # paper_256 trains on every task of the data set
   it = pipeline.make_train_iterator(config, process_index=0, process_count=1)
   next(it)  # opens the shards
   start = time.perf_counter()

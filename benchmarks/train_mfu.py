@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imagebrush_jax.infra import parallel
 from imagebrush_jax.training import train_state
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.data import task_lists
 from imagebrush_jax.perf import compiled as compiled_lib
 from imagebrush_jax.perf import flops as flops_lib
 from imagebrush_jax.perf import hardware
@@ -147,7 +148,7 @@ def main(argv):
   accum = int(config.train.grad_accum_steps)
   xla_flops = stats.flops * jax.device_count() * accum if stats.flops else None
   flops_ratio = xla_flops / analytic.hardware if (xla_flops and analytic.hardware) else None
-  if config.model.get("variant", ""):  # plug-in layers are not in the analytic count
+  if config.model.variant:  # plug-in layers are not in the analytic count
     model_flops, flops_ratio = xla_flops, None
     flops_source = "xla (plug-ins are not in the analytic count)"
   else:
@@ -162,7 +163,7 @@ def main(argv):
   pipeline_result = {}
   if _PIPELINE.value:
     config.train.batch_size = global_batch
-    it = pipeline.make_train_iterator(config)
+    it = pipeline.make_train_iterator(task_lists.resolve(config))
     keys = ("grid", "mask", "box")  # the compiled step's inputs (the pipeline adds task ids)
     fed = lambda: parallel.host_batch_to_global({k: v for k, v in next(it).items() if k in keys},
                                                 compiler.mesh)
@@ -182,8 +183,8 @@ def main(argv):
       "config": os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]) or ""),
       "device": device.device_kind, "backend": jax.default_backend(),
       "num_devices": jax.device_count(), "dtype": dtype,
-      "remat": bool(config.model.remat), "remat_policy": config.model.get("remat_policy", ""),
-      "attention_impl": config.model.get("attention_impl", "auto"),
+      "remat": bool(config.model.remat), "remat_policy": config.model.remat_policy,
+      "attention_impl": config.model.attention_impl,
       "batch_per_device": batch_per_device, "global_batch": global_batch,
       "grad_accum_steps": accum,
       "compile_s": round(stats.compile_s, 2),

@@ -20,7 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tile_size = 256
   c.data.num_workers = 8
   c.data.prefetch_buffer = 4
-  # END data
 
   a = c.autoencoder
   a.arch.block_out_channels = (128, 256, 512, 512)
@@ -42,5 +41,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.sample_num_grids = 8
   c.checkpoint.every = 2000
   c.mesh.fsdp = 1
-  # END train
   return c

@@ -54,7 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = base.data
   c.data.tile_size = 32  # must divide by the autoencoder's factor f
   c.data.num_workers = 1
-  # END data
 
   c.autoencoder = autoencoder_block()
 
@@ -73,5 +72,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = base.checkpoint
   c.mesh = base.mesh
   c.sharding = base.sharding
-  # END train
   return c

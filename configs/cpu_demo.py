@@ -25,5 +25,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.num_steps = 10  # the edits are near-deterministic: few steps suffice
   c.sampling.guidance_scale = 1.0
   c.sampling.spacing = "trailing"
-  # END model
   return c

@@ -18,7 +18,6 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- data
   c.data.tile_size = 32  # pixels per cell; the latent cell is tile_size / latent_factor = 4
   c.data.crop_scale = 1.125
-  # END data
 
   # ---------------------------------------------------------------- model + diffusion
   c.model.in_channels = 4  # the autoencoder's latent channels
@@ -34,11 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.unet.mid_attention = "self+cross"
   c.model.prompt.vit.patch_size = 8  # 16 tokens per 32-pixel tile
   c.sampling.clip_x0 = False  # latents are not bounded to [-1, 1]
-  # END model
 
   # ---------------------------------------------------------------- train
   c.train.batch_size = 32
   c.train.num_steps = 3000
   c.train.learning_rate = 5e-4
-  # END train
   return c

@@ -41,5 +41,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 1400  # 29 minutes on 2 CPU cores, periodic evaluation included
   c.train.eval_every = 100
   c.checkpoint.every = 100
-  # END
   return c

@@ -29,7 +29,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 8
   c.data.prefetch_buffer = 8
   c.data.eval_batch_size = 16
-  # END data
 
   # ---------------------------------------------------------------- model + diffusion
   # The f=8 latent of SD's VAE (imagebrush_jax/core/latent.py): the UNet denoises 4-channel latents,
@@ -63,7 +62,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.prompt.mixer.num_heads = 12
 
   c.sampling.clip_x0 = False  # latents are not bounded to [-1, 1]
-  # END model
 
   # ---------------------------------------------------------------- train
   # The paper: AdamW, batch 288, 14k iterations (24 V100s there).
@@ -83,5 +81,4 @@ def get_config() -> ml_collections.ConfigDict:
   # GPUs: one host, all its devices on 'data' (pure data parallel); params replicated unless
   # fsdp > 1. 24 GPUs: batch 288 = 12 per device.
   c.sharding.min_fsdp_size = 2**18
-  # END train
   return c

@@ -25,5 +25,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.unet.attention = ("self+cross", "self+cross", "self+cross", "none")  # SD 1.5's
   c.model.unet.num_heads = 8
   c.model.prompt.mixer.width = 768  # SD 1.5's cross_attention_dim
-  # END model
   return c

@@ -12,7 +12,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0  # no worker processes in unit tests
   c.data.prefetch_buffer = 2
   c.data.eval_batch_size = 8
-  # END data
   # ---------------------------------------------------------------- model + diffusion
   c.model.unet.channels = (16, 32)
   c.model.unet.attention = ("self", "self+cross")
@@ -25,7 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.prompt.mixer.depth = 1
   c.model.prompt.mixer.num_heads = 2
   c.sampling.num_steps = 4
-  # END model
   # ---------------------------------------------------------------- train
   c.train.batch_size = 8
   c.train.num_steps = 40
@@ -37,5 +35,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.accuracy_num_grids = 8  # task accuracy / PSNR grids per eval
   c.checkpoint.every = 20
   c.sharding.min_fsdp_size = 256
-  # END train
   return c

@@ -19,6 +19,7 @@ from imagebrush_jax.core import latent
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.data import task_lists
 from imagebrush_jax.infra import cli
+from imagebrush_jax.training import config_migration
 from imagebrush_jax.training import loop
 from imagebrush_jax.training import objectives
 from imagebrush_jax.training import periodic_eval
@@ -30,6 +31,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   In latent space the autoencoder file is read here, once; the saved config records its
   architecture, so the finished run needs no file but its own checkpoints.
   """
+  config = config_migration.migrate(config)  # a config written for an earlier version
   config = task_lists.resolve(config)  # empty task lists: the built data set's (saved so)
   autoencoder = latent.load(config)
   if autoencoder is not None:

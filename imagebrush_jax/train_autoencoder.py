@@ -14,12 +14,14 @@ import ml_collections
 from imagebrush_jax.data import task_lists
 from imagebrush_jax.data import tiles
 from imagebrush_jax.infra import cli
+from imagebrush_jax.training import config_migration
 from imagebrush_jax.training import autoencoder
 from imagebrush_jax.training import loop
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains the autoencoder per config in workdir, resuming from its latest checkpoint if any."""
+  config = config_migration.migrate(config)  # a config written for an earlier version
   return loop.run_training(task_lists.resolve(config), workdir,
                            build_trainable=autoencoder.build_trainable,
                            make_train_iterator=tiles.make_train_iterator,

@@ -58,6 +58,12 @@ def _shard_bytes(path) -> dict[str, bytes]:
           if ".array_record-" in name or name in ("metadata.json", "errors.jsonl")}
 
 
+def _errors(output) -> list[dict]:
+  """The skipped inputs of a finished build (its errors.jsonl)."""
+  with open(os.path.join(output, writer.ERRORS_FILE), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
   return float(image_quality.psnr(a[None], b[None])[0])
 
@@ -128,7 +134,7 @@ def test_prompt_folder_build_skips_a_missing_image(tmp_path):
   source = sources.TfdsSource(str(tmp_path / "out"))
   assert [source.pair_id(i) for i in source.pair_indices("make it snowy")] == [
       "0001:11", "0001:12", "0002:13"]
-  reasons = [e["reason"] for e in writer.iter_errors(str(tmp_path / "out"))]
+  reasons = [e["reason"] for e in _errors(str(tmp_path / "out"))]
   assert any("15_1.jpg" in r for r in reasons) and "its task has no other pair left" in reasons
 
 
@@ -140,7 +146,7 @@ def test_video_build_pairs_frames_of_each_sequence_and_skips_a_broken_clip(tmp_p
   summary = writer.build(_options("video", tmp_path / "clips", tmp_path / "clips_16",
                                   read=units.SourceOptions(frame_gap=2)))
   assert (summary["tasks"], summary["pairs"], summary["skipped"]) == (2, 5, 1)
-  (error,) = writer.iter_errors(str(tmp_path / "clips_16"))
+  (error,) = _errors(str(tmp_path / "clips_16"))
   assert error["where"].endswith("broken.mp4") and "cannot decode" in error["reason"]
   source = sources.TfdsSource(str(tmp_path / "clips_16"))
   assert [source.pair_id(i) for i in source.pair_indices("walk/a.mp4")] == [
@@ -273,10 +279,11 @@ def test_training_mixes_built_data_sets_by_weight_and_resumes_exactly(tmp_path):
   writer.build(_synthetic(tmp_path / "c", tasks=("hflip", "rot90"), pairs_per_task=4))
   clash = _mixture_config([(str(tmp_path / "a"), 1.0), (str(tmp_path / "c"), 1.0)])
   with pytest.raises(ValueError, match="'hflip' is in both .*/a and .*/c"):
-    pipeline.make_train_iterator(clash, process_index=0, process_count=1)
+    pipeline.make_train_iterator(task_lists.resolve(clash), process_index=0, process_count=1)
   with pytest.raises(ValueError, match=r"config.data.mixture\[0\] weight must be positive"):
-    pipeline.make_train_iterator(_mixture_config([(str(tmp_path / "a"), 0.0)]),
-                                 process_index=0, process_count=1)
+    zero_weight = _mixture_config([(str(tmp_path / "a"), 0.0)])
+    pipeline.make_train_iterator(task_lists.resolve(zero_weight), process_index=0,
+                                 process_count=1)
 
 
 def test_workers_default_to_the_cpus_this_process_may_use(monkeypatch):

@@ -91,7 +91,7 @@ def test_residual_target_is_diffused_and_added_back(tiny, monkeypatch, residual)
       return (x_t - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)  # epsilon
     return denoise_fn
 
-  monkeypatch.setattr(imagebrush_task, "make_denoise_fn", oracle_fn)
+  monkeypatch.setattr(objective_lib, "make_denoise_fn", oracle_fn)
   batch = _batch(config)
   out = objective_lib.make_sample_fn(model, config)(params, batch, jax.random.key(0),
                                                       num_steps=5, guidance_scale=1.0)

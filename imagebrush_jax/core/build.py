@@ -62,7 +62,7 @@ def _conditioning(config: ml_collections.ConfigDict,
                   plugins: model_lib.Plugins) -> model_lib.Conditioning:
   """config.model.target_cell_fill's conditioning, or the variant's (then the fill must be the
   default 'zeros': a variant that conditions the grid itself replaces it)."""
-  fill = config.model.get("target_cell_fill", "zeros")
+  fill = config.model.target_cell_fill
   if fill not in model_lib.TARGET_CELL_FILLS:
     raise ValueError(f"config.model.target_cell_fill must be one of "
                      f"{sorted(model_lib.TARGET_CELL_FILLS)}, got {fill!r}")

@@ -31,7 +31,7 @@ from imagebrush_jax.converters import sd_unet
 from imagebrush_jax.converters import vit as vit_conv
 from imagebrush_jax.diffusion import ddim
 from imagebrush_jax.diffusion import losses
-from imagebrush_jax.diffusion.schedules import make_schedule
+from imagebrush_jax.diffusion.schedules import Schedule, make_schedule
 from imagebrush_jax.core import build as build_lib
 from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.core import model as model_lib
@@ -56,7 +56,7 @@ def _query_under_target(inputs: model_lib.ModelInputs) -> jax.Array:
 def _edit_region(config: ml_collections.ConfigDict) -> tuple[float, float]:
   """config.diffusion.edit_region_weight and _threshold, checked."""
   d = config.diffusion
-  values = (float(d.get("edit_region_weight", 0.0)), float(d.get("edit_region_threshold", 0.1)))
+  values = (float(d.edit_region_weight), float(d.edit_region_threshold))
   for key, value in zip(("edit_region_weight", "edit_region_threshold"), values):
     if value < 0:
       raise ValueError(f"config.diffusion.{key} must be >= 0, got {d[key]!r}")
@@ -65,18 +65,19 @@ def _edit_region(config: ml_collections.ConfigDict) -> tuple[float, float]:
 
 def _residual(config: ml_collections.ConfigDict) -> bool:
   """config.diffusion.residual_target: diffuse I' - I in the target cell (absent: False)."""
-  return bool(config.diffusion.get("residual_target", False))
+  return bool(config.diffusion.residual_target)
 
 
 def make_loss_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
-                 space: latent.LatentSpace | None = None) -> LossFn:
+                 space: latent.LatentSpace | None = None, schedule: Schedule | None = None
+                 ) -> LossFn:
   """The training objective on a uint8 batch: (params, batch, rng, train=True) -> (loss, metrics).
 
   In training, prompts are replaced by the null tokens at `model.cfg_drop_rate` (classifier-free
   guidance) and boxes by the whole image at `model.box_drop_rate`; dropout uses the same rng.
-  Pure and jittable; call it inside the train step.
+  Pure and jittable; call it inside the train step. `schedule`: config.diffusion's, if built.
   """
-  schedule = make_schedule(config.diffusion)
+  schedule = make_schedule(config.diffusion) if schedule is None else schedule
   known_cell_weight = config.diffusion.known_cell_weight
   edit_region_weight, edit_region_threshold = _edit_region(config)
   residual = _residual(config)
@@ -131,7 +132,8 @@ def make_denoise_fn(model: model_lib.ImageBrush) -> ddim.ApplyFn:
 
 
 def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
-                   space: latent.LatentSpace | None = None) -> Callable[..., dict]:
+                   space: latent.LatentSpace | None = None, schedule: Schedule | None = None
+                   ) -> Callable[..., dict]:
   """Edits a uint8 batch: (params, batch, rng, *, num_steps, guidance_scale, eta, spacing) -> dict.
 
   Unset keyword arguments come from `config.sampling`. The prompt is encoded once; the DDIM loop
@@ -139,9 +141,9 @@ def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDic
   unconditional half). One compilation per (batch shape, num_steps, spacing), kept across calls.
   Returns dict(grid=[B,H,W,C] the completed grid in diffusion space, target=[B,T,T,3] its target
   cell as pixels in [-1, 1]); in latent space target is the decoded latent target cell, which is
-  also returned as target_latent [B,T/f,T/f,C].
+  also returned as target_latent [B,T/f,T/f,C]. `schedule`: config.diffusion's, if built.
   """
-  schedule = make_schedule(config.diffusion)
+  schedule = make_schedule(config.diffusion) if schedule is None else schedule
   denoise_fn = make_denoise_fn(model)
   residual = _residual(config)
   num_examples = config.data.num_examples
@@ -193,8 +195,8 @@ def _pretrained_starts(model: model_lib.ImageBrush, config: ml_collections.Confi
                        ) -> tuple[dict | None, dict | None]:
   """(ViT params, UNet params) from config.model.prompt.vit_init / config.model.unet_init, each
   None where unset; read and checked against the model's shapes before anything is compiled."""
-  vit_init = config.model.prompt.get("vit_init", "")
-  unet_init = config.model.get("unet_init", "")
+  vit_init = config.model.prompt.vit_init
+  unet_init = config.model.unet_init
   if not (vit_init or unet_init):
     return None, None
   shapes = build_lib.param_shapes(model, config)
@@ -253,9 +255,10 @@ def build(config: ml_collections.ConfigDict,
       params = {**params, latent.PARAMS_KEY: jax.tree.map(jnp.asarray, frozen)}
     return params
 
+  schedule = make_schedule(config.diffusion)
   return ImageBrushObjective(
       model=model, space=space, init_params=init_params,
-      loss_fn=make_loss_fn(model, config, space),
-      sample_fn=make_sample_fn(model, config, space),
+      loss_fn=make_loss_fn(model, config, space, schedule),
+      sample_fn=make_sample_fn(model, config, space, schedule),
       frozen_keys=(latent.PARAMS_KEY,) if space is not None else (),
       compute_dtype=str(config.model.dtype))

@@ -84,14 +84,6 @@ def box_in_crop(box: np.ndarray, aug: Augmentation, render_size: int,
   return out.astype(np.float32)
 
 
-def apply_to_box(box: np.ndarray | None, aug: Augmentation, render_size: int,
-                 tile_size: int) -> np.ndarray:
-  """A [0, 1] box of the render, in the augmented tile's coordinates (whole tile if None or if
-  the box fell outside the crop)."""
-  out = None if box is None else box_in_crop(box, aug, render_size, tile_size)
-  return WHOLE_TILE.copy() if out is None else out
-
-
 def crop_margin(tile_size: int, crop_scale: float) -> int:
   """Pixels added on each side of a tile before cropping (0 when crop_scale is 1)."""
   return round(tile_size * (crop_scale - 1) / 2)

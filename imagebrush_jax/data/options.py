@@ -11,7 +11,6 @@ from typing import Any, Sequence
 from imagebrush_jax.infra import files
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import scenes
-from imagebrush_jax.data import task_lists
 from imagebrush_jax.data import tasks as tasks_lib
 from imagebrush_jax.data import tfds_format
 
@@ -196,11 +195,14 @@ def _mixture(value: Any, source: str, tfds_dir: str) -> tuple[tuple[str, float],
 
 
 def from_config(config: Any) -> DataOptions:
-  """Checks `config.data` (and config.seed, config.train.batch_size) and freezes it. An empty
-  config.data.train_tasks reads the tasks of a built data set (task_lists.py)."""
-  if not _get(config.data, "train_tasks"):
-    config = task_lists.resolve(config)
+  """Checks `config.data` (and config.seed, config.train.batch_size) and freezes it. The task
+  lists are the resolved ones (task_lists.resolve, once, where a program starts: an empty
+  config.data.train_tasks reads the tasks of a built data set)."""
   d = config.data
+  if not tuple(_get(d, "train_tasks")):
+    raise ValueError("config.data.train_tasks is empty: only data sets written by python -m "
+                     "imagebrush_jax.build_data list their own tasks (the training programs "
+                     "read them at start); name the tasks to train on")
   source = _choice(_get(d, "source"), "config.data.source", SOURCES)
   train = _strings(_get(d, "train_tasks"), "config.data.train_tasks", allow_empty=False)
   heldout = _strings(_get(d, "heldout_tasks"), "config.data.heldout_tasks")
@@ -221,7 +223,7 @@ def from_config(config: Any) -> DataOptions:
                      "'folder'")
   for key, path in (("folder.root", folder_root), ("tfds.dir", str(_get(d, "tfds.dir")))):
     _check_local(f"config.data.{key}", path)
-  mixture = _mixture(d.get("mixture", ()), source, str(_get(d, "tfds.dir")))
+  mixture = _mixture(d.mixture, source, str(_get(d, "tfds.dir")))
   if source == "tfds" and not mixture and not str(_get(d, "tfds.dir")):
     raise ValueError("config.data.tfds.dir must name a data set folder written by python -m "
                      "imagebrush_jax.build_data (or config.data.mixture several) when "

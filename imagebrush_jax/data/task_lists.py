@@ -10,7 +10,7 @@ from imagebrush_jax.data import tfds_format
 
 def data_dirs(data: Any) -> list[str]:
   """The built data set folders a config reads: config.data.mixture's, else config.data.tfds.dir."""
-  mixture = list(data.get("mixture", ()) or ())
+  mixture = list(data.mixture or ())
   return [str(entry[0]) for entry in mixture] if mixture else [str(data.tfds.dir)]
 
 

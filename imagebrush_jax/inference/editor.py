@@ -13,13 +13,15 @@ import operator
 from typing import Any, Callable
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
 import numpy as np
 
 from imagebrush_jax.inference import run_loading
+from imagebrush_jax.infra import parallel
 from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.core import objective as objective_lib
 
+INFERENCE_MESH = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
 SEED_LIMIT = 2**63  # seeds are in [0, SEED_LIMIT): jax.random.key takes a signed 64-bit int
 DEFAULT_MAX_SAMPLERS = 4
 
@@ -53,7 +55,8 @@ class Editor:
     self.tile_size = int(run.config.data.tile_size)
     self.num_timesteps = int(run.config.diffusion.num_timesteps)
     devices = list(jax.local_devices() if devices is None else devices)
-    self.mesh = Mesh(np.asarray(devices), ("data",))
+    # The training mesh helper, every device on the batch ('data') axis: parameters replicated.
+    self.mesh = parallel.make_mesh(INFERENCE_MESH, devices)
     n = len(devices)
     batch_size = 8 * n if batch_size is None else int(batch_size)
     if batch_size < 1:
@@ -62,8 +65,8 @@ class Editor:
       raise ValueError(f"max_samplers must be positive, got {max_samplers}")
     self.batch_size = -(-batch_size // n) * n  # a multiple of the device count
     self.max_samplers = int(max_samplers)
-    self._data_sharding = NamedSharding(self.mesh, P("data"))
-    self.params = jax.device_put(run.params, NamedSharding(self.mesh, P()))
+    self._data_sharding = parallel.batch_sharding(self.mesh)
+    self.params = jax.device_put(run.params, parallel.replicated(self.mesh))
     sampling = run.config.sampling
     self._settings = dict(num_steps=int(sampling.num_steps),
                           guidance_scale=float(sampling.guidance_scale), eta=float(sampling.eta))

@@ -25,6 +25,7 @@ from imagebrush_jax.converters import params_file
 from imagebrush_jax.core import build as build_lib
 from imagebrush_jax.core import model as model_lib
 from imagebrush_jax.models import autoencoder as ae
+from imagebrush_jax.training import config_migration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,28 +48,21 @@ def _tuples(value: Any) -> Any:
 
 
 def config_from_json(data: dict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(_tuples(data))
+  """A saved config (JSON) in the current layout: tuples back, then config_migration."""
+  return ml_collections.ConfigDict(config_migration.migrate_dict(_tuples(data)))
 
 
-def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
-  options = ml_collections.ConfigDict({"keep": 1, "keep_every": 0, "async_save": False})
-  return ckpt_lib.Checkpointer(workdir, options)
-
-
-def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
-  """The run's config: the one saved in the checkpoint, else WORKDIR/config.json."""
+def _config_of(reader: ckpt_lib.CheckpointReader | None, workdir: str,
+               step: int | None) -> ml_collections.ConfigDict:
+  """The run's config: the one saved with `step` (the latest when None), else
+  WORKDIR/config.json (a run without checkpoints, or whose saved config cannot be read)."""
   path = files.join(workdir, "config.json")
-  if files.exists(files.join(workdir, "checkpoints")):
-    checkpointer = _checkpointer(workdir)
+  if reader is not None:
     try:
-      step = checkpointer.latest_step() if step is None else step
-      if step is not None:
-        return config_from_json(checkpointer.saved_config(step))
-    except ckpt_lib.CheckpointCorruptError:
+      return config_from_json(reader.config(reader.resolve_step(step)))
+    except (ckpt_lib.CheckpointCorruptError, FileNotFoundError):
       if not files.exists(path):
         raise
-    finally:
-      checkpointer.manager.close()
   if not files.exists(path):
     raise FileNotFoundError(f"{workdir} holds neither checkpoints with a config nor config.json")
   try:
@@ -77,8 +71,16 @@ def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
     raise ValueError(f"cannot read the run config {path}: {e}") from e
 
 
+def load_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+  """The run's config: the one saved in the checkpoint, else WORKDIR/config.json."""
+  if not files.exists(files.join(workdir, "checkpoints")):
+    return _config_of(None, workdir, step)
+  with ckpt_lib.CheckpointReader(workdir) as reader:
+    return _config_of(reader, workdir, step)
+
+
 def _check_shapes(saved: Any, wanted: Any, what: str) -> None:
-  saved_shapes, wanted_shapes = ckpt_lib._flat_shapes(saved), ckpt_lib._flat_shapes(wanted)  # pylint: disable=protected-access
+  saved_shapes, wanted_shapes = ckpt_lib.flat_shapes(saved), ckpt_lib.flat_shapes(wanted)
   if saved_shapes != wanted_shapes:
     raise ckpt_lib.CheckpointMismatchError(
         f"{what} does not fit its own config:\n"
@@ -142,20 +144,14 @@ def load_run(workdir: str, step: int | None = None, *, use_ema: bool = True) -> 
   if not files.exists(workdir):
     raise FileNotFoundError(f"run folder {workdir} does not exist")
   key = "ema_params" if use_ema else "params"
-  checkpointer = _checkpointer(workdir)
-  try:
-    step = checkpointer.latest_step() if step is None else step
-  finally:
-    checkpointer.manager.close()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoints in {ckpt_lib.checkpoint_dir(workdir)}")
-  config = load_config(workdir, step)
-  if not latent.is_latent(config):
-    step, state = ckpt_lib.load_arrays(workdir, step, [key])
-    params = state[key]
-  else:
-    # The EMA of frozen weights drifts by float rounding: take the autoencoder's exact ones.
-    step, state = ckpt_lib.load_arrays(workdir, step, [key, f"params/{latent.PARAMS_KEY}"])
-    params = {**{k: v for k, v in state[key].items() if k != latent.PARAMS_KEY},
-              latent.PARAMS_KEY: state["params"][latent.PARAMS_KEY]}
+  with ckpt_lib.CheckpointReader(workdir) as reader:
+    step = reader.resolve_step(step)
+    config = _config_of(reader, workdir, step)
+    if not latent.is_latent(config):
+      params = reader.arrays(step, [key])[key]
+    else:
+      # The EMA of frozen weights drifts by float rounding: take the autoencoder's exact ones.
+      state = reader.arrays(step, [key, f"params/{latent.PARAMS_KEY}"])
+      params = {**{k: v for k, v in state[key].items() if k != latent.PARAMS_KEY},
+                latent.PARAMS_KEY: state["params"][latent.PARAMS_KEY]}
   return _assemble(config, params, step, f"checkpoint step {step} in {workdir}", workdir)

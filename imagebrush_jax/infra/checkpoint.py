@@ -40,7 +40,8 @@ class CheckpointCorruptError(RuntimeError):
   """A checkpoint folder exists but cannot be read."""
 
 
-def _flat_shapes(tree: Any) -> dict[str, tuple]:
+def flat_shapes(tree: Any) -> dict[str, tuple]:
+  """{'/'-joined path: shape} of every array of a tree (or of its metadata)."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {parallel.path_name(path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat}
 
@@ -70,7 +71,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(ckpt_config.keep),
         keep_period=int(ckpt_config.keep_every) or None,
-        enable_async_checkpointing=bool(ckpt_config.get("async_save", True)),
+        enable_async_checkpointing=bool(ckpt_config.async_save),
         create=True,
         cleanup_tmp_directories=remove_partial_saves,
     )
@@ -178,8 +179,8 @@ class Checkpointer:
     if meta is None:
       raise self._corrupt(step, f"it has no '{STATE}' item")
     tree = getattr(meta, "tree", meta)
-    saved = _flat_shapes(tree)
-    wanted = _flat_shapes(abstract_state)
+    saved = flat_shapes(tree)
+    wanted = flat_shapes(abstract_state)
     if saved != wanted:
       raise CheckpointMismatchError(
           f"checkpoint {path} does not fit the config (another model or optimizer shape):\n"
@@ -226,52 +227,93 @@ def param_count(tree: Any) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
+class CheckpointReader:
+  """Read-only access to a run's checkpoints, for the tools that use a finished (or running)
+  run: its steps, each step's saved config, and chosen arrays as host numpy, without building
+  the optimizer or writing anything. One manager for all of it; close() when done (or `with`).
+  The trainer itself restores onto its mesh with Checkpointer.restore."""
+
+  def __init__(self, workdir: str):
+    self.directory = checkpoint_dir(workdir)
+    if not self.directory.exists():
+      raise FileNotFoundError(f"no checkpoints in {self.directory}")
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_names=(STATE, CONFIG),
+        item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                       CONFIG: ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             enable_async_checkpointing=False))
+
+  def __enter__(self) -> "CheckpointReader":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def resolve_step(self, step: int | None = None) -> int:
+    """`step` if it was saved, else the latest (None); FileNotFoundError naming the folder."""
+    steps = self.steps()
+    if step is None:
+      if not steps:
+        raise FileNotFoundError(f"no checkpoints in {self.directory}")
+      return steps[-1]
+    if int(step) not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (it has "
+                              f"steps {steps})")
+    return int(step)
+
+  def config(self, step: int) -> dict:
+    """The config saved with `step` (CheckpointCorruptError when it cannot be read)."""
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(
+          **{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointCorruptError(f"checkpoint step {step} in {self.directory / str(step)}: "
+                                   f"its config cannot be read ({type(e).__name__})") from e
+
+  def arrays(self, step: int, paths: Sequence[str] | None = None) -> dict:
+    """The saved train state of `step` as host numpy arrays.
+
+    `paths` ('/'-joined, e.g. "ema_params" or "params/autoencoder") limits the read to those
+    subtrees (a partial restore: nothing else, such as the optimizer state, is read); the tree
+    returned holds only them.
+    """
+    path = self.directory / str(step)
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      tree = handler.metadata(path / STATE)
+      tree = getattr(tree, "tree", tree)
+      wanted = tree if paths is None else _select(tree, paths,
+                                                  f"checkpoint step {step} in {path}")
+      # The target comes from the checkpoint's own metadata, placed on one local device, so
+      # a checkpoint written by any mesh or number of hosts reads back here.
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            wanted)
+      restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), wanted)
+      restored = handler.restore(path / STATE, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=restore_args, partial_restore=paths is not None))
+    except KeyError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointCorruptError(f"cannot restore checkpoint {path}: {e}") from e
+    finally:
+      handler.close()
+    return jax.tree.map(np.asarray, restored)
+
+
 def load_arrays(workdir: str, step: int | None = None,
                 paths: Sequence[str] | None = None) -> tuple[int, dict]:
-  """The saved train state of a run as host numpy arrays (latest step by default).
-
-  `paths` ('/'-joined, e.g. "ema_params" or "params/autoencoder") limits the read to those
-  subtrees (a partial restore: nothing else, such as the optimizer state, is read); the tree
-  returned holds only them. For tools that read a finished run (inference, evaluation, tests)
-  without building the optimizer; the trainer itself restores onto its mesh with
-  Checkpointer.restore.
-  """
-  directory = checkpoint_dir(workdir)
-  if not directory.exists():
-    raise FileNotFoundError(f"no checkpoints in {directory}")
-  manager = ocp.CheckpointManager(directory, item_names=(STATE,),
-                                  item_handlers={STATE: ocp.StandardCheckpointHandler()})
-  try:
-    steps = sorted(manager.all_steps())
-  finally:
-    manager.close()
-  step = (steps[-1] if steps else None) if step is None else int(step)
-  if step is None:
-    raise FileNotFoundError(f"no checkpoints in {directory}")
-  if step not in steps:
-    raise FileNotFoundError(f"no checkpoint of step {step} in {directory} (it has steps "
-                            f"{steps})")
-  path = directory / str(step)
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    tree = handler.metadata(path / STATE)
-    tree = getattr(tree, "tree", tree)
-    wanted = tree if paths is None else _select(tree, paths, f"checkpoint step {step} in {path}")
-    # The target comes from the checkpoint's own metadata, placed on one local device, so
-    # a checkpoint written by any mesh or number of hosts reads back here.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          wanted)
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), wanted)
-    restored = handler.restore(path / STATE, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=paths is not None))
-  except KeyError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointCorruptError(f"cannot restore checkpoint {path}: {e}") from e
-  finally:
-    handler.close()
-  return step, jax.tree.map(np.asarray, restored)
+  """(step, CheckpointReader.arrays) of a run's checkpoint (the latest by default)."""
+  with CheckpointReader(workdir) as reader:
+    step = reader.resolve_step(step)
+    return step, reader.arrays(step, paths)
 
 
 def _select(tree: dict, paths: Sequence[str], where: str) -> dict:

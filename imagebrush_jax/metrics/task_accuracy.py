@@ -85,18 +85,6 @@ def task_identification_correct(generated, candidates, true_index) -> np.ndarray
   return closer & (d_true[:, 0] <= MARGIN ** 2 * nearest)
 
 
-def task_identification_accuracy(generated, candidates, true_index) -> float:
-  """Fraction of samples whose generated image identifies the true task: near its output, nearer
-  than to any other (different) output (see the module docstring).
-
-  Args:
-    generated: [B, *image] generated outputs I' (any numeric range, the same as candidates).
-    candidates: [B, N, *image] each candidate task's output for the same query I.
-    true_index: [B] index of the true task among the N candidates.
-  """
-  return float(np.mean(task_identification_correct(generated, candidates, true_index)))
-
-
 def chance_accuracy(candidates, true_index) -> np.ndarray:
   """Per sample, the accuracy of outputting a uniformly random candidate's image: (candidates
   equal to the true one) / (number of candidates). A pick equal to the true output is correct;

@@ -275,7 +275,7 @@ def train_step(config: ml_collections.ConfigDict, batch_size: int,
     k, tile = int(config.data.num_examples), int(config.data.tile_size)
     parts["autoencoder_encode"] = autoencoder_encode(autoencoder, batch_size * 2 * (k + 1), tile)
     model += parts["autoencoder_encode"]
-  policy = str(config.model.get("remat_policy", "") or "")
+  policy = str(config.model.remat_policy or "")
   if not remat:
     hardware = model
   elif policy in _POLICY_RECOMPUTES_MATMULS:
@@ -304,6 +304,6 @@ def model_flops_fn(config: ml_collections.ConfigDict,
                    autoencoder: ae.AutoencoderConfig | None = None):
   """global batch -> the train step's model FLOPs (MFU's numerator), for the paper's model;
   None with a variant's plug-ins, whose layers this count leaves out (XLA's count then)."""
-  if config.model.get("variant", ""):
+  if config.model.variant:
     return None
   return lambda batch_size: train_step(config, batch_size, autoencoder).model

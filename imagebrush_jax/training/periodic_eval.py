@@ -93,7 +93,7 @@ class Evaluator:
     # Edit quality on fresh grids of the training tasks (seed + 2: scenes never trained on).
     self.acc_batches, self.acc_tasks, self.acc_candidates = [], (), None
     self.vocabulary = pipeline.task_vocabulary(config)
-    if tc.get("accuracy_num_grids", 0):
+    if tc.accuracy_num_grids:
       host = pipeline.make_eval_batches(config, num_grids=int(tc.accuracy_num_grids),
                                         seed=seed + 2, tasks=tuple(config.data.train_tasks),
                                         candidates=True)

@@ -19,8 +19,8 @@ VARIANTS = {"cpu_demo": cpu_demo.plugins}
 def plugins(config: ml_collections.ConfigDict,
             runtime: runtime_lib.Runtime) -> model_lib.Plugins:
   """The plug-ins of config.model.variant with config.model.variant_options; none for ''."""
-  name = config.model.get("variant", "")
-  options = dict(config.model.get("variant_options", None) or {})
+  name = config.model.variant
+  options = dict(config.model.variant_options or {})
   if not name:
     if options:
       raise ValueError(f"config.model.variant_options {sorted(options)} given without "

@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -435,10 +435,3 @@ def build(opts: BuildOptions, *, progress: bool = False) -> dict:
 def summary_line(summary: dict) -> str:
   """The CLI's last stdout line: the summary without the options."""
   return json.dumps({k: v for k, v in summary.items() if k != "options"})
-
-
-def iter_errors(output: str) -> Iterable[dict]:
-  """The skipped inputs of a finished build."""
-  with open(os.path.join(output, ERRORS_FILE), encoding="utf-8") as f:
-    for line in f:
-      yield json.loads(line)
