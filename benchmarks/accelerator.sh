@@ -16,7 +16,7 @@ PY=${PY:-.venv/bin/python}
 CONFIG=${CONFIG:-configs/paper_256.py}
 OUT_DIR=${OUT_DIR:-runs/accelerator}
 mkdir -p "$OUT_DIR"
-"$PY" -m imagebrush_jax.perf.hardware | tee "$OUT_DIR/device.txt"
+"$PY" -m imagebrush_jax.hardware | tee "$OUT_DIR/device.txt"
 "$PY" benchmarks/train_mfu.py --config "$CONFIG" --batch_per_device "${BATCH_PER_DEVICE:-12}" \
   --remat_policy "${REMAT_POLICY:-dots_saveable}" --attention_impl "${ATTENTION_IMPL:-auto}" \
   --steps "${TRAIN_STEPS:-10}" "$@" | tee "$OUT_DIR/train_mfu.log"

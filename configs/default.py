@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.source = "synthetic"  # synthetic | folder | tfds
   c.data.tile_size = 16  # pixels per grid cell (before any latent encoding)
   c.data.num_examples = 1  # K example rows in the grid; K=1 is the paper's 2x2 grid
-  c.data.train_tasks = GLOBAL_TASKS  # names from `python -m imagebrush_jax.data.tasks --list`
+  c.data.train_tasks = GLOBAL_TASKS  # names from `python -m imagebrush_jax.tasks --list`
   # Never trained on; evaluated to measure generalisation (here: unseen compositions 'a+b').
   c.data.heldout_tasks = ("hflip+invert", "vflip+grayscale")
   # Source-specific options, one sub-dict per source.
@@ -58,7 +58,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.prefetch_buffer = 4  # batches buffered per worker
   c.data.read_threads = 1  # threads per process computing batches
   c.data.eval_batch_size = 32  # grids per batch from make_eval_batches
-  # END data
 
   # ---------------------------------------------------------------- model
   # The paper's model: the UNet inpaints the zeroed target cell of the grid, reading the prompt
@@ -120,7 +119,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.prompt.mixer.depth = 2
   c.model.prompt.mixer.num_heads = 4
   c.model.prompt.mixer.mlp_ratio = 4
-  # END model
 
   # ---------------------------------------------------------------- diffusion + sampling
   c.diffusion = ml_collections.ConfigDict()
@@ -145,7 +143,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.eta = 0.0  # 0 = deterministic DDIM; 1 = ancestral noise
   c.sampling.spacing = "leading"  # leading (SD's DDIM) | trailing | linspace
   c.sampling.clip_x0 = True  # clip predicted x0 to [-1, 1] (pixel space; off for latents)
-  # END diffusion
 
   # ---------------------------------------------------------------- training
   c.train = ml_collections.ConfigDict()
@@ -197,5 +194,4 @@ def get_config() -> ml_collections.ConfigDict:
   c.sharding = ml_collections.ConfigDict()
   c.sharding.rules = ()
   c.sharding.min_fsdp_size = 2**14
-  # END train
   return c

@@ -1,7 +1,7 @@
 """The web editor: edit an image by example in the browser, the region of interest drawn as a box.
 
-  python -m imagebrush_jax.app --workdir DIR [--port 7860] [--host 127.0.0.1] [--examples DIR]
-      [--max_upload_mb 50]
+  python -m imagebrush_jax.app --workdir DIR [--step N] [--port 7860] [--host 127.0.0.1]
+      [--examples DIR] [--max_upload_mb 50]
   python -m imagebrush_jax.app --params model.safetensors ...   (a run exported by `export`)
 
 A Gradio app, served on 127.0.0.1 unless --host says otherwise, analytics off. The page takes
@@ -25,7 +25,6 @@ an unreadable upload, a missing pair, a bad box, bad sampler settings or a file 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -35,6 +34,8 @@ from typing import Any, Sequence
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported
 
 # pylint: disable=wrong-import-position
+from absl import app
+from absl import flags
 import gradio as gr
 from gradio import processing_utils
 from gradio_image_annotation import image_annotator
@@ -265,31 +266,32 @@ def launch(demo: gr.Blocks, *, host: str, port: int, allowed_paths: Sequence[str
               quiet=True, max_file_size=max_file_size)
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m imagebrush_jax.app",
-                              description=__doc__.split("\n\n")[0])
-  run = p.add_mutually_exclusive_group(required=True)
-  run.add_argument("--workdir", help="training run folder (latest checkpoint, EMA parameters)")
-  run.add_argument("--params", help="a run exported by python -m imagebrush_jax.export")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--host", default="127.0.0.1",
-                 help="address to serve on (0.0.0.0: every interface)")
-  p.add_argument("--port", type=int, default=7860)
-  p.add_argument("--examples", default=None,
-                 help="a folder of pairs (<task>/<id>_before.png, <id>_after.png) for the gallery")
-  p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                 help="largest upload accepted, in MB of 2**20 bytes (page and API)")
-  return p
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The flags of `python -m imagebrush_jax.app` (defined when it runs, never at import)."""
+  cli.define_run_selector_flags(flag_values)
+  flags.DEFINE_string("host", "127.0.0.1", "Address to serve on (0.0.0.0: every interface).",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("port", 7860, "Port to serve on.", flag_values=flag_values)
+  flags.DEFINE_string("examples", None, "A folder of pairs (<task>/<id>_before.png, "
+                      "<id>_after.png) for the gallery.", flag_values=flag_values)
+  flags.DEFINE_float("max_upload_mb", DEFAULT_MAX_UPLOAD_MB, "Largest upload accepted, in MB of "
+                     "2**20 bytes (page and API).", flag_values=flag_values)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = _parser()
-  args = parser.parse_args(argv)
+def main(argv: Sequence[str]) -> int:
+  """`python -m imagebrush_jax.app` in this process, `argv` its flags: the exit status (a
+  usage error exits, status 2, as the program does)."""
+  return cli.call_program(define_flags, program, argv, "imagebrush_jax.app")
+
+
+def program(args: flags.FlagValues) -> int:
+  """Loads the run the parsed flags `args` choose and serves the editor until stopped."""
+  selection = cli.selected_run(args)
   if not args.max_upload_mb > 0:
-    parser.error(f"--max_upload_mb must be positive, got {args.max_upload_mb}")
+    raise app.UsageError(f"--max_upload_mb must be positive, got {args.max_upload_mb}")
   max_upload = int(args.max_upload_mb * MB)
   try:
-    run = run_loading.load(args.workdir, args.params, args.step)
+    run = run_loading.load(selection.workdir, selection.params, selection.step)
     service = service_lib.EditService(run, max_file_bytes=max_upload)
     folder = tempfile.mkdtemp(prefix="imagebrush_gallery_")
     examples = gallery_lib.builtin(run.config, folder)
@@ -297,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       examples += gallery_lib.from_folder(args.examples, service.num_examples)
   except cli.USER_ERRORS as e:  # pylint: disable=catching-non-exception
     return cli.report(e)
-  source = args.workdir or args.params
+  source = selection.source
   print(f"loaded {source} step {run.step}; compiling the sampler ...", file=sys.stderr)
   service.warm_up()
   demo = build(service, examples, title=f"ImageBrush: {os.path.basename(source.rstrip('/'))}")
@@ -308,4 +310,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_program(define_flags, program)

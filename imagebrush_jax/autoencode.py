@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imagebrush_jax.infra import cli
 from imagebrush_jax.infra import files
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.data import image_decode
@@ -83,4 +84,4 @@ if __name__ == "__main__":
   _OUTPUT = flags.DEFINE_string("output", None, "Output PNG.")
   _DTYPE = flags.DEFINE_enum("dtype", "float32", ("float32", "bfloat16"), "Compute dtype.")
   flags.mark_flags_as_required(["params", "input", "output"])
-  app.run(main)
+  cli.run(main)

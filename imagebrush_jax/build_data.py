@@ -20,34 +20,6 @@ from imagebrush_jax.data.prepare import ip2p
 from imagebrush_jax.data.prepare import units
 from imagebrush_jax.data.prepare import writer
 
-_SOURCE = flags.DEFINE_enum("source", None, units.SOURCES, "What --input holds.")
-_INPUT = flags.DEFINE_string("input", "", "The downloaded data set, or your pairs folder.")
-_OUTPUT = flags.DEFINE_string("output", None, "The data set folder to write (new or empty, or "
-                              "an interrupted build of the same flags to finish).")
-_TILE = flags.DEFINE_integer("tile_size", 256, "Tile size the data set is for; images are "
-                             "stored at crop_scale * tile_size.")
-_CROP = flags.DEFINE_float("crop_scale", 1.125, "As config.data.crop_scale.")
-_RESIZE = flags.DEFINE_string("resize_method", "bilinear", "As config.data.resize_method.")
-_FORMAT = flags.DEFINE_enum("image_format", "jpeg", writer.IMAGE_FORMATS, "Stored encoding.")
-_QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the stored images.")
-_HELDOUT = flags.DEFINE_float("heldout_fraction", 0.0, "Fraction of the tasks (chosen by a hash "
-                              "of their name) written to the held-out split.")
-_GAP = flags.DEFINE_integer("frame_gap", 4, "video: a pair is frames t and t + frame_gap.")
-_RESOLUTION = flags.DEFINE_string("davis_resolution", None, "video: the DAVIS JPEGImages "
-                                  "resolution (default: the only one, else 480p).")
-_WORKERS = flags.DEFINE_integer("workers", writer.usable_cpus(), "Worker processes (default: "
-                                 "the CPUs this process may run on).")
-_SHARD = flags.DEFINE_integer("shard_pairs", 1024, "Pairs per output shard.")
-_BEFORE = flags.DEFINE_string("before_column", ip2p.Columns.before, "ip2p parquet: before image.")
-_AFTER = flags.DEFINE_string("after_column", ip2p.Columns.after, "ip2p parquet: after image.")
-_INSTRUCTION = flags.DEFINE_string("instruction_column", ip2p.Columns.instruction,
-                                   "ip2p parquet: the edit instruction.")
-_PAIRS = flags.DEFINE_integer("pairs_per_task", 256, "synthetic: pairs per task.")
-_SEED = flags.DEFINE_integer("seed", 0, "synthetic: the scenes' seed.")
-_CONFIG = flags.DEFINE_string(
-    "config", "configs/default.py", "synthetic: the config file whose data.synthetic scenes "
-    "and train + held-out tasks are drawn.")
-
 
 def _options() -> writer.BuildOptions:
   read = units.SourceOptions(
@@ -80,5 +52,33 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program: importing this module defines none.
+  _SOURCE = flags.DEFINE_enum("source", None, units.SOURCES, "What --input holds.")
+  _INPUT = flags.DEFINE_string("input", "", "The downloaded data set, or your pairs folder.")
+  _OUTPUT = flags.DEFINE_string("output", None, "The data set folder to write (new or empty, or "
+                                "an interrupted build of the same flags to finish).")
+  _TILE = flags.DEFINE_integer("tile_size", 256, "Tile size the data set is for; images are "
+                               "stored at crop_scale * tile_size.")
+  _CROP = flags.DEFINE_float("crop_scale", 1.125, "As config.data.crop_scale.")
+  _RESIZE = flags.DEFINE_string("resize_method", "bilinear", "As config.data.resize_method.")
+  _FORMAT = flags.DEFINE_enum("image_format", "jpeg", writer.IMAGE_FORMATS, "Stored encoding.")
+  _QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the stored images.")
+  _HELDOUT = flags.DEFINE_float("heldout_fraction", 0.0, "Fraction of the tasks (chosen by a hash "
+                                "of their name) written to the held-out split.")
+  _GAP = flags.DEFINE_integer("frame_gap", 4, "video: a pair is frames t and t + frame_gap.")
+  _RESOLUTION = flags.DEFINE_string("davis_resolution", None, "video: the DAVIS JPEGImages "
+                                    "resolution (default: the only one, else 480p).")
+  _WORKERS = flags.DEFINE_integer("workers", writer.usable_cpus(), "Worker processes (default: "
+                                   "the CPUs this process may run on).")
+  _SHARD = flags.DEFINE_integer("shard_pairs", 1024, "Pairs per output shard.")
+  _BEFORE = flags.DEFINE_string("before_column", ip2p.Columns.before, "ip2p parquet: before image.")
+  _AFTER = flags.DEFINE_string("after_column", ip2p.Columns.after, "ip2p parquet: after image.")
+  _INSTRUCTION = flags.DEFINE_string("instruction_column", ip2p.Columns.instruction,
+                                     "ip2p parquet: the edit instruction.")
+  _PAIRS = flags.DEFINE_integer("pairs_per_task", 256, "synthetic: pairs per task.")
+  _SEED = flags.DEFINE_integer("seed", 0, "synthetic: the scenes' seed.")
+  _CONFIG = flags.DEFINE_string(
+      "config", "configs/default.py", "synthetic: the config file whose data.synthetic scenes "
+      "and train + held-out tasks are drawn.")
   flags.mark_flags_as_required(["source", "output"])
   cli.run(main)

@@ -12,13 +12,19 @@
       diffusers' UNet and the converted one on the same random input before writing and prints a
       JSON line with their max_abs_diff; if it exceeds 1e-4, nothing is written and the exit
       status is 1.
+  python -m imagebrush_jax.convert --from inception --input pt_inception-2015-12-05-6726825d.pth \
+      --output pt_inception.safetensors
+      pytorch-fid's InceptionV3 weights (.pth, read with PyTorch; or .npz) -> a safetensors file
+      of the same arrays under their PyTorch names, float32, which `evaluate
+      --inception_weights` reads without PyTorch (models/inception.py).
 
-The output is a safetensors file whose tensors are the Flax parameters under their '/'-joined
-paths (e.g. `encoder/conv_in/kernel`, HWIO / [in, out] layouts, float32) and whose header
-metadata holds `imagebrush_jax.kind` ('autoencoder_kl' | 'vit' | 'unet'),
+Except for inception's, the output is a safetensors file whose tensors are the Flax parameters
+under their '/'-joined paths (e.g. `encoder/conv_in/kernel`, HWIO / [in, out] layouts, float32)
+and whose header metadata holds `imagebrush_jax.kind` ('autoencoder_kl' | 'vit' | 'unet'),
 `imagebrush_jax.architecture` (JSON of the sizes), `imagebrush_jax.version` and
-`imagebrush_jax.source`; see converters/params_file.py. No pickle is read or written. The file
-is written atomically. Missing or unexpected keys and shape mismatches stop the conversion with
+`imagebrush_jax.source`; see converters/params_file.py. No pickle is written, and none read but
+a .pth given to --from inception (with PyTorch's weights_only loader). Every file is written
+atomically. Missing or unexpected keys and shape mismatches stop the conversion with
 one error that lists them. (An autoencoder trained here needs no conversion:
 `imagebrush_jax.train_autoencoder` exports this format itself.)
 """
@@ -29,15 +35,19 @@ import sys
 
 from absl import app
 from absl import flags
+import numpy as np
+from safetensors import numpy as safetensors_np
 
+from imagebrush_jax.infra import cli
 from imagebrush_jax.infra import files
 from imagebrush_jax.converters import autoencoder_params
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.converters import sd_unet
 from imagebrush_jax.converters import sd_vae
 from imagebrush_jax.converters import vit as vit_conv
+from imagebrush_jax.models import inception
 
-SOURCES = ("sd_vae", "sd_unet", "vit")
+SOURCES = ("sd_vae", "sd_unet", "vit", "inception")
 
 
 def convert_sd_vae(folder: str, output: str) -> list[str]:
@@ -75,6 +85,17 @@ def convert_vit(path: str, output: str, num_heads: int | None, lossy: bool) -> l
       f"(set config.model.prompt.vit.* and config.model.prompt.image_size to these)"]
 
 
+def convert_inception(path: str, output: str) -> list[str]:
+  """pytorch-fid's InceptionV3 state dict -> its arrays (checked by name and shape, float32)
+  as a safetensors file under their PyTorch names, which inception.load_params reads."""
+  state = inception.read_state_dict(path)
+  inception.params_from_state_dict(state)  # every array the network reads, of its shape
+  keep = {k: np.ascontiguousarray(state[k], np.float32) for k in inception.torch_state_shapes()}
+  files.write_bytes_atomic(output, safetensors_np.save(keep))
+  return [f"InceptionV3 (pytorch-fid): {len(keep)} arrays under their PyTorch names "
+          f"(evaluate --inception_weights)"]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -89,10 +110,12 @@ def main(argv):
       notes = convert_sd_vae(path, output)
     elif source == "sd_unet":
       notes, check = convert_sd_unet(path, output, _VERIFY.value)
+    elif source == "inception":
+      notes = convert_inception(path, output)
     else:
       notes = convert_vit(path, output, _NUM_HEADS.value, _LOSSY.value)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
+    print(f"error: {cli.error_message(e)}", file=sys.stderr)
     sys.exit(1)
   if check is not None and not check["ok"]:
     print(json.dumps(check))
@@ -121,4 +144,4 @@ if __name__ == "__main__":
                               "sd_unet: compare the converted UNet with diffusers' on a random "
                               "input and print the JSON result (needs torch + diffusers).")
   flags.mark_flags_as_required(["from", "input", "output"])
-  app.run(main)
+  cli.run(main)

@@ -1,6 +1,6 @@
 """The demo's report: one sample per training task and the accuracy-vs-minutes curve.
 
-  python -m imagebrush_jax.demo_report --workdir runs/demo [--metrics metrics.json]
+  python -m imagebrush_jax.demo_report --workdir runs/demo [--step N] [--metrics metrics.json]
 
 Writes WORKDIR/report.png (a row per training task: E, E', I, generated, ground truth, on fresh
 grids never trained on) and WORKDIR/accuracy_curve.png (task-identification accuracy and PSNR
@@ -10,22 +10,23 @@ tasks); `python -m imagebrush_jax.evaluate` writes the full one.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
 import time
 from typing import Sequence
 
+from absl import flags
 import jax
 import numpy as np
 
+from imagebrush_jax.infra import cli
 from imagebrush_jax.infra import files
 from imagebrush_jax.training import periodic_eval
+from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.inference import run_loading
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.core import grid as grid_lib
-from imagebrush_jax.core import objective as objective_lib
 from imagebrush_jax.metrics import edits
 
 REPORT_SEED = periodic_eval.EVAL_SEED_OFFSET + 7  # fresh scenes, none seen in training
@@ -73,31 +74,42 @@ def plot_curve(records: Sequence[dict], out_path, title: str = "") -> bool:
   return True
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m imagebrush_jax.demo_report",
-                              description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--metrics", default="", help="also write this metrics JSON (relative: WORKDIR)")
-  p.add_argument("--num_grids", type=int, default=240, help="grids for --metrics")
-  p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of report.png")
-  args = p.parse_args(argv)
-  workdir = files.as_path(args.workdir)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The flags of `python -m imagebrush_jax.demo_report` (defined when it runs, never at
+  import)."""
+  cli.define_run_selector_flags(flag_values, exported=False)
+  flags.DEFINE_string("metrics", "", "Also write this metrics JSON (relative: WORKDIR).",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("num_grids", 240, "Grids for --metrics.", flag_values=flag_values)
+  flags.DEFINE_integer("scale", 4, "Nearest-neighbour upscaling of report.png.",
+                       flag_values=flag_values)
+
+
+def main(argv: Sequence[str]) -> int:
+  """`python -m imagebrush_jax.demo_report` in this process, `argv` its flags: the exit status
+  (a usage error exits, status 2, as the program does)."""
+  return cli.call_program(define_flags, program, argv, "imagebrush_jax.demo_report")
+
+
+def program(args: flags.FlagValues) -> int:
+  """Writes the report of the run the parsed flags `args` choose; returns the exit status."""
+  selection = cli.selected_run(args)
+  workdir = files.as_path(selection.workdir)
   try:
-    run = run_loading.load_run(str(workdir))
+    run = run_loading.load_run(str(workdir), selection.step)
   except (ValueError, FileNotFoundError, KeyError, files.StorageAccessError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   config = run.config
   names = tuple(config.data.train_tasks)
-  sample_fn = objective_lib.make_sample_fn(run.model, config, run.space)
-  params = jax.device_put(run.params)
+  # The one sampler facade (as infer, the web editor and evaluate use), sized for both batches.
+  editor = editor_lib.Editor(run, batch_size=max(len(names), int(config.data.eval_batch_size)))
   k, tile = config.data.num_examples, config.data.tile_size
 
   # report.png: one fresh grid per training task.
   batch = pipeline.make_eval_batches(config, num_grids=len(names), seed=REPORT_SEED, tasks=names,
                                      batch_size=len(names))[0]
-  out = sample_fn(params, batch, jax.random.key(0))
-  generated = np.asarray(grid_lib.unit_to_pixels(out["target"]))
+  generated = editor.edit_grids(batch, jax.random.key(0))
   sheet = periodic_eval.sample_sheet(np.asarray(batch["grid"]), generated, k)
   sheet = np.repeat(np.repeat(sheet, args.scale, 0), args.scale, 1)
   files.save_png_atomic(workdir / "report.png", sheet)
@@ -116,8 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, b in enumerate(pipeline.make_eval_batches(config, num_grids=args.num_grids,
                                                      seed=REPORT_SEED + 1, tasks=names,
                                                      candidates=True)):
-      o = sample_fn(params, b, jax.random.fold_in(jax.random.key(1), i))
-      gens.append(np.asarray(grid_lib.unit_to_pixels(o["target"])))
+      gens.append(editor.edit_grids(b, jax.random.fold_in(jax.random.key(1), i)))
       grids.append(np.asarray(b["grid"]))
       task_names += [vocab[int(t)] for t in b["task_id"]]
       if "candidates" in b:
@@ -139,4 +150,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_program(define_flags, program)

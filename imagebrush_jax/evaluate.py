@@ -3,6 +3,8 @@
   python -m imagebrush_jax.evaluate --workdir DIR --num_examples 256 --output metrics.json \
       [--seed 1000003] [--steps N] [--guidance S] [--inception_weights pt_inception.safetensors]
       [--example_pairs as_drawn|repeat_first|reversed|from_other_grid]
+(--step N takes an earlier checkpoint; --params model.safetensors, a run exported by
+`python -m imagebrush_jax.export`, stands in for --workdir.)
 
 Grids cover config.data.train_tasks and config.data.heldout_tasks in turn: synthetic ones from a
 fresh seed (scenes never trained on), stored ones (folder, tfds) from the pairs held out of
@@ -30,13 +32,13 @@ task's), leaving the query and its true I' as they were.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
-import sys
 import time
 from typing import Callable, Mapping, Sequence
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
@@ -201,35 +203,44 @@ def evaluate_run(workdir: str | None, *, num_examples: int, seed: int = DEFAULT_
   return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m imagebrush_jax.evaluate",
-                              description=__doc__.split("\n\n")[0])
-  run = p.add_mutually_exclusive_group(required=True)
-  run.add_argument("--workdir", help="training run folder (latest checkpoint)")
-  run.add_argument("--params", help="a run exported by python -m imagebrush_jax.export")
-  p.add_argument("--num_examples", type=int, required=True, help="evaluation grids")
-  p.add_argument("--output", required=True, help="metrics JSON file (written atomically)")
-  p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="fresh data seed")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--batch_size", type=int, default=None, help="grids per sampler call")
-  p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: config)")
-  p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: config)")
-  p.add_argument("--inception_weights", default=None,
-                 help="pt_inception-2015-12-05 weights (.safetensors/.npz, or .pth with torch): "
-                      "cycle metrics as FID instead of pixel MSE")
-  p.add_argument("--no_cycle", action="store_true", help="skip the cycle metrics")
-  p.add_argument("--example_pairs", choices=EXAMPLE_PAIRS, default="as_drawn",
-                 help="alter the example pairs (see above) to probe what the model reads")
-  args = p.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The flags of `python -m imagebrush_jax.evaluate` (defined when it runs, never at import)."""
+  cli.define_run_selector_flags(flag_values)
+  flags.DEFINE_integer("num_examples", None, "Evaluation grids.", flag_values=flag_values)
+  flags.DEFINE_string("output", None, "Metrics JSON file (written atomically).",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("seed", DEFAULT_SEED, "Fresh data seed.", flag_values=flag_values)
+  flags.DEFINE_integer("batch_size", None, "Grids per sampler call.", flag_values=flag_values)
+  flags.DEFINE_integer("steps", None, "DDIM steps (default: config).", flag_values=flag_values)
+  flags.DEFINE_float("guidance", None, "Guidance scale (default: config).",
+                     flag_values=flag_values)
+  flags.DEFINE_string("inception_weights", None, "pt_inception-2015-12-05 weights "
+                      "(.safetensors/.npz, or .pth with torch): cycle metrics as FID instead of "
+                      "pixel MSE.", flag_values=flag_values)
+  flags.DEFINE_bool("no_cycle", False, "Skip the cycle metrics.", flag_values=flag_values)
+  flags.DEFINE_enum("example_pairs", "as_drawn", EXAMPLE_PAIRS, "Alter the example pairs (see "
+                    "above) to probe what the model reads.", flag_values=flag_values)
+  flags.mark_flags_as_required(["num_examples", "output"], flag_values=flag_values)
+
+
+def main(argv: Sequence[str]) -> int:
+  """`python -m imagebrush_jax.evaluate` in this process, `argv` its flags: the exit status (a
+  usage error exits, status 2, as the program does)."""
+  return cli.call_program(define_flags, program, argv, "imagebrush_jax.evaluate")
+
+
+def program(args: flags.FlagValues) -> int:
+  """Evaluates the run the parsed flags `args` choose; returns the exit status."""
+  selection = cli.selected_run(args)
   if args.num_examples < 1:
-    p.error(f"--num_examples must be positive, got {args.num_examples}")
+    raise app.UsageError(f"--num_examples must be positive, got {args.num_examples}")
   try:
     files.check_access(args.output)  # a bucket that cannot be used stops here, before any work
-    metrics = evaluate_run(args.workdir, num_examples=args.num_examples, seed=args.seed,
-                           step=args.step, batch_size=args.batch_size, num_steps=args.steps,
+    metrics = evaluate_run(selection.workdir, num_examples=args.num_examples, seed=args.seed,
+                           step=selection.step, batch_size=args.batch_size, num_steps=args.steps,
                            guidance_scale=args.guidance,
                            inception_weights=args.inception_weights,
-                           cycle_metrics=not args.no_cycle, params=args.params,
+                           cycle_metrics=not args.no_cycle, params=selection.params,
                            example_pairs=args.example_pairs)
   except cli.USER_ERRORS as e:  # pylint: disable=catching-non-exception
     return cli.report(e)
@@ -244,4 +255,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_program(define_flags, program)

@@ -6,9 +6,10 @@ instead of --workdir and edit with exactly as from the checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Sequence
+
+from absl import flags
 
 from imagebrush_jax.infra import checkpoint as ckpt_lib
 from imagebrush_jax.infra import cli
@@ -16,24 +17,34 @@ from imagebrush_jax.infra import files
 from imagebrush_jax.inference import run_loading
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m imagebrush_jax.export",
-                              description=__doc__.split("\n\n")[0])
-  p.add_argument("--workdir", required=True, help="training run folder")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--output", required=True, help="the .safetensors file to write (atomically)")
-  args = p.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The flags of `python -m imagebrush_jax.export` (defined when it runs, never at import)."""
+  cli.define_run_selector_flags(flag_values, exported=False)
+  flags.DEFINE_string("output", None, "The .safetensors file to write (atomically).",
+                      flag_values=flag_values)
+  flags.mark_flags_as_required(["output"], flag_values=flag_values)
+
+
+def main(argv: Sequence[str]) -> int:
+  """`python -m imagebrush_jax.export` in this process, `argv` its flags: the exit status (a
+  usage error exits, status 2, as the program does)."""
+  return cli.call_program(define_flags, program, argv, "imagebrush_jax.export")
+
+
+def program(args: flags.FlagValues) -> int:
+  """Exports the run the parsed flags `args` choose; returns the exit status."""
+  selection = cli.selected_run(args)
   try:
     files.check_access(args.output)
-    run = run_loading.load_run(args.workdir, args.step)
+    run = run_loading.load_run(selection.workdir, selection.step)
     run_loading.save_params_file(run, args.output)
   except cli.USER_ERRORS as e:  # pylint: disable=catching-non-exception
     return cli.report(e)
   count = ckpt_lib.param_count(run.params)
-  print(f"exported step {run.step} of {args.workdir} ({count / 1e6:.2f}M parameters) to "
+  print(f"exported step {run.step} of {selection.workdir} ({count / 1e6:.2f}M parameters) to "
         f"{args.output}", file=sys.stderr)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_program(define_flags, program)

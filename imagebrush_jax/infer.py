@@ -3,8 +3,9 @@
 Single edit (latest checkpoint of WORKDIR, EMA parameters):
   python -m imagebrush_jax.infer --workdir DIR --before a.png --after b.png --query q.png \
       --output out.png [--box x0,y0,x1,y1] [--steps 50] [--guidance 7.5] [--seed 0]
-(--before / --after repeat, in order, for several example pairs; --params model.safetensors, a
-run exported by `python -m imagebrush_jax.export`, stands in for --workdir.)
+(--before / --after repeat, in order, for several example pairs; --step N takes an earlier
+checkpoint; --params model.safetensors, a run exported by `python -m imagebrush_jax.export`,
+stands in for --workdir.)
 
 Batch edit from a JSON-lines manifest (see inference/manifest.py for the row format):
   python -m imagebrush_jax.infer --workdir DIR --manifest rows.jsonl --output_dir OUT \
@@ -33,12 +34,12 @@ settings are checked as the web editor checks them (inference/editor.py): --seed
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Sequence
 
-import numpy as np
+from absl import app
+from absl import flags
 
 from imagebrush_jax.inference import batch as batch_lib
 from imagebrush_jax.inference import editor as editor_lib
@@ -51,61 +52,67 @@ from imagebrush_jax.infra import files
 # ---------------------------------------------------------------------------- command line
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m imagebrush_jax.infer",
-                              description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  run = p.add_mutually_exclusive_group(required=True)
-  run.add_argument("--workdir", help="training run folder (latest checkpoint)")
-  run.add_argument("--params", help="a run exported by python -m imagebrush_jax.export")
-  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--raw_params", action="store_true",
-                 help="use the raw parameters instead of the EMA ones")
-  single = p.add_argument_group("single edit")
-  single.add_argument("--before", action="append", default=[], help="example input (repeat)")
-  single.add_argument("--after", action="append", default=[], help="example output (repeat)")
-  single.add_argument("--query", help="image to edit")
-  single.add_argument("--output", help="output PNG, the query's size")
-  single.add_argument("--box", help="x0,y0,x1,y1 region of the query to edit, in its pixels")
-  batch = p.add_argument_group("batch edit")
-  batch.add_argument("--manifest", help="JSON-lines file of edits")
-  batch.add_argument("--output_dir", help="folder for outputs and errors.jsonl")
-  batch.add_argument("--batch_size", type=int, default=None,
-                     help="grids per device batch (default 8 x local devices)")
-  batch.add_argument("--no_skip", action="store_true", help="redo rows whose output exists")
-  s = p.add_argument_group("sampling (defaults: the run's config.sampling)")
-  s.add_argument("--steps", type=int, default=None,
-                 help="DDIM steps, 1 to the run's diffusion.num_timesteps")
-  s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-  s.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
-  s.add_argument("--seed", type=int, default=0)
-  return p
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The flags of `python -m imagebrush_jax.infer` (defined when it runs, never at import)."""
+  cli.define_run_selector_flags(flag_values)
+  flags.DEFINE_bool("raw_params", False, "Use the raw parameters instead of the EMA ones.",
+                    flag_values=flag_values)
+  # A single edit.
+  flags.DEFINE_multi_string("before", [], "Example input (repeat, in order)",
+                            flag_values=flag_values)
+  flags.DEFINE_multi_string("after", [], "Example output (repeat, in order)",
+                            flag_values=flag_values)
+  flags.DEFINE_string("query", None, "Image to edit.", flag_values=flag_values)
+  flags.DEFINE_string("output", None, "Output PNG, the query's size.", flag_values=flag_values)
+  flags.DEFINE_string("box", None, "x0,y0,x1,y1 region of the query to edit, in its pixels.",
+                      flag_values=flag_values)
+  # A batch of edits.
+  flags.DEFINE_string("manifest", None, "JSON-lines file of edits.", flag_values=flag_values)
+  flags.DEFINE_string("output_dir", None, "Folder for outputs and errors.jsonl.",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("batch_size", None, "Grids per device batch (default 8 x local devices).",
+                       flag_values=flag_values)
+  flags.DEFINE_bool("no_skip", False, "Redo rows whose output exists.", flag_values=flag_values)
+  # Sampling (defaults: the run's config.sampling).
+  flags.DEFINE_integer("steps", None, "DDIM steps, 1 to the run's diffusion.num_timesteps.",
+                       flag_values=flag_values)
+  flags.DEFINE_float("guidance", None, "Classifier-free guidance scale.",
+                     flag_values=flag_values)
+  flags.DEFINE_float("eta", None, "DDIM eta (0 = deterministic).", flag_values=flag_values)
+  flags.DEFINE_integer("seed", 0, "Sampling seed, in [0, 2**63).", flag_values=flag_values)
 
 
-def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _check_args(args: flags.FlagValues) -> None:
   single = [args.before, args.after, args.query, args.output, args.box]
   if args.manifest:
     if any(single):
-      p.error("--manifest cannot be combined with --before/--after/--query/--output/--box")
+      raise app.UsageError("--manifest cannot be combined with "
+                           "--before/--after/--query/--output/--box")
     if not args.output_dir:
-      p.error("--manifest needs --output_dir")
+      raise app.UsageError("--manifest needs --output_dir")
   else:
     if args.output_dir:
-      p.error("--output_dir goes with --manifest")
+      raise app.UsageError("--output_dir goes with --manifest")
     if not (args.query and args.output and args.before and args.after):
-      p.error("a single edit needs --before, --after, --query and --output "
-              "(or use --manifest and --output_dir)")
+      raise app.UsageError("a single edit needs --before, --after, --query and --output "
+                           "(or use --manifest and --output_dir)")
     if len(args.before) != len(args.after):
-      p.error(f"--before given {len(args.before)} time(s) but --after {len(args.after)}: "
-              f"they pair up in order")
+      raise app.UsageError(f"--before given {len(args.before)} time(s) but --after "
+                           f"{len(args.after)}: they pair up in order")
   if args.batch_size is not None and args.batch_size < 1:
-    p.error(f"--batch_size must be positive, got {args.batch_size}")
+    raise app.UsageError(f"--batch_size must be positive, got {args.batch_size}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  p = _parser()
-  args = p.parse_args(argv)
-  _check_args(p, args)
+def main(argv: Sequence[str]) -> int:
+  """`python -m imagebrush_jax.infer` in this process, `argv` its flags: the exit status (a
+  usage error exits, status 2, as the program does)."""
+  return cli.call_program(define_flags, program, argv, "imagebrush_jax.infer")
+
+
+def program(args: flags.FlagValues) -> int:
+  """Edits as the parsed flags `args` say; returns the exit status."""
+  selection = cli.selected_run(args)
+  _check_args(args)
   try:  # a bucket that cannot be used stops the job here (load_run checks --workdir's)
     for path in (args.manifest, args.output, args.output_dir):
       if path:
@@ -123,20 +130,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
       box = None if args.box is None else tuple(images.parse_box(args.box))
     except ValueError as e:
-      p.error(str(e))
+      raise app.UsageError(str(e)) from e
     single_row = manifest_lib.Row(
         line=0, examples=tuple(zip(args.before, args.after)), query=args.query,
         output=files.absolute(args.output), box=box)
 
   try:  # the messages name the folder, the checkpoint or the parameter that is wrong
-    run = run_loading.load(args.workdir, args.params, args.step, use_ema=not args.raw_params)
+    run = run_loading.load(selection.workdir, selection.params, selection.step,
+                           use_ema=not args.raw_params)
   except cli.USER_ERRORS as e:  # pylint: disable=catching-non-exception
     return cli.report(e)
   try:
     spec = batch_lib.tile_spec(run.config)
   except ValueError as e:
-    return cli.fail(f"the run config of {args.workdir or args.params}: {e}")
-  print(f"loaded {args.workdir or args.params} step {run.step} "
+    return cli.fail(f"the run config of {selection.source}: {e}")
+  print(f"loaded {selection.source} step {run.step} "
         f"({'raw' if args.raw_params else 'EMA'} parameters)", file=sys.stderr)
   try:  # the sampler settings, checked against the run (--steps <= diffusion.num_timesteps)
     editor = editor_lib.Editor(run, batch_size=1 if single_row else args.batch_size,
@@ -146,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   if single_row is not None:
     try:
-      loaded = batch_lib.load_row(single_row, num_examples=int(run.config.data.num_examples), spec=spec)
+      loaded = batch_lib.load_row(single_row, num_examples=int(run.config.data.num_examples),
+                                  spec=spec)
     except (ValueError, OSError) as e:
       return cli.fail(batch_lib.one_line(e))
     batch = {k: v[None] for k, v in loaded.grid.items()}
@@ -171,4 +180,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run_program(define_flags, program)

@@ -1,5 +1,5 @@
-"""What a user sees when a command is given a bad config or input: one line naming the key or
-file, exit status 2, no traceback."""
+"""What a user sees when a command is given bad flags, a bad config or input: one line naming the
+flag, key or file, exit status 2, no traceback."""
 import os
 import subprocess
 import sys
@@ -44,3 +44,49 @@ def test_data_build_input_errors_are_one_line(tmp_path):
   proc = _run("imagebrush_jax.build_data", "--source", "folder", "--output", str(tmp_path))
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == ["error: --input is required for --source folder"]
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("imagebrush_jax.infer", ["--bogus", "1"], "error: Unknown command line flag 'bogus'"),
+    ("imagebrush_jax.infer", ["--before", "a.png"],
+     "error: give a run folder (--workdir) or an exported file (--params)"),
+    ("imagebrush_jax.app", ["--workdir", "runs/x", "--params", "x.safetensors"],
+     "error: give a run folder (--workdir) or an exported file (--params), not both"),
+    ("imagebrush_jax.infer", ["--params", "x.safetensors", "--step", "3"],
+     "error: --step chooses a checkpoint of a run folder (--workdir); an exported file "
+     "(--params) holds one set of parameters"),
+    ("imagebrush_jax.infer", ["--workdir", "runs/x", "--seed", "one"],
+     "error: flag --seed=one: invalid literal for int() with base 10: 'one'"),
+    ("imagebrush_jax.evaluate", ["--workdir", "runs/x", "--output", "m.json"],
+     "error: --num_examples is required"),
+    ("imagebrush_jax.evaluate", ["--workdir", "runs/x", "--output", "m.json", "--num_examples",
+                                 "0"], "error: --num_examples must be positive, got 0"),
+    ("imagebrush_jax.export", ["--output", "m.safetensors"], "error: --workdir is required"),
+    ("imagebrush_jax.export", ["--params", "m.safetensors", "--output", "n.safetensors"],
+     "error: Unknown command line flag 'params'"),
+    ("imagebrush_jax.demo_report", ["--workdir", "runs/x", "extra"],
+     "error: unexpected arguments: extra"),
+    ("imagebrush_jax.hardware", ["--expect", "xpu"],
+     "error: flag --expect=xpu: value should be one of <cpu|gpu|tpu>"),
+    ("imagebrush_jax.convert", ["--from", "inception", "--input", "w.pth", "--output", "w.pth"],
+     "error: --output must differ from --input"),
+    ("imagebrush_jax.train", ["--config", "configs/tiny_test.py"],
+     "error: --workdir is required"),
+])
+def test_usage_errors_are_one_line(module, args, message):
+  proc = _run(module, *args)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert [l for l in proc.stderr.splitlines() if l.strip()] == [message]
+
+
+def test_in_process_main_parses_a_fresh_flag_set_each_call(capsys):
+  """A program's main(argv) runs as `python -m` does, with its own flags each call."""
+  from imagebrush_jax import infer  # pylint: disable=g-import-not-at-top
+  for _ in range(2):
+    with pytest.raises(SystemExit) as exit_info:
+      infer.main(["--workdir", "runs/x", "--manifest", "m.jsonl"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --manifest needs --output_dir\n"
+  assert infer.main(["--workdir", "/no/such/run", "--before", "a.png", "--after", "b.png",
+                     "--query", "q.png", "--output", "o.png"]) == 2
+  assert capsys.readouterr().err == "error: run folder /no/such/run does not exist\n"

@@ -1,4 +1,5 @@
-"""Command-line entry points of the data package: preview sheet and TFDS writer."""
+"""The programs over the data package: the preview sheet (imagebrush_jax.preview) and the data
+set builder (imagebrush_jax.build_data)."""
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ def run(*args):
 
 def test_preview_writes_the_training_grids_labelled(tmp_path):
   out = tmp_path / "sub" / "grids.png"
-  run("imagebrush_jax.data.preview", "--config", "configs/tiny_test.py", "--num", "4",
+  run("imagebrush_jax.preview", "--config", "configs/tiny_test.py", "--num", "4",
       "--out", str(out))
   sheet = np.asarray(Image.open(out).convert("RGB"))
   # Tiles of 8 pixels are upscaled 6x (to at least 48); 4 grids of 16 x 16 in one row, each

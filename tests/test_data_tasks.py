@@ -42,9 +42,14 @@ def test_registry_has_the_global_tasks_and_at_least_16_in_all():
 
 
 def test_cli_lists_exactly_the_registered_names():
-  out = subprocess.run([sys.executable, "-m", "imagebrush_jax.data.tasks", "--list"],
+  out = subprocess.run([sys.executable, "-m", "imagebrush_jax.tasks", "--list"],
                        capture_output=True, text=True, check=True).stdout
   assert out.splitlines() == list(tasks.task_names())
+  table = subprocess.run([sys.executable, "-m", "imagebrush_jax.tasks"], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+  assert [line.split()[:2] for line in table] == [
+      [n, "global" if n in GLOBAL else "object"] for n in tasks.task_names()]
+  assert table[0].endswith(tasks.get_task("hflip").doc)
 
 
 @pytest.mark.parametrize("name", tasks.task_names() + COMPOSITIONS)

@@ -1,8 +1,15 @@
-"""The JAX InceptionV3 reads pt_inception-2015-12-05 (pytorch-fid) weights by PyTorch name."""
+"""The JAX InceptionV3 reads pt_inception-2015-12-05 (pytorch-fid) weights by PyTorch name;
+`python -m imagebrush_jax.convert --from inception` turns the .pth into safetensors."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
+import jax
 import jax.numpy as jnp
 from imagebrush_jax.models import inception
 
@@ -53,3 +60,37 @@ def test_loads_random_weights_and_matches_a_reference_conv(tmp_path):
     inception.load_params(str(path))
   with pytest.raises(FileNotFoundError):
     inception.load_params(str(tmp_path / "none.safetensors"))
+
+
+def test_convert_writes_the_pth_as_safetensors_that_load_the_same(tmp_path):
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(1)
+  state = {k: rng.normal(size=s).astype(np.float32) for k, s in
+           inception.torch_state_shapes().items()}
+  pth = tmp_path / "pt_inception-2015-12-05.pth"
+  extra = {"fc.weight": torch.zeros(3, 2048)}  # not read by the network: not written
+  torch.save({**{k: torch.from_numpy(v) for k, v in state.items()}, **extra}, pth)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def convert(source, output):
+    return subprocess.run([sys.executable, "-m", "imagebrush_jax.convert", "--from",
+                           "inception", "--input", str(source), "--output", str(output)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+
+  out = tmp_path / "pt_inception.safetensors"
+  proc = convert(pth, out)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.splitlines()[-1] == f"wrote {out}"
+  written = load_file(str(out))
+  assert set(written) == set(state)
+  for k, v in state.items():
+    np.testing.assert_array_equal(written[k], v)
+  jax.tree.map(np.testing.assert_array_equal, inception.load_params(str(out)),
+               inception.load_params(str(pth)))
+
+  del state["Mixed_6a.branch3x3.conv.weight"]
+  save_file(state, str(tmp_path / "incomplete.safetensors"))
+  bad = convert(tmp_path / "incomplete.safetensors", tmp_path / "bad.safetensors")
+  assert bad.returncode == 1 and not (tmp_path / "bad.safetensors").exists()
+  errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "Mixed_6a.branch3x3.conv.weight" in errors[0], bad.stderr

@@ -2,6 +2,8 @@
 cycle between them (nor between modules), diffusion/ pure, the core model free of plug-ins."""
 import ast
 import os
+import subprocess
+import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "imagebrush_jax")
 
@@ -100,3 +102,31 @@ def test_no_import_cycle_between_packages():
       package_graph.setdefault(dep, set())
   cycles = sorted(p for p in package_graph if p in reachable(package_graph, p))
   assert not cycles, f"packages on an import cycle: {cycles} ({package_graph})"
+
+
+def test_only_the_programs_have_a_main_block():
+  """A library module (anything below a subpackage) is no program: its command is a program at
+  the top (e.g. python -m imagebrush_jax.tasks, not imagebrush_jax.data.tasks)."""
+  for folder, _, names in os.walk(ROOT):
+    if folder == ROOT:
+      continue
+    for name in (n for n in names if n.endswith(".py")):
+      with open(os.path.join(folder, name)) as f:
+        tree = ast.parse(f.read())
+      main_blocks = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.If)
+                     and isinstance(node.test, ast.Compare)
+                     and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"]
+      assert not main_blocks, f"{os.path.join(folder, name)}:{main_blocks[0]} is a __main__ block"
+
+
+def test_importing_every_program_defines_no_flag():
+  """Programs define their flags when they run, so that they import together (as tests do)."""
+  programs = sorted(entry_points(import_graph()))
+  script = ("import sys; from absl import flags; "
+            f"[__import__(m) for m in {programs!r}]; "
+            "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() "
+            "if 'imagebrush_jax' in m))")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(ROOT),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().splitlines()[-1] == "[]"

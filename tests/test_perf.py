@@ -231,11 +231,15 @@ def test_accelerator_installs_pin_the_cpu_jax():
     plan = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout
     assert f'"jax[{extra}]=={pins["jax"]}"' in plan, plan
-    assert f"imagebrush_jax.perf.hardware --expect {target[5:]}" in plan
-  proc = subprocess.run([sys.executable, "-m", "imagebrush_jax.perf.hardware", "--expect", "gpu"],
+    assert f"imagebrush_jax.hardware --expect {target[5:]}" in plan
+  proc = subprocess.run([sys.executable, "-m", "imagebrush_jax.hardware", "--expect", "gpu"],
                         cwd=ROOT, capture_output=True, text=True,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 1 and "runs on cpu, not gpu" in proc.stdout
+  proc = subprocess.run([sys.executable, "-m", "imagebrush_jax.hardware", "--expect", "cpu"],
+                        cwd=ROOT, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0 and " (cpu); peak per device " in proc.stdout, proc.stderr
 
 
 def test_launch_scripts_need_the_project_environment(tmp_path):

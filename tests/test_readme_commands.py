@@ -80,7 +80,7 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
         " ".join(shlex.quote(a) for a in TINY_DEMO))],
      ""),
     ("make test", None, "this test suite itself"),
-    (f"{PY} -m imagebrush_jax.data.preview --config configs/default.py --num 16 --out grids.png",
+    (f"{PY} -m imagebrush_jax.preview --config configs/default.py --num 16 --out grids.png",
      [], ""),
     (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/mine "
      "--config.data.source=folder --config.data.folder.root=/data/pairs "
@@ -186,13 +186,15 @@ def _make_inputs(work: str) -> None:
         os.path.join(work, name))
   # InstructPix2Pix's parquet layout (3 instructions, 3 pairs each) and DAVIS frame folders.
   os.makedirs(os.path.join(work, "data", "ip2p", "data"))
-  edits = ["Make it snowy", "add a moon", "turn it into a painting"]
+  # Held out by the README's fractions (a hash of the name below 0.02 and 0.1): one instruction
+  # ("add a night sky") and one sequence ("goat").
+  edits = ["Make it snowy", "add a moon", "add a night sky"]
   published_data.write_parquet(
       os.path.join(work, "data", "ip2p", "data", "train-00000-of-00001.parquet"),
       [(edits[i % 3], published_data.jpeg(2 * i, (40, 40)),
         published_data.jpeg(2 * i + 1, (40, 40))) for i in range(9)])
   published_data.write_davis(pathlib.Path(work, "data", "DAVIS"),
-                             {"bear": 10, "car": 10, "dog": 10})
+                             {"bear": 10, "car": 10, "goat": 10})
   with open(os.path.join(work, "rows.jsonl"), "w") as f:
     f.write(json.dumps({"examples": [{"before": "a.png", "after": "b.png"}], "query": "q.png",
                         "output": "q_edited.png", "box": [0, 0, 20, 20]}) + "\n")
@@ -278,8 +280,9 @@ def test_readme_commands_run_at_tiny_size(tmp_path):
   saved = json.load(open(os.path.join(work, "runs/paper/config.json")))["data"]
   trained, held = saved["train_tasks"], saved["heldout_tasks"]
   assert len(trained) == 4 and len(held) == 2 and not set(trained) & set(held)
-  assert set(trained + held) == {"make it snowy", "add a moon", "turn it into a painting",
-                                 "bear", "car", "dog"}
+  assert set(trained + held) == {"make it snowy", "add a moon", "add a night sky",
+                                 "bear", "car", "goat"}
+  assert set(held) == {"add a night sky", "goat"}
   assert set(metrics["per_task"]) == set(trained + held) and metrics["accuracy"] is None
 
 

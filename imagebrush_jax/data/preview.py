@@ -1,21 +1,16 @@
-"""Writes assembled grids as one PNG, each labelled with its task, to eyeball the pipeline.
+"""Assembled grids as one sheet, each labelled with its task, to eyeball the pipeline; written by
+`python -m imagebrush_jax.preview --config configs/default.py --num 16 --out grids.png`.
 
-    python -m imagebrush_jax.data.preview --config configs/default.py --num 16 --out grids.png
-
-Grids come from the training stream of host 0 (--split train, with its crops, flips and box
-drops) or from make_eval_batches (--split eval: every train and held-out task in turn). The query
+Grids come from the training stream of host 0 (collect(..., "train"), with its crops, flips and
+box drops) or from make_eval_batches ("eval": every train and held-out task in turn). The query
 box is drawn as a yellow frame on the target cell (omitted when it is the whole tile).
 """
 from typing import Sequence
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-from imagebrush_jax.infra import files
 from imagebrush_jax.data import pipeline
 
 
@@ -67,26 +62,3 @@ def render_sheet(batch: dict[str, np.ndarray], names: Sequence[str], *, columns:
       draw.rectangle(bx, outline=_BOX_COLOR)
   return sheet
 
-
-def main(argv: Sequence[str]) -> None:
-  del argv
-  config = _CONFIG.value
-  if _NUM.value < 1:
-    raise app.UsageError(f"--num must be positive, got {_NUM.value}")
-  batch = collect(config, _NUM.value, _SPLIT.value)
-  sheet = render_sheet(batch, pipeline.task_vocabulary(config), columns=_COLUMNS.value,
-                       min_tile_px=_MIN_TILE.value)
-  files.save_png_atomic(_OUT.value, sheet)
-  print(f"wrote {len(batch['grid'])} grids to {_OUT.value}")
-
-
-if __name__ == "__main__":
-  # Flags are defined only when run as a program: importing this module defines none.
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (.py).", lock_config=True)
-  _NUM = flags.DEFINE_integer("num", 16, "Number of grids.")
-  _OUT = flags.DEFINE_string("out", "grids.png", "Output PNG.")
-  _SPLIT = flags.DEFINE_enum("split", "train", ["train", "eval"], "Training stream or eval set.")
-  _COLUMNS = flags.DEFINE_integer("columns", 8, "Grids per row of the sheet.")
-  _MIN_TILE = flags.DEFINE_integer("min_tile_px", 48, "Upscale (nearest) until a tile is this big.")
-  flags.mark_flags_as_required(["config"])
-  app.run(main)

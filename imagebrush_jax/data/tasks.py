@@ -10,9 +10,8 @@ left-right flip of every cell (rot90 does not: flipped, it becomes rot270), and 
 it commutes with cropping the same window out of every cell, "center" when only a centred window
 does (mirrors and rotations).
 
-    python -m imagebrush_jax.data.tasks --list     # the registered names, one a line
+`python -m imagebrush_jax.tasks` lists the registered tasks (`--list`: their names, one a line).
 """
-import argparse
 import dataclasses
 from typing import Callable, Sequence
 
@@ -257,19 +256,3 @@ def apply_global_task(name: str, image: np.ndarray) -> np.ndarray:
                      f"({', '.join(GLOBAL_TASKS)}) and their compositions apply to images")
   return task.image_fn(imageops.check_image(image))
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--list", action="store_true", help="print the registered task names")
-  args = parser.parse_args(argv)
-  if args.list:
-    print("\n".join(task_names()))
-  else:
-    width = max(map(len, _REGISTRY))
-    for task in _REGISTRY.values():
-      kind = "global" if task.is_global else "object"
-      print(f"{task.name:<{width}}  {kind}  {task.doc}")
-
-
-if __name__ == "__main__":
-  main()

@@ -7,7 +7,8 @@ TF 2015-12-05 graph), reading the pt_inception-2015-12-05 weights under their Py
 Weights: a .safetensors or .npz file holding the PyTorch state dict (names like
 'Mixed_5b.branch1x1.conv.weight', 'Conv2d_1a_3x3.bn.running_mean'), or the original .pth when
 PyTorch is installed. Convert once with
-    python -m imagebrush_jax.models.inception pt_inception-2015-12-05-6726825d.pth out.safetensors
+    python -m imagebrush_jax.convert --from inception \
+        --input pt_inception-2015-12-05-6726825d.pth --output pt_inception.safetensors
 Inputs are resized to 299x299 (bilinear, align_corners=False, no antialias: F.interpolate) and
 scaled to [-1, 1], as pytorch-fid does.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -242,8 +242,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(f"reading {path} needs PyTorch; convert it once where PyTorch is "
-                      f"installed: python -m imagebrush_jax.models.inception {path} "
-                      f"out.safetensors") from e
+                      f"installed: python -m imagebrush_jax.convert --from inception --input "
+                      f"{path} --output pt_inception.safetensors") from e
   state = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
   return {k: v.numpy() for k, v in state.items()}
 
@@ -278,20 +278,3 @@ def make_activations_fn(params: Any, batch_size: int = 32) -> Callable[[np.ndarr
 def load_activations_fn(path: str, batch_size: int = 32) -> Callable[[np.ndarray], np.ndarray]:
   return make_activations_fn(load_params(path), batch_size)
 
-
-def main(argv: list[str]) -> int:
-  if len(argv) != 2:
-    print("usage: python -m imagebrush_jax.models.inception IN.pth OUT.safetensors",
-          file=sys.stderr)
-    return 2
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  state = read_state_dict(argv[0])
-  params_from_state_dict(state)  # validates names and shapes
-  keep = {k: np.ascontiguousarray(state[k], np.float32) for k in torch_state_shapes()}
-  save_file(keep, argv[1])
-  print(f"wrote {len(keep)} arrays to {argv[1]}")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))

@@ -1,5 +1,6 @@
 """Device peaks and capacities: dense bfloat16 FLOP/s by device kind, a measured CPU matmul peak,
-memory per device, and the warning for a large model on the CPU backend."""
+memory per device, and the warning for a large model on the CPU backend
+(`python -m imagebrush_jax.hardware` prints them for the devices jax sees)."""
 from __future__ import annotations
 
 import functools
@@ -93,26 +94,3 @@ def cpu_backend_warning(num_params: int, backend: str | None = None) -> str | No
           f"TPU. Install the accelerator build into .venv (make venv-gpu or make venv-tpu; "
           f"README: Installing for GPUs and TPUs)")
 
-
-def main(argv: list[str] | None = None) -> int:
-  """`python -m imagebrush_jax.perf.hardware [--expect gpu|tpu]`: prints the devices jax sees
-  and their peaks; with --expect, exits 1 with one line when that backend is not the default."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
-  parser.add_argument("--expect", choices=("cpu", "gpu", "tpu"))
-  args = parser.parse_args(argv)
-  backend = jax.default_backend()
-  if args.expect and backend != args.expect:
-    print(f"jax {jax.__version__} runs on {backend}, not {args.expect}: its {args.expect} build "
-          f"did not load (no driver or device here?); jax.devices() = {jax.devices()}")
-    return 1
-  device = jax.devices()[0]
-  peak, source = peak_flops(device, "bfloat16" if backend != "cpu" else "float32")
-  peak_text = f"{peak / 1e12:.1f} TFLOP/s ({source})" if peak else source
-  print(f"jax {jax.__version__}: {jax.device_count()} x {device.device_kind} ({backend}); "
-        f"peak per device {peak_text}; memory per device {memory_bytes(device) / 2**30:.1f} GiB")
-  return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())
