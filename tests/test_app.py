@@ -291,6 +291,39 @@ def _chromium_or_skip():
               f"chromium; CI installs it)")
 
 
+def _upload(page, files) -> None:
+  """The example pair and the query uploaded into the page; waits for the query's canvas."""
+  page.locator("#before0 input[type=file]").set_input_files(files["a"])
+  page.locator("#after0 input[type=file]").set_input_files(files["b"])
+  page.locator("#query input[type=file]").set_input_files(files["q"])
+  page.locator("#query canvas").wait_for(timeout=30_000)
+  page.wait_for_timeout(500)
+
+
+def _drag_box(page, size, start, end) -> None:
+  """Drags the mouse from `start` to `end` (query pixels) on the query drawn `size` = (width,
+  height) pixels, fitted and centred in its canvas."""
+  c = page.locator("#query canvas").bounding_box()
+  width, height = size
+  scale = min(c["width"] / width, c["height"] / height)
+  left = c["x"] + (c["width"] - width * scale) / 2
+  top = c["y"] + (c["height"] - height * scale) / 2
+  page.mouse.move(left + start[0] * scale, top + start[1] * scale)
+  page.mouse.down()
+  page.mouse.move(left + end[0] * scale, top + end[1] * scale, steps=8)
+  page.mouse.up()
+
+
+def _edit_and_read_box(page) -> list[int]:
+  """Presses Edit, waits for the result, and returns the box the status line reports."""
+  page.locator("#edit").click()
+  page.wait_for_function(
+      "() => document.querySelector('#status')?.innerText.includes('edited in')",
+      timeout=120_000)
+  status = page.locator("#status").inner_text()
+  return [int(v) for v in re.search(r"box \[(\d+), (\d+), (\d+), (\d+)\]", status).groups()]
+
+
 def test_browser_draws_a_box_and_edits(server, files, tmp_path):
   _chromium_or_skip()
   from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
@@ -304,27 +337,9 @@ def test_browser_draws_a_box_and_edits(server, files, tmp_path):
       page.get_by_text("mirror", exact=True).click()
       page.wait_for_selector("#before0 img", timeout=30_000)
       # Our own files, and a box dragged on the query with the mouse.
-      page.locator("#before0 input[type=file]").set_input_files(files["a"])
-      page.locator("#after0 input[type=file]").set_input_files(files["b"])
-      page.locator("#query input[type=file]").set_input_files(files["q"])
-      canvas = page.locator("#query canvas")
-      canvas.wait_for(timeout=30_000)
-      page.wait_for_timeout(500)
-      # The 160 x 120 query is drawn fitted and centred in the canvas.
-      c = canvas.bounding_box()
-      scale = min(c["width"] / 160, c["height"] / 120)
-      left = c["x"] + (c["width"] - 160 * scale) / 2
-      top = c["y"] + (c["height"] - 120 * scale) / 2
-      page.mouse.move(left + 32 * scale, top + 30 * scale)
-      page.mouse.down()
-      page.mouse.move(left + 112 * scale, top + 96 * scale, steps=8)
-      page.mouse.up()
-      page.locator("#edit").click()
-      page.wait_for_function(
-          "() => document.querySelector('#status')?.innerText.includes('edited in')",
-          timeout=120_000)
-      status = page.locator("#status").inner_text()
-      box = [int(v) for v in re.search(r"box \[(\d+), (\d+), (\d+), (\d+)\]", status).groups()]
+      _upload(page, files)
+      _drag_box(page, (160, 120), (32, 30), (112, 96))
+      box = _edit_and_read_box(page)
       # The drawn box is where the mouse went, in the query's pixels.
       assert abs(box[0] - 32) <= 4 and abs(box[2] - 112) <= 4, box
       assert abs(box[1] - 30) <= 4 and abs(box[3] - 96) <= 4, box
@@ -362,29 +377,11 @@ def test_browser_turns_the_query_and_edits_it_as_shown(server, files, tmp_path):
       page = browser.new_page(viewport={"width": 1400, "height": 1100})
       page.goto(server)
       page.wait_for_selector("#edit", timeout=60_000)
-      page.locator("#before0 input[type=file]").set_input_files(files["a"])
-      page.locator("#after0 input[type=file]").set_input_files(files["b"])
-      page.locator("#query input[type=file]").set_input_files(files["q"])
-      canvas = page.locator("#query canvas")
-      canvas.wait_for(timeout=30_000)
-      page.wait_for_timeout(500)
+      _upload(page, files)
       page.locator("#query button[aria-label='Rotate clockwise']").click()
       page.wait_for_timeout(500)
-      # The query, now 120 wide and 160 tall, is drawn fitted and centred in the canvas.
-      c = canvas.bounding_box()
-      scale = min(c["width"] / 120, c["height"] / 160)
-      left = c["x"] + (c["width"] - 120 * scale) / 2
-      top = c["y"] + (c["height"] - 160 * scale) / 2
-      page.mouse.move(left + 20 * scale, top + 30 * scale)
-      page.mouse.down()
-      page.mouse.move(left + 100 * scale, top + 120 * scale, steps=8)
-      page.mouse.up()
-      page.locator("#edit").click()
-      page.wait_for_function(
-          "() => document.querySelector('#status')?.innerText.includes('edited in')",
-          timeout=120_000)
-      status = page.locator("#status").inner_text()
-      box = [int(v) for v in re.search(r"box \[(\d+), (\d+), (\d+), (\d+)\]", status).groups()]
+      _drag_box(page, (120, 160), (20, 30), (100, 120))  # the query, turned: 120 x 160
+      box = _edit_and_read_box(page)
       assert abs(box[0] - 20) <= 4 and abs(box[2] - 100) <= 4, box
       assert abs(box[1] - 30) <= 4 and abs(box[3] - 120) <= 4, box
       page.wait_for_function("() => document.querySelector('#result img')?.naturalWidth > 0",

@@ -199,14 +199,13 @@ def test_train_benchmark_counts_every_micro_batch():
   it, so the check reads as without accumulation (and a variant's MFU, from XLA's count, too)."""
   wide = ["--config.model.unet.channels=(64,64)", "--config.model.unet.norm_groups=32",
           "--config.model.prompt.vit.width=64", "--config.model.prompt.mixer.width=64"]
-  ratios = {}
-  for accum in (1, 2):
-    result = _run(["benchmarks/train_mfu.py", "--config", "configs/tiny_test.py",
-                   "--batch_per_device", "4", "--steps", "1",
-                   f"--config.train.grad_accum_steps={accum}", *wide])
-    assert result["grad_accum_steps"] == accum and result["flops_check_ok"], result
-    ratios[accum] = result["xla_to_analytic_ratio"]
-  assert ratios[2] == pytest.approx(ratios[1], abs=0.03)
+  result = _run(["benchmarks/train_mfu.py", "--config", "configs/tiny_test.py",
+                 "--batch_per_device", "4", "--steps", "1", "--config.train.grad_accum_steps=2",
+                 *wide])
+  # Within 10% of the analytic count (1.06 without accumulation at these widths; a count of
+  # one micro-batch would read about half).
+  assert result["grad_accum_steps"] == 2 and result["flops_check_ok"], result
+  assert result["xla_to_analytic_ratio"] == pytest.approx(1.06, abs=0.04), result
 
 
 def test_sampler_throughput_benchmark_at_tiny_size():
