@@ -1,6 +1,8 @@
 """The web editor: its edits equal infer's, its API endpoint, its errors and limits, and a real
 browser (Debian's Chromium driven by Playwright) drawing a box, on the query as uploaded and
 turned, and editing."""
+import contextlib
+import io
 import math
 import os
 import re
@@ -291,6 +293,28 @@ def _chromium_or_skip():
               f"chromium; CI installs it)")
 
 
+@contextlib.contextmanager
+def _editor_page(server):
+  """The web editor at `server`, loaded in Debian's Chromium (Playwright), closed after use."""
+  _chromium_or_skip()
+  from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
+  with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    try:
+      page = browser.new_page(viewport={"width": 1400, "height": 1100})
+      page.goto(server)
+      page.wait_for_selector("#edit", timeout=60_000)
+      yield page
+    finally:
+      browser.close()
+
+
+def _shown_result(page) -> np.ndarray:
+  """The edited image the page shows, as the browser fetched it (uint8 RGB)."""
+  src = page.locator("#result img").get_attribute("src")
+  return np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+
+
 def _upload(page, files) -> None:
   """The example pair and the query uploaded into the page; waits for the query's canvas."""
   page.locator("#before0 input[type=file]").set_input_files(files["a"])
@@ -325,79 +349,56 @@ def _edit_and_read_box(page) -> list[int]:
 
 
 def test_browser_draws_a_box_and_edits(server, files, tmp_path):
-  _chromium_or_skip()
-  from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
-  with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-    try:
-      page = browser.new_page(viewport={"width": 1400, "height": 1100})
-      page.goto(server)
-      page.wait_for_selector("#edit", timeout=60_000)
-      # A ready edit from the gallery loads with one click.
-      page.get_by_text("mirror", exact=True).click()
-      page.wait_for_selector("#before0 img", timeout=30_000)
-      # Our own files, and a box dragged on the query with the mouse.
-      _upload(page, files)
-      _drag_box(page, (160, 120), (32, 30), (112, 96))
-      box = _edit_and_read_box(page)
-      # The drawn box is where the mouse went, in the query's pixels.
-      assert abs(box[0] - 32) <= 4 and abs(box[2] - 112) <= 4, box
-      assert abs(box[1] - 30) <= 4 and abs(box[3] - 96) <= 4, box
-      page.wait_for_function("() => document.querySelector('#result img')?.naturalWidth > 0 && "
-                             "document.querySelector('#grid img')?.naturalWidth > 0",
-                             timeout=30_000)
-      src = page.locator("#result img").get_attribute("src")
-      shown = tmp_path / "shown.png"
-      shown.write_bytes(page.request.get(src).body())
-      page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
-      result = np.asarray(Image.open(shown).convert("RGB"))
-      want = _infer(files, str(tmp_path), box)
-      assert result.shape == want.shape == (120, 160, 3)
-      assert image_quality.psnr(result[None], want[None])[0] >= 40.0
-      # An unreadable upload is a message in the page; the page keeps working.
-      page.locator("#before0 input[type=file]").set_input_files(files["bad"])
-      page.wait_for_timeout(500)
-      page.locator("#edit").click()
-      page.get_by_text("cannot read image example 1 before (bad.png)").first.wait_for(
-          timeout=60_000)
-    finally:
-      browser.close()
+  with _editor_page(server) as page:
+    # A ready edit from the gallery loads with one click.
+    page.get_by_text("mirror", exact=True).click()
+    page.wait_for_selector("#before0 img", timeout=30_000)
+    # Our own files, and a box dragged on the query with the mouse.
+    _upload(page, files)
+    _drag_box(page, (160, 120), (32, 30), (112, 96))
+    box = _edit_and_read_box(page)
+    # The drawn box is where the mouse went, in the query's pixels.
+    assert abs(box[0] - 32) <= 4 and abs(box[2] - 112) <= 4, box
+    assert abs(box[1] - 30) <= 4 and abs(box[3] - 96) <= 4, box
+    page.wait_for_function("() => document.querySelector('#result img')?.naturalWidth > 0 && "
+                           "document.querySelector('#grid img')?.naturalWidth > 0",
+                           timeout=30_000)
+    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+    result = _shown_result(page)
+    want = _infer(files, str(tmp_path), box)
+    assert result.shape == want.shape == (120, 160, 3)
+    assert image_quality.psnr(result[None], want[None])[0] >= 40.0
+    # An unreadable upload is a message in the page; the page keeps working.
+    page.locator("#before0 input[type=file]").set_input_files(files["bad"])
+    page.wait_for_timeout(500)
+    page.locator("#edit").click()
+    page.get_by_text("cannot read image example 1 before (bad.png)").first.wait_for(
+        timeout=60_000)
 
 
 def test_browser_turns_the_query_and_edits_it_as_shown(server, files, tmp_path):
   """The query turned a quarter clockwise in the widget, a box drawn on it: the edit is infer's
   of the turned query with that box. A seed out of range is a message in the page."""
-  _chromium_or_skip()
-  from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
   turned_query = str(tmp_path / "turned.png")
   Image.fromarray(np.rot90(images.load_rgb(files["q"]), -1)).save(turned_query)  # 120 x 160
-  with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-    try:
-      page = browser.new_page(viewport={"width": 1400, "height": 1100})
-      page.goto(server)
-      page.wait_for_selector("#edit", timeout=60_000)
-      _upload(page, files)
-      page.locator("#query button[aria-label='Rotate clockwise']").click()
-      page.wait_for_timeout(500)
-      _drag_box(page, (120, 160), (20, 30), (100, 120))  # the query, turned: 120 x 160
-      box = _edit_and_read_box(page)
-      assert abs(box[0] - 20) <= 4 and abs(box[2] - 100) <= 4, box
-      assert abs(box[1] - 30) <= 4 and abs(box[3] - 120) <= 4, box
-      page.wait_for_function("() => document.querySelector('#result img')?.naturalWidth > 0",
-                             timeout=30_000)
-      shown = tmp_path / "shown.png"
-      shown.write_bytes(page.request.get(page.locator("#result img").get_attribute("src")).body())
-      result = np.asarray(Image.open(shown).convert("RGB"))
-      want = _infer(files, str(tmp_path), box, query=turned_query)
-      assert result.shape == want.shape == (160, 120, 3)
-      assert image_quality.psnr(result[None], want[None])[0] >= 40.0
-      # A seed past 2**63 - 1 is the page's error message, not a crash.
-      page.locator("#seed input").fill(str(2**63))
-      page.locator("#edit").click()
-      page.get_by_text("seed must be in [0, 2**63)").first.wait_for(timeout=60_000)
-    finally:
-      browser.close()
+  with _editor_page(server) as page:
+    _upload(page, files)
+    page.locator("#query button[aria-label='Rotate clockwise']").click()
+    page.wait_for_timeout(500)
+    _drag_box(page, (120, 160), (20, 30), (100, 120))  # the query, turned: 120 x 160
+    box = _edit_and_read_box(page)
+    assert abs(box[0] - 20) <= 4 and abs(box[2] - 100) <= 4, box
+    assert abs(box[1] - 30) <= 4 and abs(box[3] - 120) <= 4, box
+    page.wait_for_function("() => document.querySelector('#result img')?.naturalWidth > 0",
+                           timeout=30_000)
+    result = _shown_result(page)
+    want = _infer(files, str(tmp_path), box, query=turned_query)
+    assert result.shape == want.shape == (160, 120, 3)
+    assert image_quality.psnr(result[None], want[None])[0] >= 40.0
+    # A seed past 2**63 - 1 is the page's error message, not a crash.
+    page.locator("#seed input").fill(str(2**63))
+    page.locator("#edit").click()
+    page.get_by_text("seed must be in [0, 2**63)").first.wait_for(timeout=60_000)
 
 
 def test_make_app_serves_the_demo_run(files):

@@ -12,7 +12,6 @@ import importlib.metadata
 import os
 import shutil
 import subprocess
-import sys
 import sysconfig
 import textwrap
 import time

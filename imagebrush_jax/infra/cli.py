@@ -46,7 +46,8 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError,
 
 
 class RunFlags:
-  """The flags every training program takes, as attributes after parsing."""
+  """The flags every training program takes, defined on construction (only when a program
+  runs), as attributes after parsing."""
 
   def __init__(self):
     self._config = config_flags.DEFINE_config_file("config", None, "Config file (.py).",
@@ -80,11 +81,6 @@ def load_config_file(path: str, what: str = "--config") -> Any:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
-
-
-def define_run_flags() -> RunFlags:
-  """Defines --config, --workdir and the multi-host flags (call only when run as a program)."""
-  return RunFlags()
 
 
 def error_message(error: BaseException) -> str:
@@ -243,7 +239,7 @@ def selected_run(flag_values: flags.FlagValues = flags.FLAGS) -> RunSelection:
 def run_training_program(train_and_evaluate: Callable[[Any, str], Any]) -> None:
   """The whole of a training program: defines --config, --workdir and the multi-host flags,
   starts the distributed runtime, and runs train_and_evaluate(config, workdir) under run()."""
-  run_flags = define_run_flags()
+  run_flags = RunFlags()  # --config, --workdir and the multi-host flags
 
   def main(argv):
     _no_arguments(argv)
