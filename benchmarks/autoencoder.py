@@ -80,7 +80,7 @@ def _log(text: str) -> None:
 
 
 def _step_time(config, batch, steps: int, repeats: int, name: str) -> list[float]:
-  task = objectives.imagebrush(config, latent.load(config))
+  task = objectives.imagebrush_from_config(config, latent.load(config))
   state = jax.jit(task.init_state)(jax.random.key(0))
   step = jax.jit(train_state.make_train_step(task), donate_argnums=(0,))
   start = time.perf_counter()

@@ -62,8 +62,9 @@ def consumer_grids_per_s(config: Any, *, steps: int = 10) -> float:
   from imagebrush_jax.infra import parallel  # pylint: disable=g-import-not-at-top
   from imagebrush_jax.training import train_state  # pylint: disable=g-import-not-at-top
 
-  task = objectives.imagebrush(config, latent.load(config))
-  mesh, state, step = train_state.fresh_sharded_state(task, config, jax.random.key(0))
+  task = objectives.imagebrush_from_config(config, latent.load(config))
+  mesh_options = parallel.MeshOptions.from_config(config)
+  mesh, state, step = train_state.fresh_sharded_state(task, mesh_options, jax.random.key(0))
   batch = pipeline.make_eval_batches(config, num_grids=config.train.batch_size, seed=0,
                                      batch_size=config.train.batch_size)[0]
   batch = parallel.host_batch_to_global(batch, mesh)

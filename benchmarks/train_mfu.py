@@ -84,9 +84,10 @@ class StepCompiler:
   def __init__(self, config):
     self.config = config
     self.task, self.autoencoder_arch = workload.build_task(config)
-    self.mesh = parallel.make_mesh(config.mesh)
+    mesh_options = parallel.MeshOptions.from_config(config)
+    self.mesh = parallel.make_mesh(mesh_options)
     self.abstract, self.shardings = train_state.state_shapes_and_shardings(
-        self.task, self.mesh, config.sharding, jax.random.key(0))
+        self.task, self.mesh, mesh_options, jax.random.key(0))
     self.step = train_state.jit_train_step(self.task, self.mesh, self.shardings)
     self._compiled = {}
 

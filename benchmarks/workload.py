@@ -49,5 +49,5 @@ def autoencoder(config: ml_collections.ConfigDict, seed: int = 0
 def build_task(config: ml_collections.ConfigDict):
   """(the ImageBrush Trainable of `config`, its autoencoder architecture or None)."""
   space = autoencoder(config)
-  task = objectives.imagebrush(config, space)
+  task = objectives.imagebrush_from_config(config, space)
   return task, (space[0].model.arch if space is not None else None)

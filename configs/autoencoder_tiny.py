@@ -30,6 +30,7 @@ def autoencoder_block() -> ml_collections.ConfigDict:
   # Runtime.
   a.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   a.remat = False  # rematerialise each ResnetBlock in the backward pass
+  a.remat_policy = ""  # a jax.checkpoint_policies name; "" saves nothing
   a.conv_impl = "auto"  # auto (matmul kernel gradient on CPU, else xla) | xla
   a.attention_impl = "auto"  # auto | einsum | xla | cudnn
   a.init_from = ""  # a parameter file to fine-tune from (e.g. a converted SD VAE); "" = random

@@ -75,6 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
   # its options in variant_options (configs/cpu_demo.py).
   c.model.variant = ""
   c.model.variant_options = ml_collections.ConfigDict()
+  # Diagnostic only, never for a model meant to edit: the true task's id as a prompt token, to
+  # measure what the editing network learns when reading the examples costs nothing
+  # (benchmarks/ladder.py --oracle).
+  c.model.task_oracle = False
   # Runtime: how the model runs, not what it computes.
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.remat = False  # rematerialise each UNet/transformer block in the backward pass
@@ -97,6 +101,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.unet.transformer_depth = 1
   c.model.unet.norm_groups = 32
   c.model.unet.dropout = 0.0
+  # Attention tokens know their place in the grid (position in the cell, the cell's row and
+  # column), so "the same place in E, E' and I" is one lookup; SD's UNet has no positions.
+  c.model.unet.grid_positions = False
+  # The prompt attention-pooled into the timestep embedding: every ResBlock sees the prompt.
+  c.model.unet.pooled_prompt = False
   # A converted UNet to start from (python -m imagebrush_jax.convert --from sd_unet): its
   # architecture must be model.unet's, its cross-attention width model.prompt.mixer.width; the
   # input convolution is widened with zeros for the known grid and mask. "" = random.
@@ -107,6 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.prompt.max_examples = 8  # size of the example-index embedding
   c.model.prompt.box_fourier_freqs = 8
   c.model.prompt.dropout = 0.0
+  c.model.prompt.pair_difference = False  # the ViT also reads each pair's change E' - E
   c.model.prompt.vit_init = ""  # a converted ViT (python -m imagebrush_jax.convert --from vit)
   c.model.prompt.vit = ml_collections.ConfigDict()  # ViT(**prompt.vit): shared by E, E' and I
   c.model.prompt.vit.patch_size = 4
@@ -136,6 +146,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Diffuse the target cell as I' - I, its residual to the query (what stays is zero), and add
   # I back after sampling; else I' itself.
   c.diffusion.residual_target = False
+  # Training timesteps: uniform, or logit_normal (t/T = sigmoid(N(mean, std)); mean > 0 favours
+  # the noisier steps, where a deterministic edit is decided). min_snr_gamma > 0 weighs each
+  # step by min(SNR, gamma) against its SNR (Min-SNR weighting); 0 weighs all alike.
+  c.diffusion.timestep_sampling = "uniform"
+  c.diffusion.timestep_logit_mean = 0.0
+  c.diffusion.timestep_logit_std = 1.0
+  c.diffusion.min_snr_gamma = 0.0
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.num_steps = 50  # DDIM steps

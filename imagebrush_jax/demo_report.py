@@ -25,6 +25,7 @@ from imagebrush_jax.infra import files
 from imagebrush_jax.training import periodic_eval
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.inference import run_loading
+from imagebrush_jax.data import options as data_options
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.metrics import edits
@@ -100,14 +101,14 @@ def program(args: flags.FlagValues) -> int:
   except (ValueError, FileNotFoundError, KeyError, files.StorageAccessError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  config = run.config
-  names = tuple(config.data.train_tasks)
+  data = data_options.from_config(run.config)
+  names = data.train_tasks
   # The one sampler facade (as infer, the web editor and evaluate use), sized for both batches.
-  editor = editor_lib.Editor(run, batch_size=max(len(names), int(config.data.eval_batch_size)))
-  k, tile = config.data.num_examples, config.data.tile_size
+  editor = editor_lib.Editor(run, batch_size=max(len(names), data.eval_batch_size))
+  k, tile = data.num_examples, data.tile_size
 
   # report.png: one fresh grid per training task.
-  batch = pipeline.make_eval_batches(config, num_grids=len(names), seed=REPORT_SEED, tasks=names,
+  batch = pipeline.make_eval_batches(data, num_grids=len(names), seed=REPORT_SEED, tasks=names,
                                      batch_size=len(names))[0]
   generated = editor.edit_grids(batch, jax.random.key(0))
   sheet = periodic_eval.sample_sheet(np.asarray(batch["grid"]), generated, k)
@@ -123,9 +124,9 @@ def program(args: flags.FlagValues) -> int:
 
   if args.metrics:
     start = time.perf_counter()
-    vocab = pipeline.task_vocabulary(config)
+    vocab = data.all_tasks
     gens, grids, task_names, candidates = [], [], [], []
-    for i, b in enumerate(pipeline.make_eval_batches(config, num_grids=args.num_grids,
+    for i, b in enumerate(pipeline.make_eval_batches(data, num_grids=args.num_grids,
                                                      seed=REPORT_SEED + 1, tasks=names,
                                                      candidates=True)):
       gens.append(editor.edit_grids(b, jax.random.fold_in(jax.random.key(1), i)))
@@ -140,8 +141,8 @@ def program(args: flags.FlagValues) -> int:
     per_task = {n: edits.summarize(per_grid, np.array([t == n for t in task_names]))
                 for n in names}
     metrics = dict(step=run.step, num_grids=args.num_grids, **res, per_task=per_task,
-                   num_steps=int(config.sampling.num_steps),
-                   guidance_scale=float(config.sampling.guidance_scale),
+                   num_steps=run.spec.sampling.num_steps,
+                   guidance_scale=run.spec.sampling.guidance_scale,
                    seconds=round(time.perf_counter() - start, 1))
     path = args.metrics if "/" in args.metrics else files.join(workdir, args.metrics)
     files.write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")

@@ -45,6 +45,7 @@ import numpy as np
 from imagebrush_jax.infra import cli
 from imagebrush_jax.infra import files
 from imagebrush_jax.inference import run_loading
+from imagebrush_jax.data import options as data_options
 from imagebrush_jax.data import pipeline as data_pipeline
 from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.inference import editor as editor_lib
@@ -159,14 +160,14 @@ def evaluate_run(workdir: str | None, *, num_examples: int, seed: int = DEFAULT_
   """Metrics of the run in `workdir` (at `step`), or of the run exported to `params`, with the
   example pairs as drawn or altered (alter_example_pairs)."""
   run = run_loading.load(workdir, params, step)
-  config = run.config
-  if seed == int(config.seed):
+  data = data_options.from_config(run.config)
+  if seed == data.seed:
     raise ValueError(f"--seed {seed} is the training seed: evaluation needs a fresh one")
   editor = editor_lib.Editor(run, batch_size=batch_size, num_steps=num_steps,
                              guidance_scale=guidance_scale)
-  k = int(config.data.num_examples)
+  k = data.num_examples
   check_example_pairs(example_pairs, k)
-  batches = data_pipeline.make_eval_batches(config, num_grids=num_examples, seed=seed,
+  batches = data_pipeline.make_eval_batches(data, num_grids=num_examples, seed=seed,
                                             batch_size=editor.batch_size, candidates=True)
   if example_pairs != "as_drawn":  # altered over all grids at once: a batch may hold one grid
     grids = alter_example_pairs(np.concatenate([np.asarray(b["grid"]) for b in batches]), k,
@@ -185,19 +186,19 @@ def evaluate_run(workdir: str | None, *, num_examples: int, seed: int = DEFAULT_
 
   start = time.time()
   metrics = evaluate_batches(batches, num_examples=k,
-                             task_vocabulary=data_pipeline.task_vocabulary(config),
+                             task_vocabulary=data.all_tasks,
                              generate=generate, edit=edit if cycle_metrics else None,
                              distance=make_distance(inception_weights),
-                             train_tasks=tuple(config.data.train_tasks))
+                             train_tasks=data.train_tasks)
   metrics.update(step=run.step, workdir=str(run.workdir), seed=seed,
-                 train_tasks=list(config.data.train_tasks),
-                 heldout_tasks=list(config.data.heldout_tasks), example_pairs=example_pairs,
-                 sampling={"num_steps": num_steps or int(config.sampling.num_steps),
-                           "guidance_scale": (config.sampling.guidance_scale
+                 train_tasks=list(data.train_tasks),
+                 heldout_tasks=list(data.heldout_tasks), example_pairs=example_pairs,
+                 sampling={"num_steps": num_steps or run.spec.sampling.num_steps,
+                           "guidance_scale": (run.spec.sampling.guidance_scale
                                               if guidance_scale is None else guidance_scale)},
                  seconds=round(time.time() - start, 2))
   for name in ("accuracy", "edit_success"):
-    heldout = [metrics["per_task"][t][name] for t in config.data.heldout_tasks
+    heldout = [metrics["per_task"][t][name] for t in data.heldout_tasks
                if t in metrics["per_task"] and metrics["per_task"][t][name] is not None]
     metrics[f"heldout_{name}"] = float(np.mean(heldout)) if heldout else None
   return metrics

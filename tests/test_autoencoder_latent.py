@@ -64,7 +64,8 @@ def test_cells_are_encoded_independently(ae_file):
     (dict(params=""), "config.model.autoencoder.params must name"),
     (dict(params="/nonexistent/ae.safetensors"), "/nonexistent/ae.safetensors does not exist"),
     (dict(autoencoder=None), "needs config.model.autoencoder"),
-    (dict(ae_dtype="float16"), "config.model.autoencoder.dtype must be float32 or bfloat16"),
+    (dict(ae_dtype="float16"),
+     "config.model.autoencoder.dtype must be one of float32, bfloat16; got .float16."),
 ])
 def test_config_errors_name_the_key(ae_file, change, message):
   config = latent_config(ae_file)
@@ -102,7 +103,7 @@ def test_training_keeps_the_autoencoder_frozen_and_samples_decode(ae_file, monke
   real_load = autoencoder_params.load
   monkeypatch.setattr(autoencoder_params, "load", lambda p: reads.append(p) or real_load(p))
   loaded = latent.load(config)
-  task = objectives.imagebrush(config, loaded)
+  task = objectives.imagebrush_from_config(config, loaded)
   state = jax.jit(task.init_state)(jax.random.key(0))
   # The file is read once; the saved config rebuilds the space without it.
   saved = latent.record_arch(config, loaded[0])

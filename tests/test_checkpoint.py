@@ -19,7 +19,7 @@ def _ckpt_cfg():
 
 
 def _sharding_cfg():
-  return ml_collections.ConfigDict({"rules": (), "min_fsdp_size": 16})
+  return parallel.MeshOptions(rules=(), min_fsdp_size=16)
 
 
 def _state(width=8):
@@ -35,7 +35,7 @@ def _iterator():
 
 
 def _placed(state, mesh_shape):
-  mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(zip(("data", "fsdp"), mesh_shape))))
+  mesh = parallel.make_mesh(parallel.MeshOptions(*mesh_shape))
   shardings = parallel.tree_shardings(state, mesh, _sharding_cfg())
   return jax.device_put(state, shardings), shardings
 

@@ -252,7 +252,7 @@ def test_eval_rejects_tasks_without_an_id():
     ("synthetic.backgrounds", (), "config.data.synthetic.backgrounds must not be empty"),
     ("crop_scale", 3.0, "config.data.crop_scale must be in \\[1.0, 2.0\\], got 3.0"),
     ("box_prob", -0.1, "config.data.box_prob must be in \\[0.0, 1.0\\], got -0.1"),
-    ("num_workers", -1, "config.data.num_workers must be in >= 0, got -1"),
+    ("num_workers", -1, "config.data.num_workers must be >= 0, got -1"),
     ("synthetic.num_objects", (1,), "config.data.synthetic.num_objects must be a pair \\(low, high\\), got \\(1,\\)"),
     ("resize_method", "area", "config.data.resize_method must be one of nearest"),
     ("source", "folder", "config.data.folder.root must name a folder"),

@@ -1,5 +1,6 @@
 """Inference CLI: single and manifest edits on a tiny trained checkpoint, bad rows, reruns,
 odd image modes."""
+import dataclasses
 import json
 import os
 import warnings
@@ -326,7 +327,6 @@ def test_export_errors_name_the_file(workdir, tmp_path, capsys):
   run = run_loading.load_run(workdir)
   broken = dict(run.params)
   broken.pop(sorted(broken)[0])  # a missing key
-  run_loading.save_params_file(run_loading.Run(run.config, run.model, broken, run.step,
-                                               run.workdir, run.space), str(model_file))
+  run_loading.save_params_file(dataclasses.replace(run, params=broken), str(model_file))
   with pytest.raises(Exception, match=f"parameter file {model_file} does not fit its own config"):
     run_loading.load_params_file(str(model_file))

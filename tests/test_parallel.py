@@ -2,7 +2,6 @@
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
-import ml_collections
 import numpy as np
 import pytest
 
@@ -10,11 +9,11 @@ from imagebrush_jax.infra import parallel
 
 
 def _mesh_cfg(data, fsdp):
-  return ml_collections.ConfigDict({"data": data, "fsdp": fsdp})
+  return parallel.MeshOptions(data=data, fsdp=fsdp)
 
 
 def _sharding_cfg(rules=(), min_size=16):
-  return ml_collections.ConfigDict({"rules": rules, "min_fsdp_size": min_size})
+  return parallel.MeshOptions(rules=rules, min_fsdp_size=min_size)
 
 
 @pytest.mark.parametrize("data,fsdp,want", [(-1, 1, (4, 1)), (2, -1, (2, 2)), (1, 4, (1, 4))])

@@ -57,19 +57,24 @@ from imagebrush_jax.training import metric_writers
 from imagebrush_jax.training import periodic_eval
 from imagebrush_jax.training import train_state
 from imagebrush_jax.training import objectives
+from imagebrush_jax.training import options as training_options
+from imagebrush_jax.data import options as data_options
 config = tiny_test.get_config()
 config.data.eval_batch_size = 6
 for key in ("eval_num_grids", "sample_num_grids", "accuracy_num_grids"):
   config.train[key] = 6
 assert jax.device_count() == 8
-mesh = parallel.make_mesh(config.mesh)
-task = objectives.imagebrush(config)
-_, shardings = train_state.state_shapes_and_shardings(task, mesh, config.sharding,
+mesh_options = parallel.MeshOptions.from_config(config)
+mesh = parallel.make_mesh(mesh_options)
+task = objectives.imagebrush_from_config(config)
+_, shardings = train_state.state_shapes_and_shardings(task, mesh, mesh_options,
                                                       jax.random.key(0))
 state = train_state.init_sharded_state(task, shardings, jax.random.key(0))
 workdir = epath.Path(sys.argv[1])
 writer = metric_writers.MetricWriter(str(workdir / "tensorboard"))
-periodic_eval.Evaluator(config, task, mesh, workdir, writer).run(1, state)
+data = data_options.from_config(config)
+train = training_options.TrainOptions.from_config(config.train)
+periodic_eval.Evaluator(data, train, task, mesh, workdir, writer).run(1, state)
 writer.close()
 """
 

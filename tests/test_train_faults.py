@@ -23,6 +23,7 @@ import pytest
 from configs import tiny_test
 from imagebrush_jax.infra import checkpoint as ckpt_lib
 from imagebrush_jax.training import loop
+from imagebrush_jax.training import options as training_options
 from imagebrush_jax.training import preemption
 from imagebrush_jax.training import train_state
 from imagebrush_jax.data import pipeline
@@ -73,14 +74,14 @@ class _Batches:
     pass
 
 
-def _task(config) -> train_state.Trainable:
+def _task(options) -> train_state.Trainable:
   def loss_fn(params, batch, rng, is_train):
     del rng, is_train
     loss = jnp.mean(mlp_error(params, batch) ** 2)
     return loss + jnp.where(batch["poison"].sum() > 0, jnp.nan, 0.0), {}
 
   return train_state.make_trainable(train_state.Objective(init_params=mlp_init, loss_fn=loss_fn),
-                                    config.train, config.seed)
+                                    options.train, options.seed)
 
 
 class _NoEval:
@@ -102,9 +103,11 @@ def _config(num_steps=6, every=2):
 
 
 def _train(config, workdir, **batches):
-  return loop.run_training(config, str(workdir), build_trainable=_task,
-                            make_train_iterator=functools.partial(_Batches, **batches),
-                            make_evaluator=_NoEval)
+  options = training_options.LoopOptions.from_config(config)
+  return loop.run_training(config, str(workdir), options=options,
+                           build_trainable=functools.partial(_task, options),
+                           make_train_iterator=functools.partial(_Batches, config, **batches),
+                           make_evaluator=_NoEval)
 
 
 def _history(workdir):
@@ -343,6 +346,9 @@ def test_a_bad_data_config_stops_the_run_before_its_workdir_is_made(tmp_path):
   config.data.train_tasks = ("hflip", "no_such_task")
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match=r"config.data.train_tasks\[1\] = 'no_such_task'"):
-    loop.run_training(config, str(workdir), build_trainable=_task,
-                      make_train_iterator=pipeline.make_train_iterator, make_evaluator=_NoEval)
+    options = training_options.LoopOptions.from_config(config)
+    loop.run_training(config, str(workdir), options=options,
+                      build_trainable=functools.partial(_task, options),
+                      make_train_iterator=functools.partial(pipeline.make_train_iterator, config),
+                      make_evaluator=_NoEval)
   assert not workdir.exists()

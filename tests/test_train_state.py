@@ -10,6 +10,7 @@ import pytest
 from configs import tiny_test
 from imagebrush_jax.infra import parallel
 from imagebrush_jax.training import train_state
+from imagebrush_jax.training.options import TrainOptions
 from imagebrush_jax.core import build as build_lib
 
 
@@ -32,7 +33,7 @@ def test_weight_decay_only_on_kernels_of_the_real_model():
 
   # The optimizer itself: with zero gradients only the decay moves parameters, so exactly
   # the kernels change at the first step (which also needs a learning rate above zero).
-  optimizer, _ = train_state.make_optimizer(config.train)
+  optimizer, _ = train_state.make_optimizer(TrainOptions.from_config(config.train))
 
   @jax.jit
   def first_update_moves():
@@ -50,7 +51,7 @@ def test_weight_decay_only_on_kernels_of_the_real_model():
 def test_first_learning_rate_is_not_zero(schedule, warmup):
   tc = tiny_test.get_config().train
   tc.lr_schedule, tc.warmup_steps, tc.num_steps, tc.learning_rate = schedule, warmup, 40, 1e-3
-  lr = train_state.make_lr_schedule(tc)
+  lr = train_state.make_lr_schedule(TrainOptions.from_config(tc))
   rates = np.array([float(lr(s)) for s in range(40)])
   if warmup:
     # Update s gets (s + 1) / warmup of the peak: the first is not wasted, the peak is reached
@@ -91,7 +92,7 @@ def _small_task(accum: int) -> train_state.Trainable:
     return jnp.mean(err ** 2), {"mae": jnp.mean(jnp.abs(err))}
 
   return train_state.make_trainable(train_state.Objective(init_params=mlp_init, loss_fn=loss_fn),
-                                    tc, seed=0)
+                                    TrainOptions.from_config(tc), seed=0)
 
 
 def test_four_micro_batches_give_the_full_batch_update():

@@ -1,7 +1,10 @@
-"""ImageBrush from a config: modules built with the config's keyword arguments, then initialised.
+"""ImageBrush from its spec: modules built with the config's keyword arguments, then initialised.
 
-    model = build_model(config)        # the paper's model, plus config.model.variant's plug-ins
-    params = init_params(model, config, rng)
+    spec = options.ImageBrushSpec.from_config(config)  # checked once, where a program starts
+    model = build_model(spec)        # the paper's model, plus config.model.variant's plug-ins
+    params = init_params(model, spec, rng)
+
+Each function also takes the ConfigDict itself (parsed on the spot), for tools and tests.
 """
 from __future__ import annotations
 
@@ -9,78 +12,55 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from imagebrush_jax.core import model as model_lib
+from imagebrush_jax.core import options as options_lib
 from imagebrush_jax.core import plugins as plugins_lib
 from imagebrush_jax.models import prompt_encoder as prompt_lib
-from imagebrush_jax.models import runtime as runtime_lib
 from imagebrush_jax.models import unet as unet_lib
 
 
-def check_sizes(config: ml_collections.ConfigDict) -> None:
-  """Refuses tile, latent, patch and UNet-level sizes that do not divide, naming the keys."""
-  m, tile = config.model, int(config.data.tile_size)
-  factor = int(m.latent_factor)
-  if factor < 1 or tile % factor:
-    raise ValueError(f"config.data.tile_size = {tile} is not divisible by "
-                     f"config.model.latent_factor = {factor}")
-  prompt_size = int(m.prompt.image_size) or tile
-  patch = int(m.prompt.vit.patch_size)
-  if patch < 1 or prompt_size % patch:
-    key = "config.model.prompt.image_size" if m.prompt.image_size else "config.data.tile_size"
-    raise ValueError(f"{key} = {prompt_size} (the prompt encoder's image size) is not divisible "
-                     f"by config.model.prompt.vit.patch_size = {patch}")
-  levels = len(m.unet.channels)
-  step = 2 ** (levels - 1)
-  if (tile // factor) % step:
-    raise ValueError(f"config.data.tile_size = {tile} gives {tile // factor}-cell tiles in "
-                     f"diffusion space, not divisible by {step}, the downsampling of the "
-                     f"{levels} levels of config.model.unet.channels")
-
-
-def build_model(config: ml_collections.ConfigDict) -> model_lib.ImageBrush:
+def build_model(spec: options_lib.ImageBrushSpec | Any) -> model_lib.ImageBrush:
   """ImageBrush from `config.model`: UNet(**model.unet), PromptEncoder(ViT(**prompt.vit),
   **prompt.mixer, ...), one Runtime for all, the conditioning of `model.target_cell_fill`, and
   the plug-ins of `model.variant` ('' = none)."""
-  check_sizes(config)
-  m, p = config.model, config.model.prompt
-  runtime = runtime_lib.Runtime.from_config(m)
-  plugins = plugins_lib.plugins(config, runtime)
+  spec = options_lib.as_spec(spec)
+  m, p = spec.model, spec.model.prompt
+  runtime = m.runtime
+  plugins = plugins_lib.plugins(spec, runtime)
   vit = prompt_lib.ViT(**p.vit, dropout=p.dropout, runtime=runtime)
   encoder = prompt_lib.PromptEncoder(
       vit=vit, **p.mixer, max_examples=p.max_examples, box_fourier_freqs=p.box_fourier_freqs,
       box_drop_rate=m.box_drop_rate, image_size=p.image_size, dropout=p.dropout,
+      pair_difference=p.pair_difference, task_oracle_vocab=m.task_oracle_vocab,
       extra_tokens=plugins.extra_tokens, runtime=runtime)
   unet = unet_lib.UNet(**m.unet, out_channels=m.in_channels, runtime=runtime)
   return model_lib.ImageBrush(unet=unet, prompt_encoder=encoder,
-                              conditioning=_conditioning(config, plugins),
+                              conditioning=_conditioning(spec, plugins),
                               extra_inputs=plugins.extra_inputs)
 
 
-def _conditioning(config: ml_collections.ConfigDict,
+def _conditioning(spec: options_lib.ImageBrushSpec,
                   plugins: model_lib.Plugins) -> model_lib.Conditioning:
   """config.model.target_cell_fill's conditioning, or the variant's (then the fill must be the
   default 'zeros': a variant that conditions the grid itself replaces it)."""
-  fill = config.model.target_cell_fill
-  if fill not in model_lib.TARGET_CELL_FILLS:
-    raise ValueError(f"config.model.target_cell_fill must be one of "
-                     f"{sorted(model_lib.TARGET_CELL_FILLS)}, got {fill!r}")
+  fill = spec.model.target_cell_fill
   if plugins.conditioning is None:
     return model_lib.TARGET_CELL_FILLS[fill]()
   if fill != "zeros":
     raise ValueError(f"config.model.target_cell_fill = {fill!r} and variant "
-                     f"{config.model.variant!r} both set the conditioning; the variant's "
+                     f"{spec.model.variant!r} both set the conditioning; the variant's "
                      f"config.model.variant_options choose it")
   return plugins.conditioning
 
 
-def dummy_inputs(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
+def dummy_inputs(model: model_lib.ImageBrush, spec: options_lib.ImageBrushSpec | Any,
                  batch_size: int = 1) -> dict[str, jax.Array]:
   """Zero arguments of ImageBrush.__call__ at the shapes the config implies (init, eval_shape)."""
-  k, tile = config.data.num_examples, config.data.tile_size
-  t = tile // config.model.latent_factor
-  c = config.model.in_channels
+  spec = options_lib.as_spec(spec)
+  k, tile = spec.grid.num_examples, spec.grid.tile_size
+  t = tile // spec.model.latent_factor
+  c = spec.model.in_channels
   grid = jnp.zeros((batch_size, (k + 1) * t, 2 * t, c), jnp.float32)
   return dict(
       x_t=grid, timesteps=jnp.zeros((batch_size,), jnp.int32),
@@ -90,10 +70,12 @@ def dummy_inputs(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
       after=jnp.zeros((batch_size, k, tile, tile, 3), jnp.float32),
       query=jnp.zeros((batch_size, tile, tile, 3), jnp.float32),
       box=jnp.tile(jnp.asarray(prompt_lib.WHOLE_IMAGE_BOX), (batch_size, 1)),
-      drop_prompt=jnp.zeros((batch_size,), bool))
+      drop_prompt=jnp.zeros((batch_size,), bool),
+      **({"task_id": jnp.zeros((batch_size,), jnp.int32)}
+         if model.prompt_encoder.task_oracle_vocab else {}))
 
 
-def init_params(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
+def init_params(model: model_lib.ImageBrush, spec: options_lib.ImageBrushSpec | Any,
                 rng: jax.Array) -> dict[str, Any]:
   """Initialises the 'params' collection (float32) for the shapes in `config`.
 
@@ -104,17 +86,20 @@ def init_params(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
   Traceable, so it can run inside a jitted, sharded state initialisation.
   """
 
+  inputs = dummy_inputs(model, spec)
+
   def init(key):
     bits = jax.random.bits(key, (4,), jnp.uint32)
     init_key = jax.random.wrap_key_data(bits, impl="unsafe_rbg")
-    return model.init({"params": init_key}, **dummy_inputs(model, config))["params"]
+    return model.init({"params": init_key}, **inputs)["params"]
 
   if isinstance(rng, jax.core.Tracer) or jax.default_backend() != "cpu":
     return init(rng)
   return jax.jit(init).lower(rng).compile({"xla_backend_optimization_level": 0})(rng)
 
 
-def param_shapes(model: model_lib.ImageBrush, config: ml_collections.ConfigDict) -> dict[str, Any]:
+def param_shapes(model: model_lib.ImageBrush, spec: options_lib.ImageBrushSpec | Any
+                 ) -> dict[str, Any]:
   """The 'params' tree as ShapeDtypeStructs, without allocating (jax.eval_shape)."""
-  return jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0)}, **dummy_inputs(model, config)))["params"]
+  inputs = dummy_inputs(model, spec)
+  return jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, **inputs))["params"]

@@ -39,14 +39,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from imagebrush_jax.converters import autoencoder_params
+from imagebrush_jax.core import options as options_lib
 from imagebrush_jax.models import autoencoder as ae
 from imagebrush_jax.models import runtime as runtime_lib
 
 PARAMS_KEY = "autoencoder"  # where the frozen autoencoder's parameters sit in the params tree
 
 
-def is_latent(config: ml_collections.ConfigDict) -> bool:
-  return int(config.model.latent_factor) != 1
+def is_latent(spec: Any) -> bool:
+  """Whether the spec's (or config's) model works in an autoencoder's latent space."""
+  return options_lib.as_spec(spec).is_latent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,32 +96,33 @@ class LatentSpace:
     return z.reshape(b, rows * t, 2 * t, ch)
 
 
-def from_config(config: ml_collections.ConfigDict) -> LatentSpace | None:
-  """The latent space config.model asks for (None in pixel space), without reading weights.
+def from_config(spec: Any) -> LatentSpace | None:
+  """The latent space the spec's model asks for (None in pixel space), without reading weights.
 
   The architecture comes from config.model.autoencoder.arch when the config records it (every
-  run's saved config does: see `record_arch`), else from the parameter file's header.
+  run's saved config does: see `record_arch`), else from the parameter file's header. `spec`:
+  an options.ImageBrushSpec, or a config (parsed on the spot).
   """
-  if not is_latent(config):
+  spec = options_lib.as_spec(spec)
+  if not spec.is_latent:
     return None
-  a = _autoencoder_config(config)
-  recorded = a.get("arch")
-  if recorded:
-    recorded = recorded.to_dict() if hasattr(recorded, "to_dict") else dict(recorded)
-    arch = ae.AutoencoderConfig.from_dict(recorded, where="config.model.autoencoder.arch")
-    return _space(config, arch, f"the autoencoder recorded in the config ({a.params or 'no file'})")
+  a = spec.model.autoencoder
+  if a.arch:
+    arch = ae.AutoencoderConfig.from_dict(a.arch.to_dict(), where="config.model.autoencoder.arch")
+    return _space(spec, arch, f"the autoencoder recorded in the config ({a.params or 'no file'})")
   _, arch = autoencoder_params.load(_params_path(a))
-  return _space(config, arch, f"the autoencoder {a.params}")
+  return _space(spec, arch, f"the autoencoder {a.params}")
 
 
-def load(config: ml_collections.ConfigDict) -> tuple[LatentSpace, dict[str, Any]] | None:
+def load(spec: Any) -> tuple[LatentSpace, dict[str, Any]] | None:
   """(latent space, its parameters as numpy) read once from config.model.autoencoder.params;
   None in pixel space. What training starts from; a trained run carries both in itself."""
-  if not is_latent(config):
+  spec = options_lib.as_spec(spec)
+  if not spec.is_latent:
     return None
-  a = _autoencoder_config(config)
+  a = spec.model.autoencoder
   params, arch = autoencoder_params.load(_params_path(a))
-  return _space(config, arch, f"the autoencoder {a.params}"), params
+  return _space(spec, arch, f"the autoencoder {a.params}"), params
 
 
 def record_arch(config: ml_collections.ConfigDict, space: LatentSpace | None
@@ -134,64 +137,46 @@ def record_arch(config: ml_collections.ConfigDict, space: LatentSpace | None
   return out
 
 
-def _autoencoder_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  if "autoencoder" not in config.model:
-    raise ValueError(f"config.model.latent_factor = {config.model.latent_factor} needs "
-                     f"config.model.autoencoder (params file, scaling_factor, sample_posterior, "
-                     f"dtype); see configs/latent_tiny.py")
-  return config.model.autoencoder
-
-
-def _params_path(a: ml_collections.ConfigDict) -> str:
+def _params_path(a: options_lib.AutoencoderOptions) -> str:
   if not a.params:
     raise ValueError("config.model.autoencoder.params must name an autoencoder parameter file "
                      "(python -m imagebrush_jax.convert --from sd_vae ..., or the "
                      "autoencoder.safetensors a train_autoencoder run exports)")
-  return str(a.params)
+  return a.params
 
 
-def _space(config: ml_collections.ConfigDict, arch: ae.AutoencoderConfig,
+def _space(spec: options_lib.ImageBrushSpec, arch: ae.AutoencoderConfig,
            what: str) -> LatentSpace:
-  """Checks `arch` against config.model / config.data and builds the space."""
-  m, a = config.model, config.model.autoencoder
-  factor = int(m.latent_factor)
+  """Checks `arch` against config.model and builds the space."""
+  m, a = spec.model, spec.model.autoencoder
+  factor = m.latent_factor
   if arch.downsample_factor != factor:
     raise ValueError(f"config.model.latent_factor = {factor}, but {what} downsamples by "
                      f"{arch.downsample_factor}")
-  if arch.latent_channels != int(m.in_channels):
+  if arch.latent_channels != m.in_channels:
     raise ValueError(f"config.model.in_channels = {m.in_channels}, but {what} has "
                      f"{arch.latent_channels} latent channels")
   if arch.in_channels != 3 or arch.out_channels != 3:
     raise ValueError(f"{what} maps {arch.in_channels} -> {arch.out_channels} channels; "
                      f"ImageBrush needs an RGB one")
-  tile = int(config.data.tile_size)
-  if tile % factor:
-    raise ValueError(f"config.data.tile_size = {tile} is not divisible by "
-                     f"config.model.latent_factor = {factor}")
-  if a.dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.autoencoder.dtype must be float32 or bfloat16, got "
-                     f"{a.dtype!r}")
-  scale = float(a.scaling_factor)
-  if scale < 0:
-    raise ValueError(f"config.model.autoencoder.scaling_factor must be >= 0 (0: the file's), "
-                     f"got {scale}")
   return LatentSpace(
       model=ae.build(arch, runtime_lib.Runtime(dtype=a.dtype)),
-      params_path=str(a.params),
-      scaling_factor=scale or arch.scaling_factor,
+      params_path=a.params,
+      scaling_factor=a.scaling_factor or arch.scaling_factor,
       shift_factor=arch.shift_factor,
-      sample_posterior=bool(a.sample_posterior))
+      sample_posterior=a.sample_posterior)
 
 
 # ---------------------------------------------------------------------------- frozen parameters
 
 
-def check_space(config: ml_collections.ConfigDict, space: LatentSpace | None) -> None:
-  """Refuses a missing latent space for a latent config (and one for a pixel config)."""
-  if is_latent(config) and space is None:
-    raise ValueError(f"config.model.latent_factor = {config.model.latent_factor}: pass the "
-                     f"latent space (latent.load(config) or latent.from_config(config))")
-  if not is_latent(config) and space is not None:
+def check_space(spec: Any, space: LatentSpace | None) -> None:
+  """Refuses a missing latent space for a latent model (and one for a pixel-space model)."""
+  spec = options_lib.as_spec(spec)
+  if spec.is_latent and space is None:
+    raise ValueError(f"config.model.latent_factor = {spec.model.latent_factor}: pass the "
+                     f"latent space (latent.load(spec) or latent.from_config(spec))")
+  if not spec.is_latent and space is not None:
     raise ValueError("a latent space was given for a pixel-space config "
                      "(config.model.latent_factor = 1)")
 

@@ -81,6 +81,7 @@ class ModelInputs:
   cond:  [B, H, W, C'] the known grid as the model's Conditioning makes it.
   mask:  [B, H, W, 1] float32, 1 on the cell to generate, at diffusion resolution.
   before, after: [B, K, T, T, 3] example pixels in [-1, 1]; query: [B, T, T, 3]; box: [B, 4].
+  task_id: [B] int32 where the batch has it (read only by the diagnostic task oracle), else None.
   """
   x0: jax.Array
   cond: jax.Array
@@ -89,6 +90,7 @@ class ModelInputs:
   after: jax.Array
   query: jax.Array
   box: jax.Array
+  task_id: jax.Array | None = None
 
 
 def grid_to_model_inputs(batch: Mapping[str, Any], *, num_examples: int, tile_size: int,
@@ -110,8 +112,10 @@ def grid_to_model_inputs(batch: Mapping[str, Any], *, num_examples: int, tile_si
   before, after, query, _ = grid_lib.split_cells(grid, num_examples, tile_size)
   x0 = grid if encode is None else encode(grid)
   mask = grid_lib.resize_mask(jnp.asarray(batch["mask"], jnp.float32), x0.shape[1], x0.shape[2])
+  task_id = batch.get("task_id")
   return ModelInputs(x0=x0, cond=conditioning(x0, mask), mask=mask, before=before, after=after,
-                     query=query, box=jnp.asarray(batch["box"], jnp.float32))
+                     query=query, box=jnp.asarray(batch["box"], jnp.float32),
+                     task_id=None if task_id is None else jnp.asarray(task_id, jnp.int32))
 
 
 class ImageBrush(nn.Module):
@@ -128,9 +132,11 @@ class ImageBrush(nn.Module):
 
   def encode_prompt(self, before: jax.Array, after: jax.Array, query: jax.Array,
                     box: jax.Array, drop_prompt: jax.Array | None = None,
-                    train: bool = False) -> jax.Array:
-    """Prompt tokens [B, L, D] from pixels in [-1, 1]; `drop_prompt` rows get the null tokens."""
-    return self.prompt_encoder(before, after, query, box, drop_prompt, deterministic=not train)
+                    train: bool = False, task_id: jax.Array | None = None) -> jax.Array:
+    """Prompt tokens [B, L, D] from pixels in [-1, 1]; `drop_prompt` rows get the null tokens.
+    `task_id` is read only by the diagnostic task oracle."""
+    return self.prompt_encoder(before, after, query, box, drop_prompt, deterministic=not train,
+                               task_id=task_id)
 
   def null_context(self, context: jax.Array) -> jax.Array:
     """The unconditional prompt, shaped like `context` (classifier-free guidance)."""
@@ -148,7 +154,8 @@ class ImageBrush(nn.Module):
 
   def __call__(self, x_t: jax.Array, timesteps: jax.Array, cond: jax.Array, mask: jax.Array,
                before: jax.Array, after: jax.Array, query: jax.Array, box: jax.Array,
-               drop_prompt: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+               drop_prompt: jax.Array | None = None, *, train: bool = False,
+               task_id: jax.Array | None = None) -> jax.Array:
     """Predicts the noise (or v) of the whole grid.
 
     Args:
@@ -160,8 +167,9 @@ class ImageBrush(nn.Module):
       box: [B, 4] normalised [x0, y0, x1, y1] in the query tile; [0, 0, 1, 1] = whole image.
       drop_prompt: [B] bool; True replaces the prompt by the null tokens (CFG).
       train: enables dropout and box dropping (needs the 'dropout' rng).
+      task_id: [B] int32, read only by the diagnostic task oracle.
     Returns:
       [B, H, W, C] float32 prediction (epsilon, v or x0, per config.diffusion.prediction_type).
     """
-    context = self.encode_prompt(before, after, query, box, drop_prompt, train)
+    context = self.encode_prompt(before, after, query, box, drop_prompt, train, task_id)
     return self.denoise(x_t, timesteps, cond, mask, context, train)

@@ -1,9 +1,12 @@
 """ImageBrush's diffusion objective: the training loss and the editing sampler on a data batch,
 and the ImageBrushObjective that the training loop and the samplers take.
 
-    objective = build(config, autoencoder)  # autoencoder = latent.load(config) in latent space
-    loss_fn = make_loss_fn(model, config, space)  # (params, batch, rng, train) -> (loss, metrics)
-    sample_fn = make_sample_fn(model, config, space)  # (params, batch, rng, **overrides) -> dict
+    objective = build(spec, autoencoder)  # autoencoder = latent.load(spec) in latent space
+    loss_fn = make_loss_fn(model, spec, space)  # (params, batch, rng, train) -> (loss, metrics)
+    sample_fn = make_sample_fn(model, spec, space)  # (params, batch, rng, **overrides) -> dict
+
+`spec` is the options.ImageBrushSpec parsed where the program starts (a ConfigDict is parsed on
+the spot).
 
 `space` is the frozen autoencoder's latent space (latent.load / latent.from_config), built once
 by the caller and shared by both; None in pixel space.
@@ -23,9 +26,9 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from imagebrush_jax.core import latent
+from imagebrush_jax.core import options as options_lib
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.converters import sd_unet
 from imagebrush_jax.converters import vit as vit_conv
@@ -41,10 +44,10 @@ _POSTERIOR_STREAM = 0x1A7E  # folded into the step's rng for posterior samples (
 
 
 def _inputs(batch: Mapping[str, Any], model: model_lib.ImageBrush,
-            config: ml_collections.ConfigDict,
+            spec: options_lib.ImageBrushSpec,
             encode: Callable[[jax.Array], jax.Array] | None = None) -> model_lib.ModelInputs:
-  return model_lib.grid_to_model_inputs(batch, num_examples=config.data.num_examples,
-                                        tile_size=config.data.tile_size,
+  return model_lib.grid_to_model_inputs(batch, num_examples=spec.grid.num_examples,
+                                        tile_size=spec.grid.tile_size,
                                         conditioning=model.conditioning, encode=encode)
 
 
@@ -53,22 +56,7 @@ def _query_under_target(inputs: model_lib.ModelInputs) -> jax.Array:
   return inputs.mask * grid_lib.query_under_target(inputs.x0)
 
 
-def _edit_region(config: ml_collections.ConfigDict) -> tuple[float, float]:
-  """config.diffusion.edit_region_weight and _threshold, checked."""
-  d = config.diffusion
-  values = (float(d.edit_region_weight), float(d.edit_region_threshold))
-  for key, value in zip(("edit_region_weight", "edit_region_threshold"), values):
-    if value < 0:
-      raise ValueError(f"config.diffusion.{key} must be >= 0, got {d[key]!r}")
-  return values
-
-
-def _residual(config: ml_collections.ConfigDict) -> bool:
-  """config.diffusion.residual_target: diffuse I' - I in the target cell (absent: False)."""
-  return bool(config.diffusion.residual_target)
-
-
-def make_loss_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
+def make_loss_fn(model: model_lib.ImageBrush, spec: options_lib.ImageBrushSpec | Any,
                  space: latent.LatentSpace | None = None, schedule: Schedule | None = None
                  ) -> LossFn:
   """The training objective on a uint8 batch: (params, batch, rng, train=True) -> (loss, metrics).
@@ -77,12 +65,11 @@ def make_loss_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
   guidance) and boxes by the whole image at `model.box_drop_rate`; dropout uses the same rng.
   Pure and jittable; call it inside the train step. `schedule`: config.diffusion's, if built.
   """
-  schedule = make_schedule(config.diffusion) if schedule is None else schedule
-  known_cell_weight = config.diffusion.known_cell_weight
-  edit_region_weight, edit_region_threshold = _edit_region(config)
-  residual = _residual(config)
-  cfg_drop_rate = config.model.cfg_drop_rate
-  latent.check_space(config, space)
+  spec = options_lib.as_spec(spec)
+  d = spec.diffusion
+  schedule = make_schedule(d) if schedule is None else schedule
+  cfg_drop_rate = spec.model.cfg_drop_rate
+  latent.check_space(spec, space)
 
   def loss_fn(params: Any, batch: Mapping[str, Any], rng: jax.Array,
               train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -91,7 +78,7 @@ def make_loss_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
       params, ae_params = latent.split_params(params)
       posterior_rng = jax.random.fold_in(rng, _POSTERIOR_STREAM) if train else None
       encode = lambda grid: space.encode_grid(ae_params, grid, posterior_rng)
-    inputs = _inputs(batch, model, config, encode)
+    inputs = _inputs(batch, model, spec, encode)
     rng_loss, rng_drop, rng_dropout = jax.random.split(rng, 3)
     b = inputs.x0.shape[0]
     if train:
@@ -99,21 +86,26 @@ def make_loss_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
     else:
       drop_prompt = jnp.zeros((b,), bool)
 
-    x0 = inputs.x0 - _query_under_target(inputs) if residual else inputs.x0
+    x0 = inputs.x0 - _query_under_target(inputs) if d.residual_target else inputs.x0
     target_weights = None
-    if edit_region_weight:
+    if d.edit_region_weight:
       target_weights = losses.edit_region_weights(
-          inputs.x0, _query_under_target(inputs), inputs.mask, edit_region_weight,
-          edit_region_threshold)
+          inputs.x0, _query_under_target(inputs), inputs.mask, d.edit_region_weight,
+          d.edit_region_threshold)
 
     def denoise(x_t, t):
       return model.apply({"params": params}, x_t, t, inputs.cond, inputs.mask, inputs.before,
                          inputs.after, inputs.query, inputs.box, drop_prompt, train=train,
+                         task_id=inputs.task_id,
                          rngs={"dropout": rng_dropout} if train else None)
 
     weight = batch.get("weight")  # optional [B]: 0 for padding rows of an evaluation batch
     return losses.diffusion_loss(denoise, schedule, x0, inputs.mask, rng_loss,
-                                 known_cell_weight=known_cell_weight,
+                                 known_cell_weight=d.known_cell_weight,
+                                 timestep_sampling=d.timestep_sampling,
+                                 timestep_logit_mean=d.timestep_logit_mean,
+                                 timestep_logit_std=d.timestep_logit_std,
+                                 min_snr_gamma=d.min_snr_gamma,
                                  target_weights=target_weights,
                                  example_weight=None if weight is None else
                                  jnp.asarray(weight, jnp.float32))
@@ -131,7 +123,7 @@ def make_denoise_fn(model: model_lib.ImageBrush) -> ddim.ApplyFn:
   return denoise_fn
 
 
-def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDict,
+def make_sample_fn(model: model_lib.ImageBrush, spec: options_lib.ImageBrushSpec | Any,
                    space: latent.LatentSpace | None = None, schedule: Schedule | None = None
                    ) -> Callable[..., dict]:
   """Edits a uint8 batch: (params, batch, rng, *, num_steps, guidance_scale, eta, spacing) -> dict.
@@ -143,12 +135,13 @@ def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDic
   cell as pixels in [-1, 1]); in latent space target is the decoded latent target cell, which is
   also returned as target_latent [B,T/f,T/f,C]. `schedule`: config.diffusion's, if built.
   """
-  schedule = make_schedule(config.diffusion) if schedule is None else schedule
+  spec = options_lib.as_spec(spec)
+  schedule = make_schedule(spec.diffusion) if schedule is None else schedule
   denoise_fn = make_denoise_fn(model)
-  residual = _residual(config)
-  num_examples = config.data.num_examples
-  clip_x0 = bool(config.sampling.clip_x0)
-  latent.check_space(config, space)
+  residual = spec.diffusion.residual_target
+  num_examples = spec.grid.num_examples
+  clip_x0 = spec.sampling.clip_x0
+  latent.check_space(spec, space)
 
   @functools.partial(jax.jit, static_argnames=("num_steps", "spacing", "guided"))
   def _sample(params, batch, rng, guidance_scale, eta, *, num_steps, spacing, guided):
@@ -156,10 +149,10 @@ def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDic
     if space is not None:
       params, ae_params = latent.split_params(params)
       encode = lambda grid: space.encode_grid(ae_params, grid)
-    inputs = _inputs(batch, model, config, encode)
+    inputs = _inputs(batch, model, spec, encode)
     variables = {"params": params}
     context = model.apply(variables, inputs.before, inputs.after, inputs.query, inputs.box,
-                          method=model_lib.ImageBrush.encode_prompt)
+                          task_id=inputs.task_id, method=model_lib.ImageBrush.encode_prompt)
     cond = dict(cond=inputs.cond, mask=inputs.mask, context=context)
     uncond = None
     if guided:
@@ -178,9 +171,9 @@ def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDic
   def sample_fn(params: Any, batch: Mapping[str, Any], rng: jax.Array, *,
                 num_steps: int | None = None, guidance_scale: float | None = None,
                 eta: float | None = None, spacing: str | None = None) -> dict[str, jax.Array]:
-    s = config.sampling
+    s = spec.sampling
     scale = s.guidance_scale if guidance_scale is None else guidance_scale
-    arrays = {k: batch[k] for k in ("grid", "mask", "box")}
+    arrays = {k: batch[k] for k in ("grid", "mask", "box", "task_id") if k in batch}
     return _sample(params, arrays, rng, jnp.float32(scale),
                    jnp.float32(s.eta if eta is None else eta),
                    num_steps=int(s.num_steps if num_steps is None else num_steps),
@@ -191,23 +184,23 @@ def make_sample_fn(model: model_lib.ImageBrush, config: ml_collections.ConfigDic
   return sample_fn
 
 
-def _pretrained_starts(model: model_lib.ImageBrush, config: ml_collections.ConfigDict
+def _pretrained_starts(model: model_lib.ImageBrush, spec: options_lib.ImageBrushSpec
                        ) -> tuple[dict | None, dict | None]:
   """(ViT params, UNet params) from config.model.prompt.vit_init / config.model.unet_init, each
   None where unset; read and checked against the model's shapes before anything is compiled."""
-  vit_init = config.model.prompt.vit_init
-  unet_init = config.model.unet_init
+  vit_init = spec.model.prompt.vit_init
+  unet_init = spec.model.unet_init
   if not (vit_init or unet_init):
     return None, None
-  shapes = build_lib.param_shapes(model, config)
+  shapes = build_lib.param_shapes(model, spec)
   vit_start = unet_start = None
   if vit_init:
-    vit_start = vit_conv.params_for_config(vit_init, config.model.prompt, config.data.tile_size)
+    vit_start = vit_conv.params_for_config(vit_init, spec.model.prompt, spec.grid.tile_size)
     params_file.check_tree(vit_start, shapes["prompt_encoder"]["vit"],
                            f"config.model.prompt.vit_init = {vit_init}")
   if unet_init:
     unet_start = sd_unet.params_for_config(
-        unet_init, config, shapes["unet"]["conv_in"]["kernel"].shape[2])
+        unet_init, spec, shapes["unet"]["conv_in"]["kernel"].shape[2])
     params_file.check_tree(unet_start, shapes["unet"], f"config.model.unet_init = {unet_init}")
   return vit_start, unet_start
 
@@ -230,22 +223,23 @@ class ImageBrushObjective:
   compute_dtype: str
 
 
-def build(config: ml_collections.ConfigDict,
+def build(spec: options_lib.ImageBrushSpec | Any,
           autoencoder: tuple[latent.LatentSpace, dict] | None = None) -> ImageBrushObjective:
-  """The ImageBrushObjective of `config`; `autoencoder` = latent.load(config) in latent space.
+  """The ImageBrushObjective of `spec`; `autoencoder` = latent.load(spec) in latent space.
 
   config.model.prompt.vit_init, if set, names a converted ViT file
   (python -m imagebrush_jax.convert --from vit) that initialises the prompt encoder's backbone;
   config.model.unet_init a converted UNet (--from sd_unet) that initialises the UNet, its input
   convolution widened with zeros for the known grid and the mask (sd_unet.params_for_config).
   """
-  model = build_lib.build_model(config)
+  spec = options_lib.as_spec(spec)
+  model = build_lib.build_model(spec)
   space, frozen = autoencoder if autoencoder is not None else (None, None)
-  latent.check_space(config, space)
-  vit_start, unet_start = _pretrained_starts(model, config)
+  latent.check_space(spec, space)
+  vit_start, unet_start = _pretrained_starts(model, spec)
 
   def init_params(rng: jax.Array):
-    params = build_lib.init_params(model, config, rng)
+    params = build_lib.init_params(model, spec, rng)
     if vit_start is not None:
       prompt = {**params["prompt_encoder"], "vit": jax.tree.map(jnp.asarray, vit_start)}
       params = {**params, "prompt_encoder": prompt}
@@ -255,10 +249,10 @@ def build(config: ml_collections.ConfigDict,
       params = {**params, latent.PARAMS_KEY: jax.tree.map(jnp.asarray, frozen)}
     return params
 
-  schedule = make_schedule(config.diffusion)
+  schedule = make_schedule(spec.diffusion)
   return ImageBrushObjective(
       model=model, space=space, init_params=init_params,
-      loss_fn=make_loss_fn(model, config, space, schedule),
-      sample_fn=make_sample_fn(model, config, space, schedule),
+      loss_fn=make_loss_fn(model, spec, space, schedule),
+      sample_fn=make_sample_fn(model, spec, space, schedule),
       frozen_keys=(latent.PARAMS_KEY,) if space is not None else (),
-      compute_dtype=str(config.model.dtype))
+      compute_dtype=spec.model.dtype)

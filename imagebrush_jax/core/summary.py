@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 
 from imagebrush_jax.core import build as build_lib
+from imagebrush_jax.core import options as options_lib
 
 
 def count(tree: Any) -> int:
@@ -19,7 +20,8 @@ def count(tree: Any) -> int:
 def param_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
   """Parameter counts: total, UNet, prompt encoder (ViT / mixer / other), plug-ins (a variant's
   extra UNet inputs; its extra prompt tokens count in prompt_other)."""
-  shapes = build_lib.param_shapes(build_lib.build_model(config), config)
+  spec = options_lib.ImageBrushSpec.from_config(config)
+  shapes = build_lib.param_shapes(build_lib.build_model(spec), spec)
   prompt = shapes["prompt_encoder"]
   vit, mixer = count(prompt["vit"]), count(prompt["mixer"])
   return dict(total=count(shapes), unet=count(shapes["unet"]), prompt_encoder=count(prompt),

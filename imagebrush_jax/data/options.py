@@ -5,9 +5,9 @@ Every error names the config key and the value it got, e.g.
 DataOptions, never the ConfigDict, so worker processes receive plain values.
 """
 import dataclasses
-import numbers
 from typing import Any, Sequence
 
+from imagebrush_jax.infra import config_checks as checks
 from imagebrush_jax.infra import files
 from imagebrush_jax.data import augment
 from imagebrush_jax.data import scenes
@@ -72,59 +72,11 @@ class DataOptions:
 
 def _get(cfg: Any, key: str) -> Any:
   """config.data[key]; a dotted key reads a sub-dict (e.g. 'folder.root')."""
-  value = cfg
-  try:
-    for part in key.split("."):
-      value = value[part]
-  except (KeyError, TypeError):
-    raise KeyError(f"config.data.{key} is missing") from None
-  return value
+  return checks.get(cfg, key, "config.data")
 
 
-def _int(value: Any, key: str, lo: int, hi: int | None = None) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise ValueError(f"{key} must be an integer, got {value!r}")
-  if value < lo or (hi is not None and value > hi):
-    bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-    raise ValueError(f"{key} must be in {bound}, got {value}")
-  return int(value)
-
-
-def _float(value: Any, key: str, lo: float, hi: float) -> float:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise ValueError(f"{key} must be a number, got {value!r}")
-  if not lo <= value <= hi:
-    raise ValueError(f"{key} must be in [{lo}, {hi}], got {value}")
-  return float(value)
-
-
-def _choice(value: Any, key: str, choices: Sequence[str]) -> str:
-  if value not in choices:
-    raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-  return value
-
-
-def _strings(value: Any, key: str, *, choices: Sequence[str] | None = None,
-             allow_empty: bool = True) -> tuple[str, ...]:
-  if isinstance(value, str) or not isinstance(value, (tuple, list)):
-    raise ValueError(f"{key} must be a tuple of strings, got {value!r}")
-  if not value and not allow_empty:
-    raise ValueError(f"{key} must not be empty")
-  for i, item in enumerate(value):
-    if not isinstance(item, str) or not item:
-      raise ValueError(f"{key}[{i}] must be a non-empty string, got {item!r}")
-    if choices is not None and item not in choices:
-      raise ValueError(f"{key}[{i}] = {item!r} is not one of {', '.join(choices)}")
-  if len(set(value)) != len(value):
-    dup = next(v for v in value if list(value).count(v) > 1)
-    raise ValueError(f"{key} lists {dup!r} twice")
-  return tuple(value)
-
-
-def _pair(value: Any, key: str) -> tuple[Any, Any]:
-  if isinstance(value, str) or not isinstance(value, (tuple, list)) or len(value) != 2:
-    raise ValueError(f"{key} must be a pair (low, high), got {value!r}")
-  return tuple(value)
+_int, _float, _choice, _strings, _pair = (checks.integer, checks.number, checks.choice,
+                                          checks.strings, checks.pair)
 
 
 def scene_params(data: Any) -> scenes.SceneParams:
@@ -192,6 +144,13 @@ def _mixture(value: Any, source: str, tfds_dir: str) -> tuple[tuple[str, float],
   if len(set(dirs)) != len(dirs):
     raise ValueError(f"{key} lists {next(d for d in dirs if dirs.count(d) > 1)!r} twice")
   return tuple(entries)
+
+
+def as_options(config_or_options: Any) -> DataOptions:
+  """DataOptions as given, or parsed from a config (tools and tests pass the ConfigDict)."""
+  if isinstance(config_or_options, DataOptions):
+    return config_or_options
+  return from_config(config_or_options)
 
 
 def from_config(config: Any) -> DataOptions:

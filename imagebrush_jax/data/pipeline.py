@@ -47,8 +47,8 @@ def host_position(process_index: int | None, process_count: int | None) -> dict[
 
 
 def task_vocabulary(config: Any) -> tuple[str, ...]:
-  """Names behind `task_id`: train tasks, then held-out tasks."""
-  return tuple(config.data.train_tasks) + tuple(config.data.heldout_tasks)
+  """The task_id vocabulary: train tasks, then held-out ones (DataOptions or a config)."""
+  return options_lib.as_options(config).all_tasks
 
 
 def _host_index(j: int, *, global_batch: int, host_batch: int, process_index: int) -> int:
@@ -103,7 +103,7 @@ def _mixed_grids(source: sources.PairSource, opts: options_lib.DataOptions) -> g
 def make_train_dataset(config: Any, *, process_index: int, process_count: int
                        ) -> grain.IterDataset:
   """The host's infinite stream of batches, as a grain IterDataset (not started yet)."""
-  opts = options_lib.from_config(config)
+  opts = options_lib.as_options(config)
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
   batch = host_batch_size(opts, process_count)
@@ -151,7 +151,7 @@ def make_eval_batches(config: Any, *, num_grids: int, seed: int,
   task_id vocabulary applied to the query's scene (episodes.QueryCandidates); stored pairs have
   no scene, so their batches have none.
   """
-  opts = options_lib.from_config(config)
+  opts = options_lib.as_options(config)
   if num_grids < 1:
     raise ValueError(f"num_grids must be positive, got {num_grids}")
   if seed < 0:

@@ -62,7 +62,7 @@ def _host_index(j: int, *, global_batch: int, host_batch: int, process_index: in
 def make_train_dataset(config: Any, *, process_index: int, process_count: int
                        ) -> grain.IterDataset:
   """The host's infinite stream of {"image": uint8 [B/hosts, T, T, 3]} batches (not started)."""
-  opts = options_lib.from_config(config)
+  opts = options_lib.as_options(config)
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
   batch = pipeline.host_batch_size(opts, process_count)
@@ -92,7 +92,7 @@ def make_train_iterator(config: Any, *, process_index: int | None = None,
 def make_eval_tiles(config: Any, *, num_tiles: int, seed: int,
                     tasks: Sequence[str] | None = None) -> np.ndarray:
   """uint8 [num_tiles, T, T, 3]: centred tiles, tasks in turn, scenes drawn from `seed`."""
-  opts = options_lib.from_config(config)
+  opts = options_lib.as_options(config)
   if num_tiles < 1:
     raise ValueError(f"num_tiles must be positive, got {num_tiles}")
   tasks = opts.choose_tasks(tasks)

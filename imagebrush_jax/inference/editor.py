@@ -13,15 +13,15 @@ import operator
 from typing import Any, Callable
 
 import jax
-import ml_collections
 import numpy as np
 
 from imagebrush_jax.inference import run_loading
 from imagebrush_jax.infra import parallel
 from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.core import objective as objective_lib
+from imagebrush_jax.diffusion import schedules
 
-INFERENCE_MESH = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+INFERENCE_MESH = parallel.MeshOptions(data=-1, fsdp=1)
 SEED_LIMIT = 2**63  # seeds are in [0, SEED_LIMIT): jax.random.key takes a signed 64-bit int
 DEFAULT_MAX_SAMPLERS = 4
 
@@ -51,9 +51,10 @@ class Editor:
                max_samplers: int = DEFAULT_MAX_SAMPLERS):
     self.run = run
     self.config = run.config
-    self.num_examples = int(run.config.data.num_examples)
-    self.tile_size = int(run.config.data.tile_size)
-    self.num_timesteps = int(run.config.diffusion.num_timesteps)
+    self.num_examples = run.spec.grid.num_examples
+    self.tile_size = run.spec.grid.tile_size
+    self.num_timesteps = run.spec.diffusion.num_timesteps
+    self._schedule = schedules.make_schedule(run.spec.diffusion)  # shared by every sampler
     devices = list(jax.local_devices() if devices is None else devices)
     # The training mesh helper, every device on the batch ('data') axis: parameters replicated.
     self.mesh = parallel.make_mesh(INFERENCE_MESH, devices)
@@ -67,9 +68,9 @@ class Editor:
     self.max_samplers = int(max_samplers)
     self._data_sharding = parallel.batch_sharding(self.mesh)
     self.params = jax.device_put(run.params, parallel.replicated(self.mesh))
-    sampling = run.config.sampling
-    self._settings = dict(num_steps=int(sampling.num_steps),
-                          guidance_scale=float(sampling.guidance_scale), eta=float(sampling.eta))
+    sampling = run.spec.sampling
+    self._settings = dict(num_steps=sampling.num_steps, guidance_scale=sampling.guidance_scale,
+                          eta=sampling.eta)
     self._settings.update(self.check_settings(num_steps=num_steps, guidance_scale=guidance_scale,
                                               eta=eta))
     # (num_steps, guided) -> sample function, least recently used first.
@@ -122,7 +123,8 @@ class Editor:
     if sample is not None:
       self._samplers.move_to_end(key)
       return sample
-    sample = objective_lib.make_sample_fn(self.run.model, self.config, self.run.space)
+    sample = objective_lib.make_sample_fn(self.run.model, self.run.spec, self.run.space,
+                                          self._schedule)
     self._samplers[key] = sample
     while len(self._samplers) > self.max_samplers:
       self._samplers.popitem(last=False)  # its compilation goes with the function
@@ -144,7 +146,12 @@ class Editor:
       raise TypeError(f"edit_grids got unknown sampling settings {unknown}")
     settings = {**self._settings, **self.check_settings(**overrides)}
     padded = {}
-    for key in ("grid", "mask", "box"):
+    oracle = self.run.spec.model.task_oracle_vocab
+    keys = ("grid", "mask", "box") + (("task_id",) if oracle else ())
+    for key in keys:
+      if key not in batch:
+        raise ValueError(f"edit_grids: the batch lacks {key!r} (a task-oracle model, a "
+                         f"diagnostic, needs each grid's task_id)")
       x = np.asarray(batch[key])
       if b < self.batch_size:  # repeat the last grid: same shapes, so no recompilation
         x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - b, axis=0)], axis=0)

@@ -24,13 +24,15 @@ from imagebrush_jax.core import latent
 from imagebrush_jax.converters import params_file
 from imagebrush_jax.core import build as build_lib
 from imagebrush_jax.core import model as model_lib
+from imagebrush_jax.core import options as core_options
 from imagebrush_jax.models import autoencoder as ae
 from imagebrush_jax.training import config_migration
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  config: ml_collections.ConfigDict
+  config: ml_collections.ConfigDict  # as saved (migrated to the current layout)
+  spec: core_options.ImageBrushSpec  # the config's model, diffusion and sampling, checked
   model: model_lib.ImageBrush
   params: Any  # the 'params' collection (EMA weights unless asked otherwise), host numpy
   step: int
@@ -94,15 +96,16 @@ def _assemble(config: ml_collections.ConfigDict, params: Any, step: int, where: 
               workdir: str) -> Run:
   """A Run from its config and parameters, after checking every array's shape against the
   model the config builds (`where` names the checkpoint or file in errors)."""
-  model = build_lib.build_model(config)
-  space = latent.from_config(config)
+  spec = core_options.ImageBrushSpec.from_config(config)
+  model = build_lib.build_model(spec)
+  space = latent.from_config(spec)
   if space is not None:
     _check_shapes(params.get(latent.PARAMS_KEY, {}), ae.param_shapes(space.model),
                   f"the autoencoder in {where}")
   own = {k: v for k, v in params.items() if k != latent.PARAMS_KEY}
-  _check_shapes(own, build_lib.param_shapes(model, config), where)
-  return Run(config=config, model=model, params=params, step=int(step), workdir=str(workdir),
-             space=space)
+  _check_shapes(own, build_lib.param_shapes(model, spec), where)
+  return Run(config=config, spec=spec, model=model, params=params, step=int(step),
+             workdir=str(workdir), space=space)
 
 
 def save_params_file(run: Run, path: str) -> None:

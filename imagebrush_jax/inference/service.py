@@ -68,8 +68,8 @@ class EditService:
     self.editor = editor_lib.Editor(run, batch_size=1, max_samplers=max_samplers)
     self.max_file_bytes = max_file_bytes  # None: no limit
     self.num_timesteps = self.editor.num_timesteps
-    self.default_steps = int(run.config.sampling.num_steps)
-    self.default_guidance = float(run.config.sampling.guidance_scale)
+    self.default_steps = run.spec.sampling.num_steps
+    self.default_guidance = run.spec.sampling.guidance_scale
 
   def warm_up(self) -> None:
     """Compiles the sampler at the default settings, so the first request does not wait."""

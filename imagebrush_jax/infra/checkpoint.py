@@ -61,12 +61,13 @@ def checkpoint_dir(workdir: str) -> epath.Path:
 class Checkpointer:
   """Saves and restores (state, data iterator, config) under WORKDIR/checkpoints.
 
+  ckpt_config: what to keep and how to save (keep, keep_every, async_save: the training
+  loop's CheckpointOptions, or config.checkpoint itself).
   remove_partial_saves: delete the temporary folders of saves that never completed (a
   killed run's); only the trainer may, since a reader could race a running trainer's save.
   """
 
-  def __init__(self, workdir: str, ckpt_config: ml_collections.ConfigDict, *,
-               remove_partial_saves: bool = False):
+  def __init__(self, workdir: str, ckpt_config: Any, *, remove_partial_saves: bool = False):
     self.directory = checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(ckpt_config.keep),

@@ -6,6 +6,7 @@ One code path for 1 CPU, a multi-GPU node and a TPU pod slice: a Mesh with axes
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -14,11 +15,52 @@ from typing import Any, Sequence
 from absl import logging
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-import ml_collections
 import numpy as np
+
+from imagebrush_jax.infra import config_checks as checks
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every device
+SHARDING_KINDS = ("fsdp", "replicate")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshOptions:
+  """config.mesh and config.sharding: the ('data', 'fsdp') mesh sizes (-1: the remaining
+  devices) and the parameter sharding rules ((regex, 'fsdp' | 'replicate'), first match wins;
+  unmatched arrays of at least min_fsdp_size elements use 'fsdp')."""
+  data: int = -1
+  fsdp: int = 1
+  rules: tuple[tuple[str, str], ...] = ()
+  min_fsdp_size: int = 2**14
+
+  @classmethod
+  def from_config(cls, config: Any) -> MeshOptions:
+    sizes = {}
+    for axis in MESH_AXES:
+      value = checks.get(config.mesh, axis, "config.mesh")
+      if isinstance(value, bool) or not isinstance(value, int) or (value != -1 and value < 1):
+        raise checks.ConfigError(f"config.mesh.{axis} must be a positive integer or -1, got "
+                                 f"{value!r}")
+      sizes[axis] = value
+    if list(sizes.values()).count(-1) > 1:
+      raise checks.ConfigError("config.mesh: at most one of data/fsdp may be -1")
+    rules = []
+    for i, rule in enumerate(checks.get(config.sharding, "rules", "config.sharding")):
+      if (isinstance(rule, str) or len(rule) != 2 or not isinstance(rule[0], str)
+          or rule[1] not in SHARDING_KINDS):
+        raise checks.ConfigError(f"config.sharding.rules[{i}] must be (regex, 'fsdp' | "
+                                 f"'replicate'), got {rule!r}")
+      try:
+        re.compile(rule[0])
+      except re.error as e:
+        raise checks.ConfigError(f"config.sharding.rules[{i}] = {rule[0]!r} is no regular "
+                                 f"expression ({e})") from None
+      rules.append((rule[0], rule[1]))
+    min_size = checks.integer(checks.get(config.sharding, "min_fsdp_size", "config.sharding"),
+                              "config.sharding.min_fsdp_size", 0)
+    return cls(data=sizes["data"], fsdp=sizes["fsdp"], rules=tuple(rules),
+               min_fsdp_size=min_size)
 
 
 # ------------------------------------------------------------------ multi-host start-up
@@ -56,9 +98,9 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 
 # ------------------------------------------------------------------ mesh
-def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int]:
-  """Resolves config.mesh {data, fsdp} to sizes; one axis may be -1 (fills the rest)."""
-  sizes = [int(mesh_config[a]) for a in MESH_AXES]
+def mesh_shape(options: MeshOptions, num_devices: int) -> tuple[int, int]:
+  """Resolves the mesh sizes {data, fsdp} for `num_devices`; one may be -1 (fills the rest)."""
+  sizes = [int(getattr(options, a)) for a in MESH_AXES]
   for axis, size in zip(MESH_AXES, sizes):
     if size == 0 or size < -1:
       raise ValueError(f"config.mesh.{axis} must be a positive size or -1, got {size}")
@@ -74,11 +116,10 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
   return tuple(sizes)
 
 
-def make_mesh(mesh_config: ml_collections.ConfigDict,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(options: MeshOptions, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ('data', 'fsdp') mesh over all devices (all hosts), 'fsdp' the faster axis."""
   devices = list(jax.devices() if devices is None else devices)
-  shape = mesh_shape(mesh_config, len(devices))
+  shape = mesh_shape(options, len(devices))
   if devices == list(jax.devices()):
     try:  # topology-aware order on TPU/GPU; plain order on CPU
       from jax.experimental import mesh_utils
@@ -135,15 +176,15 @@ def _spec_from_rule(rule: str, shape: Sequence[int], fsdp_size: int, min_size: i
   raise ValueError(f"config.sharding.rules: unknown rule {rule!r} (use 'fsdp' or 'replicate')")
 
 
-def tree_specs(tree: Any, mesh: Mesh, sharding_config: ml_collections.ConfigDict) -> Any:
+def tree_specs(tree: Any, mesh: Mesh, options: MeshOptions) -> Any:
   """PartitionSpecs for a pytree of arrays/ShapeDtypeStructs.
 
-  config.sharding.rules is a sequence of (regex, 'fsdp' | 'replicate'); the first regex
-  that matches the '/'-joined parameter path wins; paths that match none use 'fsdp'.
+  options.rules is a sequence of (regex, 'fsdp' | 'replicate'); the first regex that matches
+  the '/'-joined parameter path wins; paths that match none use 'fsdp'.
   """
   fsdp_size = mesh.shape["fsdp"]
-  min_size = int(sharding_config.min_fsdp_size)
-  rules = [(re.compile(r), kind) for r, kind in sharding_config.rules]
+  min_size = int(options.min_fsdp_size)
+  rules = [(re.compile(r), kind) for r, kind in options.rules]
 
   def spec_for(path, leaf):
     shape = getattr(leaf, "shape", ())
@@ -156,8 +197,9 @@ def tree_specs(tree: Any, mesh: Mesh, sharding_config: ml_collections.ConfigDict
   return jax.tree_util.tree_map_with_path(spec_for, tree)
 
 
-def tree_shardings(tree: Any, mesh: Mesh, sharding_config: ml_collections.ConfigDict) -> Any:
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree_specs(tree, mesh, sharding_config),
+def tree_shardings(tree: Any, mesh: Mesh, options: MeshOptions) -> Any:
+  """NamedShardings on `mesh` for a pytree, per tree_specs."""
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree_specs(tree, mesh, options),
                       is_leaf=lambda x: isinstance(x, P))
 
 

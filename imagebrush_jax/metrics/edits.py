@@ -65,9 +65,12 @@ def _mean(x: np.ndarray) -> float | None:
 
 def summarize(per_grid: dict[str, np.ndarray], selection: np.ndarray | None = None) -> dict:
   """Means over the selected grids (all by default): count, accuracy, chance_accuracy, psnr,
-  copy_psnr, edit_success, preservation (None where no grid has the value)."""
+  copy_psnr, edit_success, preservation (None where no grid has the value), and
+  edit_success_count, the grids edit success is measured on (not those with nothing to edit)."""
   sel = np.ones(len(per_grid["psnr"]), bool) if selection is None else np.asarray(selection)
-  return {"count": int(sel.sum()), "accuracy": _mean(per_grid["correct"][sel]),
+  return {"count": int(sel.sum()),
+          "edit_success_count": int(np.sum(~np.isnan(per_grid["edit_success"][sel]))),
+          "accuracy": _mean(per_grid["correct"][sel]),
           "chance_accuracy": _mean(per_grid["chance"][sel]),
           "psnr": _mean(per_grid["psnr"][sel]), "copy_psnr": _mean(per_grid["copy_psnr"][sel]),
           "edit_success": _mean(per_grid["edit_success"][sel]),

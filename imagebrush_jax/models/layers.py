@@ -37,6 +37,64 @@ def fourier_features(x: jax.Array, num_freqs: int, temperature: float = 100.0) -
   return feats.reshape(*x.shape[:-1], -1)
 
 
+GRID_POSITION_FREQS = 4  # Fourier frequencies of a token's position in its cell
+MAX_GRID_ROWS = 9  # example rows + the query row a grid may have (the prompt's max_examples + 1)
+
+
+def grid_position_features(height: int, width: int) -> jax.Array:
+  """[height * width, F] features of each token of a [(K+1)t, 2t] grid map (row-major): Fourier
+  features of its position inside its cell (both axes in [0, 1]), and one-hot its cell's row
+  counted from the query row (0) upwards and its column (0: before / query, 1: after / target).
+  The same place in E, E' and I gets the same in-cell features, so attention can match it."""
+  if width % 2 or height % (width // 2):
+    raise ValueError(f"a {height}x{width} map is no grid of square cells two wide")
+  t = width // 2
+  rows = height // t
+  if rows > MAX_GRID_ROWS:
+    raise ValueError(f"{rows} grid rows exceed {MAX_GRID_ROWS}")
+  y, x = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")
+  inside = jnp.stack([(y % t + 0.5) / t, (x % t + 0.5) / t], axis=-1).reshape(-1, 2)
+  cell_row = jax.nn.one_hot((rows - 1 - y // t).reshape(-1), MAX_GRID_ROWS)
+  cell_col = jax.nn.one_hot((x // t).reshape(-1), 2)
+  return jnp.concatenate([fourier_features(inside, GRID_POSITION_FREQS, 16.0), cell_row,
+                          cell_col], axis=-1)
+
+
+class GridPositions(nn.Module):
+  """Adds a learned projection of grid_position_features to [B, H*W, C] tokens of an H x W grid
+  map; the projection starts at zero, so a pretrained network starts unchanged."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, height: int, width: int) -> jax.Array:
+    feats = grid_position_features(height, width).astype(self.dtype)
+    pos = nn.Dense(tokens.shape[-1], dtype=self.dtype, param_dtype=jnp.float32,
+                   kernel_init=nn.initializers.zeros, name="proj")(feats)
+    return tokens + pos[None]
+
+
+class AttentionPool(nn.Module):
+  """[B, L, D] tokens -> [B, out_features]: a learned query attends over the tokens (CLIP's and
+  SDXL's pooled embedding), then a projection that starts at zero. Heads of 64 channels where
+  64 divides the token width, else one."""
+  out_features: int
+  implementation: str = "auto"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    width = tokens.shape[-1]
+    num_heads = width // 64 if width % 64 == 0 else 1
+    query = self.param("query", nn.initializers.normal(0.02), (1, 1, width), jnp.float32)
+    query = jnp.broadcast_to(query.astype(self.dtype), (tokens.shape[0], 1, width))
+    pooled = Attention(num_heads, width // num_heads, implementation=self.implementation,
+                       dtype=self.dtype, name="attn")(query, tokens)[:, 0]
+    pooled = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
+                          name="norm")(pooled)
+    return nn.Dense(self.out_features, dtype=self.dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.zeros, name="proj")(pooled)
+
+
 def _cudnn_supported(q: jax.Array, k: jax.Array) -> bool:
   """Whether cuDNN's fused attention can take these operands (GPU, half precision, head_dim)."""
   head_dim = q.shape[-1]

@@ -1,10 +1,12 @@
 """Visual prompt encoder: a shared ViT over E_k, E'_k and I, role and box tokens, a mixer.
 
 tokens = Mixer([ViT(E_k) + role_before + index_k ; ViT(E'_k) + role_after + index_k ;
-                ViT(I) + role_query ; extra tokens ; MLP(Fourier(box))])
-The output tokens [B, (2K+1)*P + M + 1, width] feed the UNet's cross-attention. `extra_tokens`,
-when given, is a module (before, after, query) -> [B, M, width] whose tokens join the image tokens
-before the mixer (an extension point for variants; the paper has none). For classifier-free
+                ViT(I) + role_query ; [ViT((E'_k - E_k) / 2) + role_change + index_k ;]
+                extra tokens ; MLP(Fourier(box))])
+The output tokens [B, (2K+1)*P + M + 1, width] ((3K+1)*P with the pair difference) feed the
+UNet's cross-attention. `extra_tokens`, when given, is a module (before, after, query) ->
+[B, M, width] whose tokens join the image tokens before the mixer (an extension point for
+variants; the paper has none); the diagnostic task oracle adds one token. For classifier-free
 guidance, rows with `drop_prompt` get the learned null token in every position instead (one token
 broadcast: cross-attention over identical keys equals attention to that one token, so the null
 prompt batches with any K and any token count).
@@ -19,7 +21,7 @@ from imagebrush_jax.models import layers
 from imagebrush_jax.models import runtime as runtime_lib
 
 WHOLE_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0)
-ROLE_BEFORE, ROLE_AFTER, ROLE_QUERY = 0, 1, 2
+ROLE_BEFORE, ROLE_AFTER, ROLE_QUERY, ROLE_CHANGE = 0, 1, 2, 3
 
 
 class ViT(nn.Module):
@@ -78,7 +80,8 @@ class PromptEncoder(nn.Module):
   Images are pixels in [-1, 1]; if `image_size` > 0 they are resized to it first (e.g. 224 for a
   ViT pretrained at that size). `width`, `depth`, `num_heads`, `mlp_ratio` size the mixer, the
   bidirectional transformer over all tokens. In training, boxes are dropped to the whole-image
-  box at `box_drop_rate` (rng stream 'dropout').
+  box at `box_drop_rate` (rng stream 'dropout'). With `pair_difference` the ViT also reads each
+  pair's change E' - E (the edit itself, as Prompt Diffusion stacks its pair), K more images.
   """
   vit: ViT
   width: int
@@ -91,6 +94,8 @@ class PromptEncoder(nn.Module):
   image_size: int = 0
   dropout: float = 0.0
   extra_tokens: nn.Module | None = None
+  pair_difference: bool = False
+  task_oracle_vocab: int = 0  # > 0: a diagnostic token of the true task's id (see __call__)
   runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   def _resize(self, images: jax.Array) -> jax.Array:
@@ -101,7 +106,8 @@ class PromptEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, before: jax.Array, after: jax.Array, query: jax.Array, box: jax.Array,
-               drop_prompt: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+               drop_prompt: jax.Array | None = None, deterministic: bool = True,
+               task_id: jax.Array | None = None) -> jax.Array:
     b, k = before.shape[:2]
     dtype = self.runtime.dtype
     if after.shape[:2] != (b, k) or query.shape[0] != b:
@@ -109,26 +115,44 @@ class PromptEncoder(nn.Module):
                        f"query {query.shape}")
     if k > self.max_examples:
       raise ValueError(f"{k} examples exceed model.prompt.max_examples={self.max_examples}")
-    # One backbone pass over the N = 2K+1 images: [B, N, S, S, 3] -> [B, N, P, D_vit].
-    images = jnp.concatenate([before, after, query[:, None]], axis=1)
+    # One backbone pass over the N = 2K+1 images: [B, N, S, S, 3] -> [B, N, P, D_vit]; with
+    # pair_difference also each pair's change (E' - E) / 2, in [-1, 1] (N = 3K+1).
+    images = [before, after, query[:, None]]
+    if self.pair_difference:
+      images.append((after - before) / 2)
+    images = jnp.concatenate(images, axis=1)
     n = images.shape[1]
     feats = self.vit(self._resize(images.reshape(b * n, *images.shape[2:])), deterministic)
     feats = feats.reshape(b, n, *feats.shape[1:])
     x = nn.Dense(self.width, dtype=dtype, param_dtype=jnp.float32, name="proj")(feats)
 
     roles = [ROLE_BEFORE] * k + [ROLE_AFTER] * k + [ROLE_QUERY]
-    role_emb = nn.Embed(3, self.width, embedding_init=nn.initializers.normal(0.02),
-                        param_dtype=jnp.float32, name="role_embed")(jnp.array(roles))
+    roles += [ROLE_CHANGE] * k if self.pair_difference else []
+    role_emb = nn.Embed(4 if self.pair_difference else 3, self.width,
+                        embedding_init=nn.initializers.normal(0.02), param_dtype=jnp.float32,
+                        name="role_embed")(jnp.array(roles))
     # Example index k for E_k and E'_k; the query gets none (a zero row).
     index_table = nn.Embed(self.max_examples, self.width,
                            embedding_init=nn.initializers.normal(0.02), param_dtype=jnp.float32,
                            name="index_embed")(jnp.arange(k))
-    index_emb = jnp.concatenate([index_table, index_table, jnp.zeros((1, self.width))], axis=0)
+    index_emb = [index_table, index_table, jnp.zeros((1, self.width))]
+    index_emb = jnp.concatenate(index_emb + ([index_table] if self.pair_difference else []),
+                                axis=0)
     x = x + (role_emb + index_emb).astype(dtype)[None, :, None, :]
     x = x.reshape(b, -1, self.width)
 
     if self.extra_tokens is not None:
       x = jnp.concatenate([x, self.extra_tokens(before, after, query).astype(dtype)], axis=1)
+    if self.task_oracle_vocab:
+      # Diagnostic only (never in a shipped config): the true task's id as one more token, so
+      # identifying the edit costs nothing and training measures the editing network alone.
+      if task_id is None:
+        raise ValueError("a task-oracle model (config.model.task_oracle) needs the batch's "
+                         "task_id; it is a diagnostic, not a model for editing")
+      oracle = nn.Embed(self.task_oracle_vocab, self.width,
+                        embedding_init=nn.initializers.normal(0.02), param_dtype=jnp.float32,
+                        name="task_oracle")(jnp.asarray(task_id, jnp.int32))
+      x = jnp.concatenate([x, oracle[:, None].astype(dtype)], axis=1)
 
     if not deterministic and self.box_drop_rate > 0:
       box = drop_boxes(box, self.make_rng("dropout"), self.box_drop_rate)

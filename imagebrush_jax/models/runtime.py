@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from imagebrush_jax.infra import config_checks as checks
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
 CONV_IMPLS = ("auto", "xla", "matmul_grad")
@@ -65,15 +67,16 @@ class Runtime:
   @classmethod
   def from_config(cls, section: ml_collections.ConfigDict, key: str = "config.model"
                   ) -> "Runtime":
-    """The knobs of a config section (dtype, remat, remat_policy, attention_impl, conv_impl;
-    the last three optional); errors name the key under `key`."""
+    """The knobs of a config section (dtype, remat, remat_policy, attention_impl, conv_impl);
+    errors name the key under `key`."""
+    get = lambda name: checks.get(section, name, key)
+    values = dict(dtype=get("dtype"), remat=checks.boolean(get("remat"), f"{key}.remat"),
+                  remat_policy=get("remat_policy"), attention_impl=get("attention_impl"),
+                  conv_impl=get("conv_impl"))
     try:
-      return cls(dtype=section.dtype, remat=bool(section.remat),
-                 remat_policy=section.get("remat_policy", ""),
-                 attention_impl=section.get("attention_impl", "auto"),
-                 conv_impl=section.get("conv_impl", "auto"))
+      return cls(**values)
     except ValueError as e:
-      raise ValueError(f"{key}.{e}") from None
+      raise checks.ConfigError(f"{key}.{e}") from None
 
   def maybe_remat(self, module_cls: type[nn.Module],
                   static_argnums: tuple[int, ...]) -> type[nn.Module]:

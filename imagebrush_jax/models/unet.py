@@ -85,13 +85,15 @@ class SpatialBlock(nn.Module):
 class SpatialTransformer(nn.Module):
   """GroupNorm, linear in, `depth` SpatialBlocks on the H*W tokens, linear out (zero), residual.
 
-  The GroupNorm's epsilon is 1e-6, as SD's Transformer2DModel (its ResBlocks use 1e-5).
+  The GroupNorm's epsilon is 1e-6, as SD's Transformer2DModel (its ResBlocks use 1e-5). With
+  `grid_positions` the tokens get layers.GridPositions after the linear in.
   """
   attention: str
   num_heads: int
   depth: int = 1
   norm_groups: int = 32
   dropout: float = 0.0
+  grid_positions: bool = False
   runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
@@ -103,6 +105,8 @@ class SpatialTransformer(nn.Module):
       raise ValueError(f"UNet attention: {c} channels are not divisible by {self.num_heads} heads")
     h = _group_norm(self.norm_groups, dtype, "norm", 1e-6)(x).reshape(b, hgt * wid, c)
     h = nn.Dense(c, dtype=dtype, param_dtype=jnp.float32, name="proj_in")(h)
+    if self.grid_positions:
+      h = layers.GridPositions(dtype, name="positions")(h, hgt, wid)
     for i in range(self.depth):
       h = SpatialBlock(self.attention, self.num_heads, self.dropout, self.runtime,
                        name=f"block{i}")(h, context, deterministic)
@@ -147,6 +151,10 @@ class UNet(nn.Module):
     transformer_depth: SpatialBlocks per SpatialTransformer.
     norm_groups: GroupNorm groups; must divide every level's channels.
     dropout: dropout in ResBlocks and feed-forwards (training only).
+    grid_positions: every attention layer's tokens know their place in the grid: position in
+      their cell and the cell's row and column (layers.GridPositions; SD has none).
+    pooled_prompt: the prompt tokens attention-pooled (layers.AttentionPool) into the timestep
+      embedding, so every ResBlock is conditioned on the prompt (as SDXL adds its pooled text).
     runtime: dtype, rematerialisation (per ResBlock and SpatialTransformer), kernels.
   """
   out_channels: int
@@ -159,6 +167,8 @@ class UNet(nn.Module):
   transformer_depth: int = 1
   norm_groups: int = 32
   dropout: float = 0.0
+  grid_positions: bool = False
+  pooled_prompt: bool = False
   runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   def _check(self) -> None:
@@ -190,12 +200,17 @@ class UNet(nn.Module):
 
     def spatial(kind, ch, name):
       return attn_cls(kind, self._heads(ch), self.transformer_depth, self.norm_groups,
-                      self.dropout, rt, name=name)
+                      self.dropout, self.grid_positions, rt, name=name)
 
     temb_dim = 4 * self.channels[0]
     temb = layers.timestep_embedding(timesteps, self.channels[0]).astype(dtype)
     temb = nn.Dense(temb_dim, dtype=dtype, param_dtype=jnp.float32, name="temb1")(temb)
     temb = nn.Dense(temb_dim, dtype=dtype, param_dtype=jnp.float32, name="temb2")(nn.silu(temb))
+    if self.pooled_prompt:
+      if context is None:
+        raise ValueError("model.unet.pooled_prompt needs the prompt tokens, got None")
+      temb = temb + layers.AttentionPool(temb_dim, implementation=rt.attention_impl,
+                                         dtype=dtype, name="pooled_prompt")(context)
 
     h = Conv(self.channels[0], runtime=rt, name="conv_in")(x)
     skips = [h]

@@ -82,9 +82,14 @@ def attention(batch: int, queries: int, keys: int, width: int) -> float:
 
 
 # ---------------------------------------------------------------------------- the UNet
+GRID_POSITION_FEATURES = 2 * 2 * 4 + 9 + 2  # models/layers.grid_position_features
+
+
 def _spatial_transformer(kind: str, b: int, n: int, c: int, depth: int, ctx_len: int,
-                         ctx_dim: int) -> float:
+                         ctx_dim: int, grid_positions: bool = False) -> float:
   f = 2 * dense(b * n, c, c)  # proj_in, proj_out
+  if grid_positions:  # the position projection, computed once and broadcast over the batch
+    f += dense(n, GRID_POSITION_FEATURES, c)
   for _ in range(depth):
     if "self" in kind:
       f += dense(b * n, c, 3 * c) + attention(b, n, n, c) + dense(b * n, c, c)
@@ -103,6 +108,10 @@ def unet(u: ml_collections.ConfigDict, b: int, h: int, w: int, in_channels: int,
   channels, kinds = tuple(u.channels), tuple(u.attention)
   temb_dim = 4 * channels[0]
   count.add(dense(b, channels[0], temb_dim) + dense(b, temb_dim, temb_dim))
+  if u.pooled_prompt:  # one query attending over the prompt, then its projection
+    count.add(dense(b, ctx_dim, ctx_dim) + dense(b * ctx_len, ctx_dim, 2 * ctx_dim)
+              + attention(b, 1, ctx_len, ctx_dim) + dense(b, ctx_dim, ctx_dim)
+              + dense(b, ctx_dim, temb_dim))
 
   def res(hh, ww, cin, cout):
     f = conv(b, hh, ww, cin, cout)[0] + dense(b, temb_dim, cout) + conv(b, hh, ww, cout, cout)[0]
@@ -112,8 +121,8 @@ def unet(u: ml_collections.ConfigDict, b: int, h: int, w: int, in_channels: int,
 
   def spatial(kind, hh, ww, c):
     if kind != "none":
-      count.add(_spatial_transformer(kind, b, hh * ww, c, u.transformer_depth, ctx_len, ctx_dim),
-                remat)
+      count.add(_spatial_transformer(kind, b, hh * ww, c, u.transformer_depth, ctx_len, ctx_dim,
+                                     bool(u.grid_positions)), remat)
 
   f, hh, ww = conv(b, h, w, in_channels, channels[0])
   count.first_layer = count.add(f)
@@ -160,7 +169,8 @@ def prompt_encoder(p: ml_collections.ConfigDict, b: int, num_examples: int, tile
   only; the patch embedding after it is the first layer.
   """
   count = Count()
-  images = b * (2 * num_examples + 1)
+  per_prompt = (3 if p.pair_difference else 2) * num_examples + 1  # images the ViT reads
+  images = b * per_prompt
   size = int(p.image_size) or tile
   if size != tile:
     count.forward_only += count.add(dense(images * size * tile * 3, tile, 1) +
@@ -175,7 +185,7 @@ def prompt_encoder(p: ml_collections.ConfigDict, b: int, num_examples: int, tile
   count.add(dense(images * patches, vit.width, mixer.width))
   count.add(dense(b, 4 * 2 * p.box_fourier_freqs, mixer.width) + dense(b, mixer.width,
                                                                        mixer.width))
-  tokens = (2 * num_examples + 1) * patches + 1
+  tokens = per_prompt * patches + 1
   _transformer(count, b, tokens, mixer.width, mixer.depth, mixer.mlp_ratio, remat)
   return count, tokens
 

@@ -32,6 +32,7 @@ from imagebrush_jax.models import autoencoder as ae
 from imagebrush_jax.models import runtime as runtime_lib
 from imagebrush_jax.training import metric_writers
 from imagebrush_jax.training import train_state
+from imagebrush_jax.training.options import LoopOptions
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 EVAL_SEED_OFFSET = 1_000_003  # held-out tiles come from scenes no training index uses
@@ -101,9 +102,10 @@ class AutoencoderObjective(train_state.Objective):
   model: ae.AutoencoderKL | None = None
 
 
-def build_trainable(config: ml_collections.ConfigDict) -> train_state.Trainable:
+def build_trainable(config: ml_collections.ConfigDict, options: LoopOptions
+                    ) -> train_state.Trainable:
   """The autoencoder of config.autoencoder (from config.autoencoder.init_from if set) with
-  config.train's optimizer."""
+  the loop's optimizer (config.train) and seed."""
   model = build_model(config)
   init_from = config.autoencoder.init_from
   start = load_initial_params(init_from, model.arch) if init_from else None
@@ -115,7 +117,7 @@ def build_trainable(config: ml_collections.ConfigDict) -> train_state.Trainable:
 
   objective = AutoencoderObjective(init_params=init_params, loss_fn=make_loss_fn(model, config),
                                    compute_dtype=str(config.autoencoder.dtype), model=model)
-  return train_state.make_trainable(objective, config.train, config.seed)
+  return train_state.make_trainable(objective, options.train, options.seed)
 
 
 # ====================================================================== evaluation

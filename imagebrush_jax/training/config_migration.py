@@ -47,10 +47,21 @@ ADDED = (
     ("diffusion.edit_region_weight", 0.0),
     ("diffusion.edit_region_threshold", 0.1),
     ("diffusion.residual_target", False),
+    ("diffusion.timestep_sampling", "uniform"),
+    ("diffusion.timestep_logit_mean", 0.0),
+    ("diffusion.timestep_logit_std", 1.0),
+    ("diffusion.min_snr_gamma", 0.0),
+    ("model.prompt.pair_difference", False),
+    ("model.unet.grid_positions", False),
+    ("model.unet.pooled_prompt", False),
+    ("model.task_oracle", False),
     ("train.accuracy_num_grids", 0),
     ("train.stop_check_every", 1),
     ("checkpoint.restore_step", -1),
     ("checkpoint.async_save", True),
+    ("autoencoder.remat_policy", ""),
+    ("autoencoder.attention_impl", "auto"),
+    ("autoencoder.conv_impl", "auto"),
 )
 
 

@@ -2,8 +2,8 @@
 checkpointable input iterator, with logging, periodic evaluation, checkpoints (resume is
 data-exact), profiling, a NaN stop and preemption.
 
-    run_training(config, workdir, build_trainable=..., make_train_iterator=...,
-                 make_evaluator=...)
+    run_training(config, workdir, options=LoopOptions.from_config(config),
+                 build_trainable=..., make_train_iterator=..., make_evaluator=...)
 
 setup() builds the run (mesh, state restored or initialised, data, writers, evaluator); the
 step is compiled ahead of time; train_steps() runs it and after each step calls the periodic
@@ -25,10 +25,10 @@ from imagebrush_jax.infra import parallel
 from imagebrush_jax.perf import compiled as compiled_lib
 from imagebrush_jax.perf import hardware
 from imagebrush_jax.training import actions
-from imagebrush_jax.training import config_validation
 from imagebrush_jax.training import metric_writers
 from imagebrush_jax.training import preemption
 from imagebrush_jax.training import train_state
+from imagebrush_jax.training.options import LoopOptions
 
 State = dict[str, Any]
 # In a gs:// workdir the training history is uploaded whole at most this often, and at every
@@ -41,7 +41,8 @@ NonFiniteLossError = actions.NonFiniteLossError
 @dataclasses.dataclass
 class Run:
   """What setup() builds for run_training; close() releases it."""
-  config: ml_collections.ConfigDict
+  config: ml_collections.ConfigDict  # as saved with every checkpoint
+  options: LoopOptions
   workdir: epath.Path
   mesh: Mesh
   task: train_state.Trainable
@@ -80,22 +81,25 @@ class Run:
       self.train_iter.close()  # stops grain worker processes
 
 
-def run_training(config: ml_collections.ConfigDict, workdir: str, *,
-                 build_trainable: Callable[[ml_collections.ConfigDict], train_state.Trainable],
+def run_training(config: ml_collections.ConfigDict, workdir: str, *, options: LoopOptions,
+                 build_trainable: Callable[[], train_state.Trainable],
                  make_train_iterator: Callable[..., Any],
                  make_evaluator: Callable[..., Any]) -> State:
   """The generic loop, shared by every model this project trains; returns the last state.
 
-  build_trainable(config) -> Trainable; make_train_iterator(config, process_index=,
-  process_count=) -> a checkpointable host-batch iterator; make_evaluator(config, task,
-  mesh, workdir_path, writer) -> an object whose run(step, state) evaluates.
+  `config` is what checkpoints record; `options` what the loop reads (parsed from it where the
+  program starts). build_trainable() -> Trainable; make_train_iterator(process_index=,
+  process_count=) -> a checkpointable host-batch iterator; make_evaluator(task, mesh,
+  workdir_path, writer) -> an object whose run(step, state) evaluates.
   """
-  run = setup(config, workdir, build_trainable=build_trainable,
-              make_train_iterator=make_train_iterator, make_evaluator=make_evaluator)
-  tc = config.train
+  tc = options.train
+  # Installed before setup, so a SIGTERM while the run is built (or compiled) still saves and
+  # stops after the first step instead of killing the process.
   stop_flag = preemption.StopFlag(tc.stop_check_every)
   stop_flag.install()
   try:
+    run = setup(config, workdir, options=options, build_trainable=build_trainable,
+                make_train_iterator=make_train_iterator, make_evaluator=make_evaluator)
     try:
       profile = actions.Profile(tc.profile_steps, str(run.workdir / "profile"))
       step_fn, flops_per_step = run.train_step, None
@@ -130,33 +134,32 @@ def train_steps(step_fn: Callable[[State, Any], tuple[State, Any]], state: State
   return state
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, *,
-          build_trainable: Callable[[ml_collections.ConfigDict], train_state.Trainable],
+def setup(config: ml_collections.ConfigDict, workdir: str, *, options: LoopOptions,
+          build_trainable: Callable[[], train_state.Trainable],
           make_train_iterator: Callable[..., Any],
           make_evaluator: Callable[..., Any]) -> Run:
-  """Validates the config; builds the mesh, the trainable, the state (restored from the
-  checkpoint to resume from, else initialised), the data iterator, the writers and the
-  evaluator; writes WORKDIR/config.json on a fresh start."""
-  config_validation.validate(config)
+  """Builds the mesh, the trainable, the state (restored from the checkpoint to resume from,
+  else initialised), the data iterator, the writers and the evaluator; writes
+  WORKDIR/config.json on a fresh start."""
   files.check_access(workdir)  # a bucket without credentials stops here, naming the bucket
   workdir_path = files.as_path(workdir)
-  tc = config.train
+  tc = options.train
 
   # ------------------------------------------------------------ devices and mesh
-  mesh = parallel.make_mesh(config.mesh)
+  mesh = parallel.make_mesh(options.mesh)
   parallel.local_batch_size(tc.batch_size)  # validates divisibility early
   metric_writers.log_line(
       f"devices: {jax.device_count()} ({jax.devices()[0].platform}), processes: "
       f"{jax.process_count()}, mesh: {dict(mesh.shape)}")
 
   # ------------------------------------------------------------ model, optimizer, state
-  task = build_trainable(config)  # model config errors stop the run before the workdir is made
+  task = build_trainable()  # its files' errors stop the run before the workdir is made
   # ------------------------------------------------------------ data (its errors too)
-  train_iter = make_train_iterator(config, process_index=jax.process_index(),
+  train_iter = make_train_iterator(process_index=jax.process_index(),
                                    process_count=jax.process_count())
   files.makedirs(workdir_path)
   abstract_state, state_shardings = train_state.state_shapes_and_shardings(
-      task, mesh, config.sharding, jax.random.key(config.seed))
+      task, mesh, options.mesh, jax.random.key(options.seed))
   train_step = train_state.jit_train_step(task, mesh, state_shardings)
   num_params = ckpt_lib.param_count(abstract_state["params"])
   metric_writers.log_line(f"model: {num_params / 1e6:.2f}M parameters")
@@ -165,14 +168,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *,
     metric_writers.log_line(warning)
 
   # ------------------------------------------------------------ checkpoint / resume
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint, remove_partial_saves=True)
-  resume_step = _resume_step(checkpointer, config.checkpoint)
+  checkpointer = ckpt_lib.Checkpointer(workdir, options.checkpoint, remove_partial_saves=True)
+  resume_step = _resume_step(checkpointer, options.checkpoint.restore_step)
   if resume_step is not None:
     target = ckpt_lib.abstract_with_shardings(abstract_state, state_shardings)
     state = checkpointer.restore(resume_step, target, train_iter)
     metric_writers.log_line(f"resumed from step {resume_step} in {checkpointer.directory}")
   else:
-    state = train_state.init_sharded_state(task, state_shardings, jax.random.key(config.seed))
+    state = train_state.init_sharded_state(task, state_shardings, jax.random.key(options.seed))
   first_step = int(jax.device_get(state["step"]))
 
   # ------------------------------------------------------------ writers and evaluator
@@ -180,12 +183,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *,
   if first_step == 0 and jax.process_index() == 0:
     files.write_text_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
     writer.write_scalars(0, {"params_millions": num_params / 1e6})
-  last_step = tc.num_steps if tc.stop_at_step < 0 else min(tc.stop_at_step, tc.num_steps)
   history = metric_writers.JsonlHistory(workdir_path / "train_metrics.jsonl",
                                         flush_secs=HISTORY_FLUSH_SECS)
-  evaluator = make_evaluator(config, task, mesh, workdir_path, writer)
-  return Run(config=config, workdir=workdir_path, mesh=mesh, task=task, train_step=train_step,
-             state=state, first_step=first_step, last_step=last_step, train_iter=train_iter,
+  evaluator = make_evaluator(task, mesh, workdir_path, writer)
+  return Run(config=config, options=options, workdir=workdir_path, mesh=mesh, task=task,
+             train_step=train_step,
+             state=state, first_step=first_step, last_step=tc.last_step, train_iter=train_iter,
              checkpointer=checkpointer, writer=writer, history=history, evaluator=evaluator)
 
 
@@ -193,7 +196,7 @@ def _periodic_actions(run: Run, stop_flag: preemption.StopFlag,
                       flops_per_step: float | None) -> list[actions.PeriodicAction]:
   """The actions after each step, in the order they run: metrics, evaluation, preemption,
   checkpoint."""
-  tc = run.config.train
+  tc = run.options.train
   peak_flops, _ = hardware.peak_flops(jax.devices()[0], run.task.objective.compute_dtype)
   progress = metric_writers.ProgressLine(tc.num_steps, tc.batch_size, run.first_step,
                                          flops_per_step=flops_per_step,
@@ -203,7 +206,7 @@ def _periodic_actions(run: Run, stop_flag: preemption.StopFlag,
                             history=run.history)
   evaluation = actions.Evaluation(run.evaluator, every=tc.eval_every, total_steps=tc.num_steps,
                                   at_end=tc.eval_at_end)
-  checkpoint_due = actions.every_n_steps(run.config.checkpoint.every, run.last_step)
+  checkpoint_due = actions.every_n_steps(run.options.checkpoint.every, run.last_step)
   stop = actions.Preemption(stop_flag, force_check=checkpoint_due)
   checkpoint = actions.Checkpoint(run.checkpointer, run.train_iter, run.config,
                                   due=checkpoint_due, metrics=metrics, preemption_action=stop,
@@ -223,7 +226,7 @@ def _compile_step(train_step, state: State, batch: Any, task: train_state.Traina
   metric_writers.log_line(f"train step {stats.summary()}")
   writer.write_scalars(step, {"compile/seconds": stats.compile_s,
                               "compile/peak_memory_gib": stats.peak_bytes / compiled_lib.GIB})
-  tc = task.train_config
+  tc = task.train
   analytic = task.flops_per_step
   if analytic is not None:
     return compiled, float(analytic(int(tc.batch_size)))
@@ -232,14 +235,13 @@ def _compile_step(train_step, state: State, batch: Any, task: train_state.Traina
   return compiled, stats.flops * jax.device_count() * int(tc.grad_accum_steps)
 
 
-def _resume_step(checkpointer: ckpt_lib.Checkpointer,
-                 ckpt_config: ml_collections.ConfigDict) -> int | None:
-  """The step to resume from: config.checkpoint.restore_step if set, else the latest (or None).
+def _resume_step(checkpointer: ckpt_lib.Checkpointer, wanted: int) -> int | None:
+  """The step to resume from: config.checkpoint.restore_step (`wanted`) if set (>= 0), else
+  the latest (or None).
 
   Checkpoints newer than an explicit restore_step are set aside, so the steps trained again
   save normally and a later plain start resumes from them, not from the set-aside ones.
   """
-  wanted = int(ckpt_config.restore_step)
   if wanted < 0:
     return checkpointer.latest_step()
   steps = checkpointer.all_steps()

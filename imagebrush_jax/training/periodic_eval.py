@@ -21,14 +21,15 @@ from etils import epath
 import jax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
-import ml_collections
 import numpy as np
 
 from imagebrush_jax.infra import files
 from imagebrush_jax.training import metric_writers
 from imagebrush_jax.infra import parallel
 from imagebrush_jax.training import train_state
+from imagebrush_jax.training.options import TrainOptions
 from imagebrush_jax.data import pipeline
+from imagebrush_jax.data.options import DataOptions
 from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.metrics import edits
 
@@ -71,32 +72,31 @@ def sample_sheet(grid: np.ndarray, generated: np.ndarray, num_examples: int) -> 
 
 
 class Evaluator:
-  """Held-out loss and guided samples at config.train.eval_every steps."""
+  """Held-out loss and guided samples at config.train.eval_every steps: `data` the run's data,
+  `train` its eval_num_grids, sample_num_grids and accuracy_num_grids."""
 
-  def __init__(self, config: ml_collections.ConfigDict, task: train_state.Trainable, mesh: Mesh,
-               workdir: epath.Path, writer: metric_writers.MetricWriter):
-    self.config, self.task, self.mesh, self.workdir, self.writer = config, task, mesh, workdir, writer
-    tc = config.train
-    tasks = tuple(config.data.heldout_tasks) or tuple(config.data.train_tasks)
-    self.split = "heldout" if config.data.heldout_tasks else "fresh"
-    seed = int(config.seed) + EVAL_SEED_OFFSET
+  def __init__(self, data: DataOptions, train: TrainOptions, task: train_state.Trainable,
+               mesh: Mesh, workdir: epath.Path, writer: metric_writers.MetricWriter):
+    self.data, self.task, self.mesh, self.workdir, self.writer = data, task, mesh, workdir, writer
+    tasks = data.heldout_tasks or data.train_tasks
+    self.split = "heldout" if data.heldout_tasks else "fresh"
+    seed = data.seed + EVAL_SEED_OFFSET
     self.loss_batches = []
-    if tc.eval_num_grids:
+    if train.eval_num_grids:
       self.loss_batches = [self._global(b) for b in pipeline.make_eval_batches(
-          config, num_grids=int(tc.eval_num_grids), seed=seed, tasks=tasks)]
+          data, num_grids=train.eval_num_grids, seed=seed, tasks=tasks)]
     self.sample_batch = None
-    if tc.sample_num_grids:
-      full = pipeline.make_eval_batches(config, num_grids=int(tc.sample_num_grids), seed=seed + 1,
+    if train.sample_num_grids:
+      full = pipeline.make_eval_batches(data, num_grids=train.sample_num_grids, seed=seed + 1,
                                         tasks=tasks)
       self.sample_batch = self._global(full[0])
       self.sample_grid = np.asarray(full[0]["grid"])  # every host built it in full
     # Edit quality on fresh grids of the training tasks (seed + 2: scenes never trained on).
     self.acc_batches, self.acc_tasks, self.acc_candidates = [], (), None
-    self.vocabulary = pipeline.task_vocabulary(config)
-    if tc.accuracy_num_grids:
-      host = pipeline.make_eval_batches(config, num_grids=int(tc.accuracy_num_grids),
-                                        seed=seed + 2, tasks=tuple(config.data.train_tasks),
-                                        candidates=True)
+    self.vocabulary = data.all_tasks
+    if train.accuracy_num_grids:
+      host = pipeline.make_eval_batches(data, num_grids=train.accuracy_num_grids,
+                                        seed=seed + 2, tasks=data.train_tasks, candidates=True)
       self.acc_tasks = tuple(self.vocabulary[int(i)] for b in host for i in b["task_id"])
       if "candidates" in host[0]:
         self.acc_candidates = np.concatenate([b["candidates"] for b in host])
@@ -125,7 +125,7 @@ class Evaluator:
   def run(self, step: int, state: dict) -> dict[str, float]:
     start = time.perf_counter()
     params = state["ema_params"]
-    key = jax.random.key(int(self.config.seed) + step)
+    key = jax.random.key(self.data.seed + step)
     scalars, record = {}, {}
     if self.loss_batches:
       # Each batch's loss is a mean over its real grids: weight the batches by their sizes.
@@ -152,7 +152,7 @@ class Evaluator:
     """Samples the target cell of each grid -> psnr, copy_psnr, edit_success, preservation and
     accuracy (where the grids have candidates), over all training tasks and (object_*,
     global_*) each group of built-in tasks (metrics/edits.py)."""
-    tile, k = self.config.data.tile_size, self.config.data.num_examples
+    tile, k = self.data.tile_size, self.data.num_examples
     generated = np.concatenate([self._generate(params, b, jax.random.fold_in(key, 10_000 + i))
                                 for i, b in enumerate(self.acc_batches)])
     _, _, query, truth = grid_lib.split_cells(np.asarray(self.acc_grid), k, tile)
@@ -171,6 +171,6 @@ class Evaluator:
     generated = self._generate(params, self.sample_batch, key)
     if jax.process_index() != 0:
       return
-    sheet = sample_sheet(self.sample_grid, generated, self.config.data.num_examples)
+    sheet = sample_sheet(self.sample_grid, generated, self.data.num_examples)
     files.save_png_atomic(self.workdir / "samples" / f"step_{step:07d}.png", sheet)
     self.writer.write_images(step, {"samples": sheet})

@@ -12,10 +12,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
-import ml_collections
 import optax
 
 from imagebrush_jax.infra import parallel
+from imagebrush_jax.training.options import TrainOptions
 
 State = dict[str, Any]
 LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict]]
@@ -42,7 +42,7 @@ class Trainable:
   objective: Objective
   optimizer: optax.GradientTransformation
   lr_schedule: optax.Schedule
-  train_config: ml_collections.ConfigDict
+  train: TrainOptions
   seed: int
   flops_per_step: Callable[[int], float] | None = None
 
@@ -60,15 +60,15 @@ class Trainable:
     }
 
 
-def make_trainable(objective: Objective, train_config: ml_collections.ConfigDict, seed: int,
+def make_trainable(objective: Objective, train: TrainOptions, seed: int,
                    *, flops_per_step: Callable[[int], float] | None = None) -> Trainable:
   """`objective` with config.train's optimizer (its frozen keys left unchanged); `seed` seeds
   the steps' randomness."""
-  optimizer, schedule = make_optimizer(train_config)
+  optimizer, schedule = make_optimizer(train)
   if objective.frozen_keys:
     optimizer = freeze(optimizer, objective.frozen_keys)
   return Trainable(objective=objective, optimizer=optimizer, lr_schedule=schedule,
-                   train_config=train_config, seed=int(seed), flops_per_step=flops_per_step)
+                   train=train, seed=int(seed), flops_per_step=flops_per_step)
 
 
 def freeze(optimizer: optax.GradientTransformation, keys: tuple[str, ...]
@@ -82,7 +82,7 @@ def freeze(optimizer: optax.GradientTransformation, keys: tuple[str, ...]
 
 
 # ====================================================================== optimizer
-def make_lr_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
+def make_lr_schedule(tc: TrainOptions) -> optax.Schedule:
   """Linear warmup, then cosine decay to end_lr_fraction * lr, or constant.
 
   Update s (0-based, optax's count) uses the base schedule at s + 1: the first update gets
@@ -99,8 +99,7 @@ def make_lr_schedule(tc: ml_collections.ConfigDict) -> optax.Schedule:
         [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
         [warmup])
   else:
-    raise ValueError(f"config.train.lr_schedule must be 'cosine' or 'constant', got "
-                     f"{tc.lr_schedule!r}")
+    raise ValueError(f"unknown lr_schedule {tc.lr_schedule!r}")
   return lambda step: base(step + 1)
 
 
@@ -122,7 +121,7 @@ def _decay_mask(params):
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def make_optimizer(tc: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
+def make_optimizer(tc: TrainOptions) -> tuple[optax.GradientTransformation,
                                                            optax.Schedule]:
   schedule = make_lr_schedule(tc)
   parts = []
@@ -133,7 +132,7 @@ def make_optimizer(tc: ml_collections.ConfigDict) -> tuple[optax.GradientTransfo
   return optax.chain(*parts), schedule
 
 
-def ema_decay_at(step: jax.Array, tc: ml_collections.ConfigDict) -> jax.Array:
+def ema_decay_at(step: jax.Array, tc: TrainOptions) -> jax.Array:
   """EMA decay, warmed up as min(decay, (1 + step) / (10 + step)) so early EMA tracks."""
   decay = jnp.asarray(float(tc.ema_decay), jnp.float32)
   if tc.ema_warmup:
@@ -145,7 +144,7 @@ def ema_decay_at(step: jax.Array, tc: ml_collections.ConfigDict) -> jax.Array:
 # ====================================================================== the step
 def make_train_step(task: Trainable) -> Callable[[State, dict], tuple[State, dict]]:
   """Pure step: accumulates gradients over micro-batches, updates params and EMA."""
-  tc = task.train_config
+  tc = task.train
   accum = int(tc.grad_accum_steps)
   base_key = jax.random.key(task.seed)
 
@@ -189,11 +188,11 @@ def make_train_step(task: Trainable) -> Callable[[State, dict], tuple[State, dic
   return step_fn
 
 
-def state_shapes_and_shardings(task: Trainable, mesh: Mesh, sharding_config: Any,
+def state_shapes_and_shardings(task: Trainable, mesh: Mesh, mesh_options: parallel.MeshOptions,
                                rng: jax.Array) -> tuple[Any, Any]:
-  """(abstract state, its shardings on `mesh` per config.sharding), without allocating."""
+  """(abstract state, its shardings on `mesh` per the sharding rules), without allocating."""
   abstract = jax.eval_shape(task.init_state, rng)
-  return abstract, parallel.tree_shardings(abstract, mesh, sharding_config)
+  return abstract, parallel.tree_shardings(abstract, mesh, mesh_options)
 
 
 def init_sharded_state(task: Trainable, shardings: Any, rng: jax.Array) -> Any:
@@ -209,10 +208,10 @@ def jit_train_step(task: Trainable, mesh: Mesh, state_shardings: Any):
                  donate_argnums=(0,))
 
 
-def fresh_sharded_state(task: Trainable, config: ml_collections.ConfigDict,
+def fresh_sharded_state(task: Trainable, mesh_options: parallel.MeshOptions,
                         rng: jax.Array) -> tuple[Mesh, Any, Callable]:
-  """(mesh, state, jitted step) of a new run on config.mesh / config.sharding (benchmarks,
+  """(mesh, state, jitted step) of a new run on the mesh and sharding rules (benchmarks,
   tools); training/loop.py does the same around restoring a checkpoint."""
-  mesh = parallel.make_mesh(config.mesh)
-  _, shardings = state_shapes_and_shardings(task, mesh, config.sharding, rng)
+  mesh = parallel.make_mesh(mesh_options)
+  _, shardings = state_shapes_and_shardings(task, mesh, mesh_options, rng)
   return mesh, init_sharded_state(task, shardings, rng), jit_train_step(task, mesh, shardings)

@@ -16,11 +16,11 @@ has the ablation):
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from imagebrush_jax.core import model as model_lib
 from imagebrush_jax.models import runtime as runtime_lib
@@ -111,7 +111,7 @@ class EditProposal(nn.Module):
     return ((draft + weights[:, c][:, None, None]) * mask).astype(self.runtime.dtype)
 
 
-def plugins(config: ml_collections.ConfigDict, runtime: runtime_lib.Runtime, *,
+def plugins(spec: Any, runtime: runtime_lib.Runtime, *,
             target_cell_fill: str = "query_dihedral", pair_stats: bool = True,
             edit_proposal: bool = True) -> model_lib.Plugins:
   """The demo's plug-ins; each option switches one off (the README's ablation rows).
@@ -129,7 +129,7 @@ def plugins(config: ml_collections.ConfigDict, runtime: runtime_lib.Runtime, *,
                   else QueryUnderTarget(dihedral=target_cell_fill == "query_dihedral"))
   return model_lib.Plugins(
       conditioning=conditioning,
-      extra_tokens=(PairStatsTokens(config.model.prompt.mixer.width,
-                                    config.model.prompt.max_examples, runtime)
+      extra_tokens=(PairStatsTokens(spec.model.prompt.mixer.width,
+                                    spec.model.prompt.max_examples, runtime)
                     if pair_stats else None),
-      extra_inputs=EditProposal(config.model.in_channels, runtime) if edit_proposal else None)
+      extra_inputs=EditProposal(spec.model.in_channels, runtime) if edit_proposal else None)
