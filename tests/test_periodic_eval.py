@@ -90,5 +90,8 @@ def test_eval_batch_of_six_on_eight_devices(tmp_path):
     record = json.loads(f.readline())
   assert record["step"] == 1 and np.isfinite(record["heldout_loss"])
   assert 0.0 <= record["accuracy"] <= 1.0 and np.isfinite(record["psnr"])
+  # Edit success with its 95% interval over the grids it is measured on (6 here: wide).
+  assert record["edit_success_low"] <= record["edit_success"] <= record["edit_success_high"]
+  assert record["edit_success_high"] - record["edit_success_low"] > 0.3
   sheet = np.asarray(Image.open(os.path.join(tmp_path, "samples", "step_0000001.png")))
   assert sheet.shape[0] == 6 * 8 + 5 * 2  # six 8-pixel rows with 2-pixel gaps: no padding rows

@@ -32,6 +32,7 @@ from imagebrush_jax.data import pipeline
 from imagebrush_jax.data.options import DataOptions
 from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.metrics import edits
+from imagebrush_jax.metrics import intervals
 
 EVAL_SEED_OFFSET = 1_000_003  # eval grids come from seeds no training index uses
 
@@ -69,6 +70,15 @@ def sample_sheet(grid: np.ndarray, generated: np.ndarray, num_examples: int) -> 
     rows.append(np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1))
   gap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
   return np.concatenate(sum(([r, gap] for r in rows), [])[:-1], axis=0)
+
+
+def _interval(prefix: str, summary: dict) -> dict[str, float]:
+  """{prefix}edit_success_low / _high: the 95% Wilson interval of the mean edit success over
+  the grids it is measured on, so a curve's noise is on the record."""
+  if summary["edit_success"] is None:
+    return {}
+  low, high = intervals.wilson(summary["edit_success"], summary["edit_success_count"])
+  return {f"{prefix}edit_success_low": low, f"{prefix}edit_success_high": high}
 
 
 class Evaluator:
@@ -161,10 +171,12 @@ class Evaluator:
     summary = edits.by_group(per_grid, self.acc_tasks)
     keys = ("psnr", "copy_psnr", "edit_success", "preservation", "accuracy")
     record = {k: summary[k] for k in keys if summary[k] is not None}
+    record.update(_interval("", summary))
     for group, prefix in ((edits.OBJECT, "object_"), (edits.GLOBAL, "global_")):
       if group in summary:
         record.update({prefix + k: summary[group][k] for k in keys
                        if k not in ("copy_psnr",) and summary[group][k] is not None})
+        record.update(_interval(prefix, summary[group]))
     return record
 
   def _samples(self, step: int, params: Any, key: jax.Array) -> None:
