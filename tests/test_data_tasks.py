@@ -1,6 +1,7 @@
 """The task registry: every task is a deterministic, shape-keeping, real edit that means what
 its name says; global tasks obey their algebra and mean the same on scenes and on pixels."""
 import dataclasses
+import itertools
 import subprocess
 import sys
 
@@ -74,7 +75,7 @@ def test_task_keeps_shape_is_deterministic_and_changes_the_scene(name, tile):
 def test_global_task_on_a_scene_equals_it_on_the_pixels(name, tile):
   task = tasks.get_task(name)
   for scene in random_scenes(12):
-    moved, box = task.scene_fn(scene)
+    moved, box = task.scene_fn(scene, tile)
     assert box is None
     np.testing.assert_array_equal(scenes.render(moved, tile),
                                   task.image_fn(scenes.render(scene, tile)))
@@ -122,11 +123,11 @@ def test_composition_applies_left_to_right():
   scene = generic_scene()
   task = tasks.get_task("recolor+hflip")
   assert not task.is_global and task.name == "recolor+hflip"
-  moved, box = task.scene_fn(scene)
+  moved, box = task.scene_fn(scene, 16)
   np.testing.assert_array_equal(scenes.render(moved, 16),
                                 imageops.hflip(tasks.get_task("recolor").make_pair(scene, 16)[1]))
   assert box is None  # hflip touches the whole tile
-  _, box = tasks.get_task("recolor+delete").scene_fn(scene)
+  _, box = tasks.get_task("recolor+delete").scene_fn(scene, 16)
   np.testing.assert_allclose(box, scenes.union_box([scene.objects[0].extent]), atol=1e-6)
 
 
@@ -170,19 +171,19 @@ def test_recolor_paints_exactly_the_largest_object_red():
 
 def test_move_shifts_the_largest_object_a_quarter_tile_right():
   scene = generic_scene()
-  moved, box = tasks.move(scene)
+  moved, box = tasks.move(scene, T)
   (x0, y0), (x1, y1) = centroid(masks(scene)[0]), centroid(masks(moved)[0])
   assert abs(x1 - x0 - T / 4) <= 0.5 and abs(y1 - y0) <= 0.5
   # The box covers the object before and after: x from -0.85 to 0.65 in scene units.
   np.testing.assert_allclose(box, [0.075, 0.15, 0.825, 0.65], atol=1e-6)
   at_border = scenes.replace_object(scene, 0, center=(0.5, -0.2))
-  assert tasks.move(at_border)[0].objects[0].center == (0.5, -0.2)  # stops at the border
+  assert tasks.move(at_border, T)[0].objects[0].center == (0.5, -0.2)  # stops at the border
 
 
 @pytest.mark.parametrize("name,ratio", [("scale_up", 1.5**2), ("scale_down", 0.5**2)])
 def test_scaling_changes_the_area_about_the_centre(name, ratio):
   scene = generic_scene()
-  out, box = tasks.get_task(name).scene_fn(scene)
+  out, box = tasks.get_task(name).scene_fn(scene, T)
   before, after = masks(scene)[0], masks(out)[0]
   assert after.sum() / before.sum() == pytest.approx(ratio, rel=0.15)
   np.testing.assert_allclose(box_center(after), box_center(before), atol=1.0)
@@ -233,14 +234,67 @@ def test_segment_and_edges_are_white_on_black():
   assert white.any() and (white <= union).all() and white.sum() < union.sum()
 
 
-def test_bbox_frames_the_largest_object():
-  scene = generic_scene()
-  _, after, box = tasks.get_task("bbox").make_pair(scene, T)
-  x0, y0, x1, y1 = (np.array(box) * T).round().astype(int)
-  assert (after[y0, x0:x1] == 255).all() and (after[y1 - 1, x0:x1] == 255).all()
-  s = 0.5 * tasks.BBOX_PADDING
-  np.testing.assert_allclose(box, scenes.union_box([(-0.35 - s, -0.2 - s, -0.35 + s,
-                                                     -0.2 + s)]), atol=1e-6)
+@pytest.mark.parametrize("tile", [16, 18, 32])
+def test_bbox_frames_the_largest_object_with_a_clear_gap(tile):
+  """A white square band, one outline wide, around the object's pixels, with at least
+  BBOX_MIN_GAP pixels of the scene left as they were in between; the box covers it."""
+  obj = SceneObject("circle", (0.1, -0.05), 0.3, (1, 0, 0, 1), (0, 200, 60), True)
+  scene = scenes.Scene(generic_scene().background, (obj,), stroke=0.1)
+  before, after, box = tasks.get_task("bbox").make_pair(scene, tile)
+  x0, y0, x1, y1 = scenes.pixel_box(obj, tile)
+  stroke = scenes.stroke_pixels(scene, tile)
+  white = (after == 255).all(-1)
+  ys, xs = np.nonzero(white)
+  fx0, fy0, fx1, fy1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+  assert fx1 - fx0 == fy1 - fy0
+  band = np.zeros_like(white)
+  band[fy0:fy1, fx0:fx1] = True
+  band[fy0 + stroke:fy1 - stroke, fx0 + stroke:fx1 - stroke] = False
+  np.testing.assert_array_equal(white, band)
+  gaps = (x0 - fx0 - stroke, y0 - fy0 - stroke, fx1 - stroke - x1, fy1 - stroke - y1)
+  assert min(gaps) >= tasks.BBOX_MIN_GAP, gaps
+  np.testing.assert_array_equal(after[~band], before[~band])
+  np.testing.assert_allclose(box * tile, [fx0, fy0, fx1, fy1], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["move", "scale_up", "scale_down", "bbox"])
+@pytest.mark.parametrize("tile", [16, 18])
+def test_placed_edits_follow_from_the_pixels(name, tile):
+  """Moving or resizing the object by less than a pixel, its pixels as they were, leaves the
+  target as it was: these edits work from the object's pixels and land on whole pixels."""
+  task = tasks.get_task(name)
+  px = 2 / tile
+  checked = 0
+  for scene in random_scenes(10):
+    i = scenes.largest_index(scene)
+    obj = scene.objects[i]
+    after = task.make_pair(scene, tile)[1]
+    for dx, dy, ds in itertools.product((-0.2, 0.1), (-0.1, 0.2), (-0.15, 0.1)):
+      nudged = dataclasses.replace(obj, center=(obj.center[0] + dx * px,
+                                                obj.center[1] + dy * px), size=obj.size + ds * px)
+      if np.array_equal(scenes.object_mask(nudged, tile), scenes.object_mask(obj, tile)):
+        other = scenes.replace_object(scene, i, center=nudged.center, size=nudged.size)
+        np.testing.assert_array_equal(task.make_pair(other, tile)[1], after)
+        checked += 1
+  assert checked >= 10
+
+
+def test_move_and_scale_work_in_whole_pixels():
+  """move shifts the object's pixels by round(T / 4) columns; scaling sets its columns to the
+  nearest whole number of pixels to factor x its columns, about the same centre."""
+  obj = SceneObject("ell", (-0.31, 0.07), 0.33, (0, 1, -1, 0), (0, 200, 60), True)
+  scene = scenes.Scene(generic_scene().background, (obj,), stroke=0.1)
+  tile = 18
+  before = scenes.object_mask(obj, tile)
+  moved, _ = tasks.move(scene, tile)
+  np.testing.assert_array_equal(scenes.object_mask(moved.objects[0], tile),
+                                np.roll(before, round(tile / 4), axis=1))
+  x0, y0, x1, y1 = scenes.pixel_box(obj, tile)
+  for name, factor in (("scale_up", tasks.SCALE_UP), ("scale_down", tasks.SCALE_DOWN)):
+    out, _ = tasks.get_task(name).scene_fn(scene, tile)
+    nx0, ny0, nx1, ny1 = scenes.pixel_box(out.objects[0], tile)
+    assert abs((nx1 - nx0) - factor * (x1 - x0)) <= 0.5
+    assert abs((nx0 + nx1) - (x0 + x1)) <= 1 and abs((ny0 + ny1) - (y0 + y1)) <= 1
 
 
 # ---------------------------------------------------------------- augmentation policy
@@ -272,5 +326,5 @@ def test_scene_transforms_leave_the_input_untouched():
   scene = generic_scene()
   copy = dataclasses.replace(scene)
   for name in tasks.task_names():
-    tasks.get_task(name).scene_fn(scene)
+    tasks.get_task(name).scene_fn(scene, 16)
   assert scene == copy

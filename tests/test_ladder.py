@@ -43,6 +43,9 @@ def _assert_rate(rate: dict, n: int) -> None:
 
 
 def test_wilson_interval_known_values():
+  for successes, n, want in ((0, 10, (0.0, 0.2775)), (10, 10, (0.7225, 1.0)),
+                             (5, 10, (0.2366, 0.7634)), (180, 200, (0.8506, 0.9343))):
+    np.testing.assert_allclose(intervals.wilson(successes / n, n), want, atol=1e-4)
   # 8 of 10 at 95%: the textbook value.
   assert intervals.wilson(0.8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
   low, high = intervals.wilson(0.0, 20)

@@ -36,7 +36,7 @@ WHITE: Color = (255, 255, 255)
 BLACK: Color = (0, 0, 0)
 # Background colours are drawn per channel from this range: muted, so objects stand out.
 _BACKGROUND_LEVELS = (16, 160)
-_STRIPE_PERIOD = (0.25, 0.7)  # stripes / checker period range, in scene units (tile = 2)
+STRIPE_PERIOD = (0.25, 0.7)  # stripes / checker period range, in scene units (tile = 2)
 _NOISE_CELLS = (3, 7)  # noise backgrounds: random weights on 3 to 6 cells a side
 _BAR = 0.4  # half-thickness of the bars of "cross" and "ell", in the shape's own [-1, 1] box
 _PLACEMENT_TRIES = 10  # placements tried per object to avoid overlapping the ones already placed
@@ -113,7 +113,7 @@ def sample_background(rng: np.random.Generator, kinds: Sequence[str]) -> Backgro
   return Background(
       kind=kinds[kind],
       colors=tuple(map(tuple, levels.tolist())),
-      period=float(rng.uniform(*_STRIPE_PERIOD)),
+      period=float(rng.uniform(*STRIPE_PERIOD)),
       direction=direction,
       seed=seed,
       noise_cells=cells,
@@ -205,26 +205,38 @@ def _inside(shape: str, qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
   raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
+def object_masks(shape: str, frame: tuple[int, int, int, int], centers: np.ndarray,
+                 sizes: np.ndarray, tile_size: int) -> np.ndarray:
+  """Boolean [N, T, T] masks of one filled shape and frame at N centres [N, 2] and sizes [N]."""
+  p = pixel_centers(tile_size)
+  centers, sizes = np.asarray(centers, np.float64), np.asarray(sizes, np.float64)
+  dx = p[None, None, :] - centers[:, 0, None, None]  # [N, 1, T]
+  dy = p[None, :, None] - centers[:, 1, None, None]  # [N, T, 1]
+  a, b, c, d = frame
+  # q = frame^T (p - center) / size, exact: each column of the frame has one entry, +-1, so
+  # qx and qy are each +-dx / size or +-dy / size (kept unbroadcast: cheap on many centres).
+  s = sizes[:, None, None]
+  qx = (a * dx if a else c * dy) / s
+  qy = (b * dx if b else d * dy) / s
+  return _inside(shape, qx, qy)
+
+
 def object_mask(obj: SceneObject, tile_size: int) -> np.ndarray:
   """Boolean [T, T] mask of the filled shape."""
-  p = pixel_centers(tile_size)
-  dx, dy = p - obj.center[0], p - obj.center[1]
-  a, b, c, d = obj.frame
-  # q = frame^T (p - center) / size; entries are 0 or +-1, so this is exact.
-  qx = (a * dx[None, :] + c * dy[:, None]) / obj.size
-  qy = (b * dx[None, :] + d * dy[:, None]) / obj.size
-  return _inside(obj.shape, qx, qy)
+  return object_masks(obj.shape, obj.frame, np.array([obj.center]), np.array([obj.size]),
+                      tile_size)[0]
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
-  """One step of 4-neighbour erosion; pixels outside the tile count as empty."""
+  """One step of 4-neighbour erosion of [..., T, T] masks; pixels outside the tile count as
+  empty."""
   out = mask.copy()
-  out[1:] &= mask[:-1]
-  out[:-1] &= mask[1:]
-  out[:, 1:] &= mask[:, :-1]
-  out[:, :-1] &= mask[:, 1:]
-  out[0] = out[-1] = False
-  out[:, 0] = out[:, -1] = False
+  out[..., 1:, :] &= mask[..., :-1, :]
+  out[..., :-1, :] &= mask[..., 1:, :]
+  out[..., :, 1:] &= mask[..., :, :-1]
+  out[..., :, :-1] &= mask[..., :, 1:]
+  out[..., 0, :] = out[..., -1, :] = False
+  out[..., :, 0] = out[..., :, -1] = False
   return out
 
 
@@ -233,15 +245,18 @@ def stroke_pixels(scene: Scene, tile_size: int) -> int:
   return max(1, round(scene.stroke * tile_size))
 
 
-def paint_mask(obj: SceneObject, tile_size: int, stroke_px: int) -> np.ndarray:
-  """The pixels an object paints: the whole shape, or a band `stroke_px` wide inside its edge."""
-  mask = object_mask(obj, tile_size)
-  if obj.filled:
-    return mask
+def outline(mask: np.ndarray, stroke_px: int) -> np.ndarray:
+  """The band `stroke_px` pixels wide inside the edge of [..., T, T] masks."""
   inner = mask
   for _ in range(stroke_px):
     inner = _erode(inner)
   return mask & ~inner
+
+
+def paint_mask(obj: SceneObject, tile_size: int, stroke_px: int) -> np.ndarray:
+  """The pixels an object paints: the whole shape, or a band `stroke_px` wide inside its edge."""
+  mask = object_mask(obj, tile_size)
+  return mask if obj.filled else outline(mask, stroke_px)
 
 
 def _bilinear_weights(n_out: int, n_in: int) -> np.ndarray:
@@ -308,6 +323,35 @@ def largest_index(scene: Scene) -> int:
   if not scene.objects:
     raise ValueError("scene has no objects")
   return int(np.argmax([o.size for o in scene.objects]))
+
+
+def pixel_box(obj: SceneObject, tile_size: int) -> tuple[int, int, int, int]:
+  """(x0, y0, x1, y1): the columns x0..x1-1 and rows y0..y1-1 that the filled shape covers at
+  this tile size (what its pixels show, unlike `extent`); the pixel of its centre if none."""
+  ys, xs = np.nonzero(object_mask(obj, tile_size))
+  if not xs.size:
+    col, row = (int(np.clip((v + 1) / 2 * tile_size, 0, tile_size - 1)) for v in obj.center)
+    return col, row, col + 1, row + 1
+  return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def fit_to_pixels(obj: SceneObject, box: tuple[int, int, int, int], width: int,
+                  tile_size: int) -> SceneObject:
+  """`obj` with its square box `width` pixels wide on pixel boundaries, centred on the pixel
+  `box` (x0, y0, x1, y1), or half a pixel nearer the tile's middle where the parities differ
+  (right / down at the middle): its pixels follow from `box` alone, and a left-right mirror
+  commutes with it unless `box` is centred in the tile and `width` of the other parity."""
+
+  def twice_centre(lo: int, hi: int) -> int:  # in pixels from the tile's top-left corner
+    c2 = lo + hi
+    if (c2 - width) % 2:
+      c2 += -1 if c2 > tile_size else 1
+    return c2
+
+  cx2, cy2 = twice_centre(box[0], box[2]), twice_centre(box[1], box[3])
+  # (c2 - T) / T is exact under a mirror (c2 -> 2T - c2), as pixel_centers is.
+  center = ((cx2 - tile_size) / tile_size, (cy2 - tile_size) / tile_size)
+  return dataclasses.replace(obj, center=center, size=width / tile_size)
 
 
 def replace_object(scene: Scene, index: int, **changes) -> Scene:
