@@ -106,6 +106,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.unet.grid_positions = False
   # The prompt attention-pooled into the timestep embedding: every ResBlock sees the prompt.
   c.model.unet.pooled_prompt = False
+  # The denoiser: "unet" (the paper's, model.unet) or "dit", a diffusion transformer over
+  # patches of the grid that attends jointly to the prompt (models/dit.py; DiT(**model.dit)).
+  c.model.backbone = "unet"
+  c.model.dit = ml_collections.ConfigDict()
+  c.model.dit.patch_size = 2  # diffusion-space cells per patch side (must divide the tile)
+  c.model.dit.width = 128
+  c.model.dit.depth = 4
+  c.model.dit.num_heads = 4
+  c.model.dit.mlp_ratio = 4
+  c.model.dit.dropout = 0.0
   # A converted UNet to start from (python -m imagebrush_jax.convert --from sd_unet): its
   # architecture must be model.unet's, its cross-attention width model.prompt.mixer.width; the
   # input convolution is widened with zeros for the known grid and mask. "" = random.

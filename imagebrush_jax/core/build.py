@@ -16,12 +16,14 @@ import jax.numpy as jnp
 from imagebrush_jax.core import model as model_lib
 from imagebrush_jax.core import options as options_lib
 from imagebrush_jax.core import plugins as plugins_lib
+from imagebrush_jax.models import dit as dit_lib
 from imagebrush_jax.models import prompt_encoder as prompt_lib
 from imagebrush_jax.models import unet as unet_lib
 
 
 def build_model(spec: options_lib.ImageBrushSpec | Any) -> model_lib.ImageBrush:
-  """ImageBrush from `config.model`: UNet(**model.unet), PromptEncoder(ViT(**prompt.vit),
+  """ImageBrush from `config.model`: UNet(**model.unet) (or DiT(**model.dit) with
+  model.backbone 'dit'), PromptEncoder(ViT(**prompt.vit),
   **prompt.mixer, ...), one Runtime for all, the conditioning of `model.target_cell_fill`, and
   the plug-ins of `model.variant` ('' = none)."""
   spec = options_lib.as_spec(spec)
@@ -34,8 +36,11 @@ def build_model(spec: options_lib.ImageBrushSpec | Any) -> model_lib.ImageBrush:
       box_drop_rate=m.box_drop_rate, image_size=p.image_size, dropout=p.dropout,
       pair_difference=p.pair_difference, task_oracle_vocab=m.task_oracle_vocab,
       extra_tokens=plugins.extra_tokens, runtime=runtime)
-  unet = unet_lib.UNet(**m.unet, out_channels=m.in_channels, runtime=runtime)
-  return model_lib.ImageBrush(unet=unet, prompt_encoder=encoder,
+  if m.backbone == "dit":
+    denoiser = dit_lib.DiT(**m.dit, out_channels=m.in_channels, runtime=runtime)
+  else:
+    denoiser = unet_lib.UNet(**m.unet, out_channels=m.in_channels, runtime=runtime)
+  return model_lib.ImageBrush(unet=denoiser, prompt_encoder=encoder,
                               conditioning=_conditioning(spec, plugins),
                               extra_inputs=plugins.extra_inputs)
 

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 
 from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.models import prompt_encoder as prompt_lib
-from imagebrush_jax.models import unet as unet_lib
 
 
 class Conditioning(Protocol):
@@ -125,7 +124,7 @@ class ImageBrush(nn.Module):
   `denoise` at every step; `__call__` chains the two (training). `conditioning` makes `cond`
   from the grid (grid_to_model_inputs); `extra_inputs`, if set, adds UNet input channels.
   """
-  unet: unet_lib.UNet
+  unet: nn.Module  # the denoiser: unet.UNet, or dit.DiT (model.backbone); "unet" in params
   prompt_encoder: prompt_lib.PromptEncoder
   conditioning: Conditioning = BlankTarget()
   extra_inputs: nn.Module | None = None

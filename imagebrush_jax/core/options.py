@@ -23,11 +23,13 @@ from imagebrush_jax.diffusion import ddim
 from imagebrush_jax.diffusion import losses
 from imagebrush_jax.diffusion import schedules
 from imagebrush_jax.infra import config_checks as checks
+from imagebrush_jax.models import dit as dit_lib
 from imagebrush_jax.models import prompt_encoder as prompt_lib
 from imagebrush_jax.models import runtime as runtime_lib
 from imagebrush_jax.models import unet as unet_lib
 
 MAX_EXAMPLES = 8  # example rows that fit in one grid
+BACKBONES = ("unet", "dit")  # the denoiser: the paper's UNet, or a diffusion transformer
 Section = ml_collections.FrozenConfigDict
 
 
@@ -183,7 +185,9 @@ class ModelOptions:
   variant_options: Section
   dtype: str  # compute dtype (parameters stay float32)
   runtime: runtime_lib.Runtime  # dtype, remat, remat_policy, attention_impl, conv_impl
+  backbone: str  # unet | dit
   unet: Section
+  dit: Section
   unet_init: str
   prompt: PromptOptions
   autoencoder: AutoencoderOptions | None  # latent space only
@@ -206,6 +210,11 @@ class ModelOptions:
       autoencoder = AutoencoderOptions.from_config(m.autoencoder)
     dtype = checks.choice(get("dtype"), f"{key}.dtype", ("float32", "bfloat16"))
     runtime = runtime_lib.Runtime.from_config(m, key)
+    backbone = checks.choice(get("backbone"), f"{key}.backbone", BACKBONES)
+    unet_init = checks.string(get("unet_init"), f"{key}.unet_init")
+    if unet_init and backbone != "unet":
+      raise checks.ConfigError(f"{key}.unet_init = {unet_init!r} starts a UNet, but "
+                               f"{key}.backbone = {backbone!r}")
     variant = checks.string(get("variant"), f"{key}.variant")
     variant_options = checks.plain(get("variant_options") or {})
     _check_variant(variant, variant_options)
@@ -218,8 +227,10 @@ class ModelOptions:
                                        sorted(model_lib.TARGET_CELL_FILLS)),
         variant=variant, variant_options=Section(variant_options), dtype=dtype,
         runtime=runtime,
+        backbone=backbone,
         unet=_section(get("unet"), f"{key}.unet", unet_lib.UNet, exclude=("out_channels",)),
-        unet_init=checks.string(get("unet_init"), f"{key}.unet_init"),
+        dit=_section(get("dit"), f"{key}.dit", dit_lib.DiT, exclude=("out_channels",)),
+        unet_init=unet_init,
         prompt=PromptOptions.from_config(get("prompt")),
         autoencoder=autoencoder,
         task_oracle_vocab=num_tasks if checks.boolean(get("task_oracle"),
@@ -295,6 +306,13 @@ def _check_sizes(spec: ImageBrushSpec) -> None:
     key = "config.model.prompt.image_size" if m.prompt.image_size else "config.data.tile_size"
     raise checks.ConfigError(f"{key} = {prompt_size} (the prompt encoder's image size) is not "
                              f"divisible by config.model.prompt.vit.patch_size = {patch}")
+  if m.backbone == "dit":
+    patch = m.dit.get("patch_size", 0)
+    if not isinstance(patch, int) or patch < 1 or (tile // factor) % patch:
+      raise checks.ConfigError(
+          f"config.data.tile_size = {tile} gives {tile // factor}-cell tiles in diffusion "
+          f"space, not divisible by config.model.dit.patch_size = {patch}")
+    return
   levels = len(m.unet.get("channels", ()))
   if not levels:
     raise checks.ConfigError("config.model.unet.channels must list one width per level")

@@ -153,6 +153,31 @@ def unet(u: ml_collections.ConfigDict, b: int, h: int, w: int, in_channels: int,
   return count
 
 
+# ---------------------------------------------------------------------------- the DiT
+def dit(d: ml_collections.ConfigDict, b: int, h: int, w: int, in_channels: int,
+        out_channels: int, ctx_len: int, ctx_dim: int, remat: bool) -> Count:
+  """Forward FLOPs of DiT(**d) on a [b, h, w, in_channels] input and [b, ctx_len, ctx_dim]
+  prompt tokens (models/dit.py; its blocks are the remat units)."""
+  count = Count()
+  p, width = int(d.patch_size), int(d.width)
+  n = (h // p) * (w // p)
+  count.first_layer = count.add(dense(b * n, p * p * in_channels, width))
+  count.add(dense(n, GRID_POSITION_FEATURES, width))  # once, broadcast over the batch
+  count.add(dense(b, width, width) * 2)  # timestep MLP
+  count.add(dense(b, ctx_dim, ctx_dim) + dense(b * ctx_len, ctx_dim, 2 * ctx_dim)
+            + attention(b, 1, ctx_len, ctx_dim) + dense(b, ctx_dim, ctx_dim)
+            + dense(b, ctx_dim, width))  # pooled prompt
+  count.add(dense(b * ctx_len, ctx_dim, width))  # prompt projection
+  keys = n + ctx_len
+  for _ in range(int(d.depth)):
+    count.add(dense(b, width, 6 * width) + dense(b * n, width, width)
+              + dense(b * keys, width, 2 * width) + attention(b, n, keys, width)
+              + dense(b * n, width, width)
+              + 2 * dense(b * n, width, int(d.mlp_ratio) * width), remat)
+  count.add(dense(b, width, 2 * width) + dense(b * n, width, p * p * out_channels))
+  return count
+
+
 # ---------------------------------------------------------------------------- the prompt encoder
 def _transformer(count: Count, b: int, n: int, width: int, depth: int, mlp_ratio: int,
                  remat: bool) -> None:
@@ -262,11 +287,15 @@ def _sizes(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
 
 def _networks(config: ml_collections.ConfigDict, b: int, remat: bool,
               unet_batch: int | None = None) -> tuple[Count, Count]:
-  """Forward counts of (UNet on unet_batch grids, default b; prompt encoder on b prompts)."""
+  """Forward counts of (the denoiser, UNet or DiT, on unet_batch grids, default b; prompt
+  encoder on b prompts)."""
   k, tile, t, cin = _sizes(config)
   prompt, tokens = prompt_encoder(config.model.prompt, b, k, tile, remat)
-  net = unet(config.model.unet, unet_batch or b, (k + 1) * t, 2 * t, cin,
-             int(config.model.in_channels), tokens, int(config.model.prompt.mixer.width), remat)
+  denoiser = dit if config.model.backbone == "dit" else unet
+  section = config.model.dit if config.model.backbone == "dit" else config.model.unet
+  net = denoiser(section, unet_batch or b, (k + 1) * t, 2 * t, cin,
+                 int(config.model.in_channels), tokens, int(config.model.prompt.mixer.width),
+                 remat)
   return net, prompt
 
 
