@@ -2,7 +2,6 @@
 formula, a prompt that reaches every patch, its FLOP count against XLA's, and a model that
 learns a tiny problem."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
