@@ -42,11 +42,12 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	touch $(TEST_STAMP)
 
-# Two workers (pytest-xdist), a test file per worker at a time (module fixtures are built once).
+# Two workers (pytest-xdist), a test file per worker at a time (module fixtures are built once),
+# handed out in collection order: tests/conftest.py puts the longest files first.
 TEST_WORKERS ?= 2
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf runs .pytest_cache

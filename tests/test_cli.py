@@ -1,5 +1,6 @@
 """What a user sees when a command is given bad flags, a bad config or input: one line naming the
 flag, key or file, exit status 2, no traceback."""
+import importlib
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ def _run(*args, cwd=ROOT):
      "error: config.data.tile_size = 7 (the prompt encoder's image size) is not divisible by "
      "config.model.prompt.vit.patch_size = 4"),
     ("imagebrush_jax.train", ["--config.train.batch_size=0"],
-     "error: config.train.batch_size must be > 0, got 0"),
+     "error: config.train.batch_size must be >= 1, got 0"),
     ("imagebrush_jax.train", ["--config.data.source=folder", "--config.data.folder.root=/no/such"],
      "error: folder source root '/no/such' is not a directory"),
     ("imagebrush_jax.train", ["--config.model.variant=sepia"],
@@ -46,24 +47,15 @@ def test_data_build_input_errors_are_one_line(tmp_path):
   assert proc.stderr.strip().splitlines() == ["error: --input is required for --source folder"]
 
 
+# A usage error of each program, as `python -m` runs it (a subprocess: absl's app.run, the path of
+# the console scripts too).
 @pytest.mark.parametrize("module, args, message", [
     ("imagebrush_jax.infer", ["--bogus", "1"], "error: Unknown command line flag 'bogus'"),
-    ("imagebrush_jax.infer", ["--before", "a.png"],
-     "error: give a run folder (--workdir) or an exported file (--params)"),
     ("imagebrush_jax.app", ["--workdir", "runs/x", "--params", "x.safetensors"],
      "error: give a run folder (--workdir) or an exported file (--params), not both"),
-    ("imagebrush_jax.infer", ["--params", "x.safetensors", "--step", "3"],
-     "error: --step chooses a checkpoint of a run folder (--workdir); an exported file "
-     "(--params) holds one set of parameters"),
-    ("imagebrush_jax.infer", ["--workdir", "runs/x", "--seed", "one"],
-     "error: flag --seed=one: invalid literal for int() with base 10: 'one'"),
     ("imagebrush_jax.evaluate", ["--workdir", "runs/x", "--output", "m.json"],
      "error: --num_examples is required"),
-    ("imagebrush_jax.evaluate", ["--workdir", "runs/x", "--output", "m.json", "--num_examples",
-                                 "0"], "error: --num_examples must be positive, got 0"),
     ("imagebrush_jax.export", ["--output", "m.safetensors"], "error: --workdir is required"),
-    ("imagebrush_jax.export", ["--params", "m.safetensors", "--output", "n.safetensors"],
-     "error: Unknown command line flag 'params'"),
     ("imagebrush_jax.demo_report", ["--workdir", "runs/x", "extra"],
      "error: unexpected arguments: extra"),
     ("imagebrush_jax.hardware", ["--expect", "xpu"],
@@ -77,6 +69,30 @@ def test_usage_errors_are_one_line(module, args, message):
   proc = _run(module, *args)
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert [l for l in proc.stderr.splitlines() if l.strip()] == [message]
+
+
+# More usage errors, through the program's in-process main(argv): the same flag parsing and
+# error reporting as the program's, without starting an interpreter for each.
+@pytest.mark.parametrize("module, args, message", [
+    ("imagebrush_jax.infer", ["--before", "a.png"],
+     "error: give a run folder (--workdir) or an exported file (--params)"),
+    ("imagebrush_jax.infer", ["--params", "x.safetensors", "--step", "3"],
+     "error: --step chooses a checkpoint of a run folder (--workdir); an exported file "
+     "(--params) holds one set of parameters"),
+    ("imagebrush_jax.infer", ["--workdir", "runs/x", "--seed", "one"],
+     "error: flag --seed=one: invalid literal for int() with base 10: 'one'"),
+    ("imagebrush_jax.evaluate", ["--workdir", "runs/x", "--output", "m.json", "--num_examples",
+                                 "0"], "error: --num_examples must be positive, got 0"),
+    ("imagebrush_jax.export", ["--params", "m.safetensors", "--output", "n.safetensors"],
+     "error: Unknown command line flag 'params'"),
+])
+def test_usage_errors_in_process_are_one_line(capsys, module, args, message):
+  with pytest.raises(SystemExit) as exit_info:
+    importlib.import_module(module).main(args)
+  captured = capsys.readouterr()
+  assert exit_info.value.code == 2, captured.err[-3000:]
+  assert [l for l in captured.err.splitlines() if l.strip()] == [message]
+  assert "Traceback" not in captured.out
 
 
 def test_in_process_main_parses_a_fresh_flag_set_each_call(capsys):

@@ -160,4 +160,4 @@ def test_installed_package_trains_from_outside_the_repository(installed, tmp_pat
                          str(tmp_path / "bad"), "--config.train.batch_size=0"],
                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-3000:]
-  assert proc.stderr.strip().splitlines() == ["error: config.train.batch_size must be > 0, got 0"]
+  assert proc.stderr.strip().splitlines() == ["error: config.train.batch_size must be >= 1, got 0"]

@@ -39,7 +39,8 @@ def test_runtime_checks_its_knobs():
   with pytest.raises(ValueError, match="conv_impl must be one of"):
     runtime_lib.Runtime(conv_impl="fft")
   # From a config section, the error names the key.
-  section = ml_collections.ConfigDict(dict(dtype="float32", remat=False, conv_impl="fft"))
+  section = ml_collections.ConfigDict(dict(dtype="float32", remat=False, remat_policy="",
+                                            attention_impl="auto", conv_impl="fft"))
   with pytest.raises(ValueError, match="^config.autoencoder.conv_impl must be one of"):
     runtime_lib.Runtime.from_config(section, "config.autoencoder")
   assert runtime_lib.remat_policy("") is None

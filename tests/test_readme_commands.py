@@ -1,291 +1,56 @@
-"""Every command README.md shows, run as written (a subprocess each) at tiny size; then the
-latent run they trained is edited and evaluated without its autoencoder file.
-
-The only changes allowed to a command are appended overrides of steps and sizes and the root of
-absolute data paths (/data/... -> a folder of this test). A command the README shows that is
-not in PLAN fails the test, so no documented command can break unnoticed.
+"""Every command README.md shows is planned (tests/readme_plan.py): run as written (a subprocess
+each) at tiny size, or not run, with the reason. The commands that run are split into chains,
+each run by one test: here the CPU demo's (make demo, then infer, export and evaluate on its
+run) and the tiny latent run's; tests/test_readme_paper.py and tests/test_readme_training.py run
+the others (separate files, which pytest-xdist can run on different workers).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
-import pathlib
-import re
-import shlex
-import subprocess
 import sys
 
-import numpy as np
 from PIL import Image
-import pytest
 
-import published_data
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PY = ".venv/bin/python"
-
-
-def readme_commands(path: str = os.path.join(ROOT, "README.md")) -> list[str]:
-  """The commands of README.md's ```bash blocks, continuations joined, comments dropped."""
-  text = open(path).read()
-  commands = []
-  for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-    for line in block.replace("\\\n", " ").splitlines():
-      line = re.sub(r"\s+#\s.*$", "", line).strip()
-      if line and not line.startswith("#"):
-        commands.append(re.sub(r"\s+", " ", line))
-  return commands
-
-
-def _flags(*pairs: str) -> list[str]:
-  return [f"--config.{p}" for p in pairs]
-
-
-TINY_MODEL = ("model.unet.channels=(16,32)", "model.unet.attention=('self','self+cross')",
-              "model.unet.num_heads=2", "model.unet.norm_groups=8", "model.prompt.vit.width=32",
-              "model.prompt.vit.depth=1", "model.prompt.vit.num_heads=2",
-              "model.prompt.mixer.width=32", "model.prompt.mixer.depth=1",
-              "model.prompt.mixer.num_heads=2", "sampling.num_steps=2")
-# No evaluation during these runs (0 grids): it has its own tests, and `make demo` evaluates.
-TINY_STEPS = ("train.num_steps=2", "train.warmup_steps=1", "checkpoint.every=2",
-              "data.num_workers=0", "data.eval_batch_size=4")
-NO_EVAL = ("train.eval_num_grids=0", "train.sample_num_grids=0", "train.accuracy_num_grids=0")
-TINY_RUN = TINY_STEPS + NO_EVAL
-TINY_DEFAULT_DATA = ("data.tile_size=8", "data.crop_scale=1.25", "train.batch_size=8")
-# configs/default.py or cpu_demo.py at tiny size (8-pixel tiles, as configs/tiny_test.py).
-TINY_DEFAULT = _flags(*TINY_DEFAULT_DATA, *TINY_MODEL, *TINY_RUN)
-# The demo keeps a small evaluation at its last step, for its accuracy curve and report.
-TINY_DEMO = _flags(*TINY_DEFAULT_DATA, *TINY_MODEL, *TINY_STEPS, "train.eval_num_grids=4",
-                   "train.sample_num_grids=4", "train.accuracy_num_grids=4")
-# configs/paper_256.py and latent_tiny.py: 32-pixel tiles, 4x4 latents of an f = 8 autoencoder.
-TINY_LATENT = _flags("data.tile_size=32", "model.prompt.image_size=0",
-                     "model.prompt.vit.patch_size=8", "model.unet.num_res_blocks=1",
-                     "train.batch_size=4", *TINY_MODEL, *TINY_RUN)
-TINY_AUTOENCODER = _flags("autoencoder.arch.block_out_channels=(8,8,8,8)",
-                          "autoencoder.arch.norm_num_groups=4", "train.batch_size=4",
-                          "train.num_steps=2", "train.warmup_steps=1", "train.eval_every=2",
-                          "train.eval_num_grids=8", "train.sample_num_grids=2",
-                          "checkpoint.every=2", "data.num_workers=0")
-# configs/paper_256_from_sd.py: TINY_LATENT in SD's UNet layout (the converted files' sizes).
-TINY_FROM_SD = [f.replace("attention=('self','self+cross')", "attention=('self+cross','none')")
-                for f in TINY_LATENT]
-MIXTURE = '--config.data.mixture="((\'/data/ip2p_256\',1.0),(\'/data/video_256\',1.0))"'
-PAPER = ('launch/local.sh configs/paper_256.py runs/paper '
-         '--config.model.autoencoder.params=sd_vae.safetensors ' + MIXTURE)
-
-# (command as the README shows it, what to append; or None and why it does not run here).
-# Listed in an order that runs each command after the ones that make its inputs.
-PLAN: list[tuple[str, list[str] | None, str]] = [
-    ("make demo", ["DEMO_EVAL_GRIDS=4", "DEMO_FLAGS=" + shlex.quote(
-        " ".join(shlex.quote(a) for a in TINY_DEMO))],
-     ""),
-    ("make test", None, "this test suite itself"),
-    (f"{PY} -m imagebrush_jax.preview --config configs/default.py --num 16 --out grids.png",
-     [], ""),
-    (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/mine "
-     "--config.data.source=folder --config.data.folder.root=/data/pairs "
-     "--config.data.train_tasks=\"('mirror','neg')\" --config.data.heldout_tasks=\"()\"",
-     TINY_DEFAULT, ""),
-    (f"{PY} -m imagebrush_jax.build_data --source folder --input /data/pairs "
-     "--output /data/pairs_16 --tile_size 16", [], ""),
-    (f"{PY} -m imagebrush_jax.train --config configs/default.py --workdir runs/mine_shards "
-     "--config.data.source=tfds --config.data.tfds.dir=/data/pairs_16 "
-     "--config.data.train_tasks=\"()\" --config.data.heldout_tasks=\"()\"", TINY_DEFAULT, ""),
-    ("huggingface-cli download timbrooks/instructpix2pix-clip-filtered --repo-type dataset "
-     "--local-dir /data/ip2p", None, "a download; the test writes parquet shards in its layout"),
-    ("unzip DAVIS-2017-trainval-480p.zip -d /data", None,
-     "a download; the test writes DAVIS frame folders"),
-    (f"{PY} -m imagebrush_jax.build_data --source ip2p --input /data/ip2p "
-     "--output /data/ip2p_256 --heldout_fraction 0.02", ["--tile_size", "32"], ""),
-    (f"{PY} -m imagebrush_jax.build_data --source video --input /data/DAVIS "
-     "--output /data/video_256 --frame_gap 4 --heldout_fraction 0.1", ["--tile_size", "32"], ""),
-    (f"{PY} -m imagebrush_jax.train --config configs/cpu_demo.py --workdir runs/demo "
-     "--config.train.batch_size=64 --config.train.learning_rate=5e-4",
-     [a for a in TINY_DEFAULT if "batch_size" not in a], ""),
-    (f"{PY} -m imagebrush_jax.convert --from sd_vae --input sd-vae-ft-mse/ "
-     "--output sd_vae.safetensors", [], ""),
-    (f"{PY} -m imagebrush_jax.autoencode --params sd_vae.safetensors --input x.png "
-     "--output y.png", [], ""),
-    (PAPER, TINY_LATENT, ""),
-    ("NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local.sh configs/tiny_test.py runs/mh", None,
-     "run as written by tests/test_train.py::test_two_processes_match_one_process"),
-    ("COORDINATOR_ADDRESS=10.0.0.1:12355 NUM_HOSTS=4 HOST_INDEX=0 launch/gpu_multinode.sh "
-     "configs/paper_256.py /shared/runs/paper", None, "needs four GPU hosts"),
-    ("TPU_NAME=ib-pod ZONE=us-central2-b ACCELERATOR=v4-64 WORKDIR=gs://bucket/runs/paper "
-     "launch/tpu_pod.sh configs/paper_256_tpu_pod.py", None, "needs gcloud and a TPU pod"),
-    (f"{PY} -m imagebrush_jax.train_autoencoder --config configs/autoencoder_tiny.py "
-     "--workdir runs/autoencoder_tiny", TINY_AUTOENCODER, ""),
-    (f"{PY} -m imagebrush_jax.train --config configs/latent_tiny.py --workdir runs/latent_tiny",
-     TINY_LATENT, ""),
-    (f"{PY} -m imagebrush_jax.convert --from vit --input model.safetensors "
-     "--output vit.safetensors --num_heads 12", [], ""),
-    (f"{PY} -m imagebrush_jax.convert --from sd_unet --input stable-diffusion-v1-5/ "
-     "--output sd15_unet.safetensors --verify", [], ""),
-    (f"{PY} -m imagebrush_jax.convert --from sd_vae --input stable-diffusion-v1-5/ "
-     "--output sd_vae.safetensors", [], ""),
-    (f"{PY} -m imagebrush_jax.convert --from vit --input clip-vit-base-patch16/model.safetensors "
-     "--output clip_vit_b16.safetensors --lossy", [], ""),
-    ("launch/local.sh configs/paper_256_from_sd.py runs/from_sd " + MIXTURE, TINY_FROM_SD, ""),
-    (f"{PY} -m imagebrush_jax.infer --workdir runs/demo --before a.png --after b.png "
-     "--query q.png --output out.png --box 0,0,12,12 --steps 10 --guidance 1.0 --seed 0",
-     ["--steps", "2"], ""),
-    (f"{PY} -m imagebrush_jax.infer --workdir runs/demo --manifest rows.jsonl --output_dir out/",
-     ["--steps", "2"], ""),
-    (f"{PY} -m imagebrush_jax.export --workdir runs/demo --output model.safetensors", [], ""),
-    (f"{PY} -m imagebrush_jax.infer --params model.safetensors --before a.png --after b.png "
-     "--query q.png --output out_file.png", ["--steps", "2"], ""),
-    ("make venv-gpu", None, "installs jax's CUDA build (a download) and needs a GPU; "
-     "tests/test_perf.py::test_accelerator_installs_pin_the_cpu_jax checks what it installs"),
-    ("make venv-tpu", None, "installs jax's TPU build (a download) and needs a TPU; "
-     "tests/test_perf.py::test_accelerator_installs_pin_the_cpu_jax checks what it installs"),
-    ("benchmarks/accelerator.sh", None, "paper scale on an accelerator; "
-     "tests/test_perf.py::test_accelerator_script_at_tiny_size runs it at tiny size"),
-    ("make app", None, "a server: tests/test_app.py::test_make_app_serves_the_demo_run starts it "
-                       "as written (on a tiny run, at a free port) and edits through its API"),
-    (f"{PY} -m imagebrush_jax.evaluate --workdir runs/demo --num_examples 256 "
-     "--output metrics.json", ["--num_examples", "8", "--steps", "2"], ""),
-    (f"{PY} -m imagebrush_jax.train --config configs/objects.py --workdir runs/objects",
-     TINY_DEFAULT, ""),
-    (f"{PY} -m imagebrush_jax.evaluate --workdir runs/objects --num_examples 400 "
-     "--output runs/objects/metrics.json --no_cycle", ["--num_examples", "8", "--steps", "2"],
-     ""),
-    (f"{PY} -m imagebrush_jax.demo_report --workdir runs/objects", [], ""),
-    (f"{PY} -m imagebrush_jax.train --config configs/objects.py --workdir runs/objects_k3 "
-     "--config.data.num_examples=3 --config.train.num_steps=600", TINY_DEFAULT, ""),
-    (f"{PY} -m imagebrush_jax.evaluate --workdir runs/objects_k3 --num_examples 400 "
-     "--output runs/objects_k3/repeat_first.json --no_cycle --example_pairs repeat_first",
-     ["--num_examples", "8", "--steps", "2"], ""),
-]
+import readme_plan
+from readme_plan import PLAN
 
 
 def test_every_readme_command_is_planned():
-  shown = set(readme_commands())
+  shown = set(readme_plan.readme_commands())
   planned = {command for command, _, _ in PLAN}
   assert shown - planned == set(), "README commands without a test"
   assert planned - shown == set(), "planned commands the README no longer shows"
+  # Each command that runs belongs to a chain, and each chain is run by a test.
+  chains = {note for _, extra, note in PLAN if extra is not None}
+  assert chains == set(readme_plan.CHAINS), "commands in no chain, or chains with no command"
+  tests = "".join(open(path).read() for path in glob.glob(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_readme_*.py")))
+  for chain in chains:
+    assert f'run_chain("{chain}"' in tests, f"no test runs the {chain!r} commands"
+  for command, extra, note in PLAN:
+    assert note, command  # the chain, or why the command does not run here
 
 
-def _make_inputs(work: str) -> None:
-  """What the commands read: a pairs folder, images, a manifest, published data layouts, and
-  diffusers / transformers weights folders."""
-  for name in (".venv", "configs", "imagebrush_jax", "launch", "Makefile", "requirements.txt",
-               "requirements-test.txt"):
-    os.symlink(os.path.join(ROOT, name), os.path.join(work, name))
-  rng = np.random.default_rng(0)
-  for task, fn in (("mirror", lambda x: x[:, ::-1]), ("neg", lambda x: 255 - x)):
-    os.makedirs(os.path.join(work, "data", "pairs", task))
-    for i in range(6):
-      before = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
-      folder = os.path.join(work, "data", "pairs", task)
-      Image.fromarray(before).save(os.path.join(folder, f"p{i}_before.png"))
-      Image.fromarray(np.ascontiguousarray(fn(before))).save(os.path.join(folder,
-                                                                          f"p{i}_after.png"))
-  for name, size in (("a.png", (30, 40)), ("b.png", (30, 40)), ("q.png", (27, 35)),
-                     ("x.png", (32, 32))):
-    Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(
-        os.path.join(work, name))
-  # InstructPix2Pix's parquet layout (3 instructions, 3 pairs each) and DAVIS frame folders.
-  os.makedirs(os.path.join(work, "data", "ip2p", "data"))
-  # Held out by the README's fractions (a hash of the name below 0.02 and 0.1): one instruction
-  # ("add a night sky") and one sequence ("goat").
-  edits = ["Make it snowy", "add a moon", "add a night sky"]
-  published_data.write_parquet(
-      os.path.join(work, "data", "ip2p", "data", "train-00000-of-00001.parquet"),
-      [(edits[i % 3], published_data.jpeg(2 * i, (40, 40)),
-        published_data.jpeg(2 * i + 1, (40, 40))) for i in range(9)])
-  published_data.write_davis(pathlib.Path(work, "data", "DAVIS"),
-                             {"bear": 10, "car": 10, "goat": 10})
-  with open(os.path.join(work, "rows.jsonl"), "w") as f:
-    f.write(json.dumps({"examples": [{"before": "a.png", "after": "b.png"}], "query": "q.png",
-                        "output": "q_edited.png", "box": [0, 0, 20, 20]}) + "\n")
-  import diffusers  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  vae = diffusers.AutoencoderKL(  # f = 8: four levels
-      in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-      down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-      layers_per_block=1, norm_num_groups=4, sample_size=32)
-  vae.save_pretrained(os.path.join(work, "sd-vae-ft-mse"), safe_serialization=True)
-  # A Stable Diffusion pipeline folder (unet/ at TINY_FROM_SD's sizes, vae/) and a CLIP vision
-  # tower at the tiny prompt ViT's sizes.
-  vae.save_pretrained(os.path.join(work, "stable-diffusion-v1-5", "vae"), safe_serialization=True)
-  diffusers.UNet2DConditionModel(
-      sample_size=4, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-      attention_head_dim=2, cross_attention_dim=32,
-      down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).save_pretrained(
-          os.path.join(work, "stable-diffusion-v1-5", "unet"), safe_serialization=True)
-  transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
-      hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
-      image_size=32, patch_size=8)).save_pretrained(
-          os.path.join(work, "clip-vit-base-patch16"), safe_serialization=True)
-  vit = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
-      hidden_size=24, num_hidden_layers=1, num_attention_heads=12, intermediate_size=48,
-      image_size=16, patch_size=4, hidden_act="gelu"))
-  vit.save_pretrained(os.path.join(work, "vit_folder"), safe_serialization=True)
-  os.rename(os.path.join(work, "vit_folder", "model.safetensors"),
-            os.path.join(work, "model.safetensors"))
-
-
-def _run(command: str, extra: list[str], work: str) -> subprocess.CompletedProcess:
-  quoted = extra if command.startswith("make ") else [shlex.quote(a) for a in extra]
-  line = command.replace("/data/", f"{work}/data/") + "".join(" " + a for a in quoted)
-  env = {**os.environ, "PYTHONPATH": work}
-  return subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True,
-                        timeout=900)
-
-
-def test_readme_commands_run_at_tiny_size(tmp_path):
+def test_demo_commands(tmp_path):
+  """make demo, the demo run trained further as written (it has finished: it stops at once),
+  edited (one edit, a manifest, an exported file) and evaluated."""
   work = str(tmp_path)
-  _make_inputs(work)
-  for command, extra, why in PLAN:
-    if extra is None:
-      assert why
-      continue
-    proc = _run(command, extra, work)
-    assert proc.returncode == 0, (command, proc.stdout[-3000:], proc.stderr[-3000:])
-    # What a user sees: progress lines, not library INFO logs or restore warnings.
-    for noise in ("Traceback", "could not be restored", "INFO:absl", "I0000 "):
-      assert noise not in proc.stdout + proc.stderr, (command, noise, proc.stderr[-3000:])
-    if " imagebrush_jax.train " in f" {command} " and "runs/demo" not in command:
-      assert "step 2/2 | loss" in proc.stdout, (command, proc.stdout[-3000:])
-  expect = ["runs/demo/metrics.json", "runs/demo/report.png", "runs/demo/accuracy_curve.png",
-            "grids.png", "sd_vae.safetensors", "y.png", "vit.safetensors", "out.png",
-            "sd15_unet.safetensors", "clip_vit_b16.safetensors", "runs/from_sd/checkpoints/2",
-            "out/q_edited.png", "metrics.json", "model.safetensors", "out_file.png",
-            "runs/autoencoder_tiny/autoencoder.safetensors",
-            "runs/mine/checkpoints/2", "runs/mine_shards/checkpoints/2", "runs/paper/checkpoints/2",
-            "runs/latent_tiny/checkpoints/2", "runs/objects/metrics.json",
-            "runs/objects/report.png", "runs/objects_k3/repeat_first.json"]
-  missing = [p for p in expect if not os.path.exists(os.path.join(work, p))]
-  assert not missing
+  readme_plan.make_inputs(work)
+  readme_plan.run_chain("demo", work)
   assert Image.open(os.path.join(work, "out.png")).size == (35, 27)
   metrics = json.load(open(os.path.join(work, "metrics.json")))
   assert metrics["num_examples"] == 8 and metrics["step"] == 2
 
-  # The latent run (paper_256, from the converted diffusers VAE) edits and evaluates from its
-  # checkpoint alone: the VAE file is not needed after training.
-  os.remove(os.path.join(work, "sd_vae.safetensors"))
-  for command in (f"{PY} -m imagebrush_jax.infer --workdir runs/paper --before a.png "
-                  "--after b.png --query q.png --output paper_out.png --steps 2",
-                  f"{PY} -m imagebrush_jax.evaluate --workdir runs/paper --num_examples 8 "
-                  "--output paper_metrics.json --steps 2 --batch_size 4 --no_cycle"):
-    proc = _run(command, [], work)
-    assert proc.returncode == 0, (command, proc.stdout[-3000:], proc.stderr[-3000:])
-  assert Image.open(os.path.join(work, "paper_out.png")).size == (35, 27)
-  metrics = json.load(open(os.path.join(work, "paper_metrics.json")))
-  assert metrics["num_examples"] == 8 and np.isfinite(metrics["psnr"])
-  # Its tasks are those of the two built data sets: 2 + 2 trained on, 1 + 1 held out.
-  saved = json.load(open(os.path.join(work, "runs/paper/config.json")))["data"]
-  trained, held = saved["train_tasks"], saved["heldout_tasks"]
-  assert len(trained) == 4 and len(held) == 2 and not set(trained) & set(held)
-  assert set(trained + held) == {"make it snowy", "add a moon", "add a night sky",
-                                 "bear", "car", "goat"}
-  assert set(held) == {"add a night sky", "goat"}
-  assert set(metrics["per_task"]) == set(trained + held) and metrics["accuracy"] is None
+
+def test_latent_tiny_commands(tmp_path):
+  """The tiny autoencoder trained, then latent_tiny in its latent space."""
+  work = str(tmp_path)
+  readme_plan.make_inputs(work)
+  readme_plan.run_chain("latent_tiny", work)
 
 
 if __name__ == "__main__":
-  print("\n".join(readme_commands()))
+  print("\n".join(readme_plan.readme_commands()))
   sys.exit(0)
