@@ -102,3 +102,19 @@ def gcs_emulator():
       else:
         os.environ[k] = v
     gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+def forward_flops_vs_xla(config, batch_size: int = 2):
+  """(XLA's FLOP count of the model's forward pass / the analytic count, the denoiser's
+  analytic Count, the prompt encoder's) for a config: what the FLOP tests compare."""
+  import jax  # pylint: disable=g-import-not-at-top  (after the flags above are set)
+  from imagebrush_jax.core import build as build_lib  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.perf import compiled as compiled_lib  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.perf import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  model = build_lib.build_model(config)
+  params = build_lib.init_params(model, config, jax.random.key(0))
+  inputs = build_lib.dummy_inputs(model, config, batch_size=batch_size)
+  xla = compiled_lib.xla_flops(jax.jit(lambda p, i: model.apply({"params": p}, **i)).lower(
+      params, inputs).compile())
+  net, prompt = flops_lib._networks(config, batch_size, remat=False)  # pylint: disable=W0212
+  return xla / (net.total + prompt.total), net, prompt

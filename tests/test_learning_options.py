@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
+import conftest
 from configs import tiny_test
 from imagebrush_jax.core import build as build_lib
 from imagebrush_jax.core import grid as grid_lib
@@ -15,8 +16,6 @@ from imagebrush_jax.core import options as core_options
 from imagebrush_jax.diffusion import losses
 from imagebrush_jax.diffusion import schedules
 from imagebrush_jax.models import layers
-from imagebrush_jax.perf import flops as flops_lib
-from imagebrush_jax.perf import compiled as compiled_lib
 from imagebrush_jax.data import pipeline
 
 
@@ -182,10 +181,5 @@ def test_analytic_flops_count_the_options():
   config.model.unet.attention = ("cross", "self+cross")
   config.model.prompt.vit.width = 64
   config.model.prompt.mixer.width = 64
-  model = build_lib.build_model(config)
-  params = build_lib.init_params(model, config, jax.random.key(0))
-  inputs = build_lib.dummy_inputs(model, config, batch_size=2)
-  xla = compiled_lib.xla_flops(jax.jit(lambda p, i: model.apply({"params": p}, **i)).lower(
-      params, inputs).compile())
-  net, prompt = flops_lib._networks(config, 2, remat=False)
-  assert xla / (net.total + prompt.total) == pytest.approx(1.0, abs=0.10)
+  ratio, _, _ = conftest.forward_flops_vs_xla(config)
+  assert ratio == pytest.approx(1.0, abs=0.10)

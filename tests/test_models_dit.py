@@ -6,14 +6,13 @@ import numpy as np
 import optax
 import pytest
 
+import conftest
 from configs import tiny_test
 from imagebrush_jax.core import build as build_lib
 from imagebrush_jax.core import objective as objective_lib
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.infra import config_checks
 from imagebrush_jax.models import dit as dit_lib
-from imagebrush_jax.perf import compiled as compiled_lib
-from imagebrush_jax.perf import flops as flops_lib
 
 
 def _config(**dit):
@@ -79,14 +78,9 @@ def test_analytic_flops_match_xla():
   config = _config(width=256)
   config.model.prompt.vit.width = 64
   config.model.prompt.mixer.width = 64
-  model = build_lib.build_model(config)
-  params = build_lib.init_params(model, config, jax.random.key(0))
-  inputs = build_lib.dummy_inputs(model, config, batch_size=2)
-  xla = compiled_lib.xla_flops(jax.jit(lambda p, i: model.apply({"params": p}, **i)).lower(
-      params, inputs).compile())
-  net, prompt = flops_lib._networks(config, 2, remat=False)
+  ratio, net, _ = conftest.forward_flops_vs_xla(config)
   assert net.first_layer > 0
-  assert xla / (net.total + prompt.total) == pytest.approx(1.0, abs=0.10)
+  assert ratio == pytest.approx(1.0, abs=0.10)
 
 
 def test_dit_learns_a_tiny_problem():

@@ -13,7 +13,6 @@ import pytest
 import conftest
 from configs import tiny_test
 from imagebrush_jax.converters import autoencoder_params
-from imagebrush_jax.core import build as build_lib
 from imagebrush_jax.models import autoencoder as ae
 from imagebrush_jax.perf import compiled as compiled_lib
 from imagebrush_jax.perf import flops as flops_lib
@@ -58,13 +57,9 @@ def test_forward_counts_match_xla():
   the analytic forward FLOPs within 10% of XLA's count of the same computation."""
   config = _wide_tiny()
   config.model.prompt.image_size = 16  # 8-pixel tiles resized for the ViT
-  model = build_lib.build_model(config)
-  params = build_lib.init_params(model, config, jax.random.key(0))
-  inputs = build_lib.dummy_inputs(model, config, batch_size=2)
-  xla = _xla_flops(lambda p, i: model.apply({"params": p}, **i), params, inputs)
-  net, prompt = flops_lib._networks(config, 2, remat=False)
+  ratio, net, prompt = conftest.forward_flops_vs_xla(config)
   assert prompt.first_layer > 0 and net.first_layer > 0
-  assert xla / (net.total + prompt.total) == pytest.approx(1.0, abs=0.10)
+  assert ratio == pytest.approx(1.0, abs=0.10)
 
   arch = ae.AutoencoderConfig(**TINY_AE)
   vae = ae.build(arch)
