@@ -7,19 +7,24 @@
 A Gradio app, served on 127.0.0.1 unless --host says otherwise, analytics off. The page takes
 the run's data.num_examples example pairs (before / after uploads), the query, on which a box is
 dragged with the mouse (none = the whole image; the query may be turned by quarter turns in
-the page, and is edited as shown), DDIM steps, guidance scale and seed; it shows
-the edited query at its own size and the grid the model saw (examples, query and result, the
-box outlined). A gallery loads ready edits of the built-in task family (and of --examples, a
-folder of pairs in the folder-source layout) with one click.
+the page, and is edited as shown), DDIM steps, guidance scale, seed, the box padding (query
+pixels of context around the box, blank: infer's default) and the output size; it shows the
+edited query at its own size (with a box, only the box changed: a region edit at the tile's
+resolution, inference/regions.py), or the generated tile ("tile"), and the grid the model saw
+(examples, query or the box's window, and result, the box outlined). A gallery loads ready
+edits of the built-in task family (and of --examples, a folder of pairs in the folder-source
+layout) with one click.
 
 The same edit is an API endpoint, `edit`, for gradio_client:
 
   client.predict(handle_file("before.png"), handle_file("after.png"), handle_file("query.png"),
                  "x0,y0,x1,y1", api_name="/edit")  # box in the query's pixels, "" for none;
-                                                   # then optionally steps, guidance, seed
+                 # then optionally steps, guidance, seed, box padding ("" for the default) and
+                 # output size ("query" or "tile")
 
-Every edit is infer's single edit (same reading, tiling, box mapping, sampler and seed:
-inference/service.py). One compiled sampler serves all requests, one at a time (queued);
+Every edit is infer's single edit (same reading, tiling, region window, paste, sampler and
+seed: inference/service.py; the page's box padding and output size are infer's --box_padding and
+--output_size). One compiled sampler serves all requests, one at a time (queued);
 an unreadable upload, a missing pair, a bad box, bad sampler settings or a file over
 --max_upload_mb is a message in the page, and the server keeps serving.
 """
@@ -45,6 +50,7 @@ from imagebrush_jax.infra import cli
 from imagebrush_jax.inference import run_loading
 from imagebrush_jax.inference import gallery as gallery_lib
 from imagebrush_jax.inference import images
+from imagebrush_jax.inference import regions
 from imagebrush_jax.inference import service as service_lib
 # pylint: enable=wrong-import-position
 
@@ -136,7 +142,8 @@ class EditorApp:
 
   def _edit(self, befores: Sequence[Upload | None], afters: Sequence[Upload | None],
             query: Upload | None, box: Sequence[float] | None, steps: Any, guidance: Any,
-            seed: Any, progress: gr.Progress | None = None) -> service_lib.Edit:
+            seed: Any, progress: gr.Progress | None = None, box_padding: Any = None,
+            output_size: Any = None) -> service_lib.Edit:
     names = {}
     befores, afters = [as_upload(b) for b in befores], [as_upload(a) for a in afters]
     query = as_upload(query)
@@ -155,11 +162,15 @@ class EditorApp:
       seed = 0 if seed in (None, "") else int(seed)
     except (TypeError, ValueError, OverflowError) as e:
       raise refuse(f"steps, guidance and seed must be numbers: {e}") from e
+    if isinstance(box_padding, str):
+      box_padding = box_padding.strip() or None
+    output_size = output_size or "query"
     if progress is not None:
       progress(0.1, desc=f"sampling ({steps or self.service.default_steps} DDIM steps)")
     try:
       return self.service.edit([(b.path, a.path) for b, a in zip(befores, afters)], query.path,
-                               box, steps=steps, guidance=guidance, seed=seed)
+                               box, steps=steps, guidance=guidance, seed=seed,
+                               box_padding=box_padding, output_size=output_size)
     except ValueError as e:  # a bad upload (named), box or sampler setting: one line
       message = " ".join(str(e).split())
       for path, label in sorted(names.items(), key=lambda item: -len(item[0])):
@@ -167,31 +178,37 @@ class EditorApp:
       raise refuse(message) from None
 
   def edit_page(self, *args, progress=gr.Progress()):
-    """The page's Edit button: 2K uploads, the annotated query, steps, guidance, seed."""
+    """The page's Edit button: 2K uploads, the annotated query, steps, guidance, seed, and
+    optionally the box padding and the output size."""
     befores, afters = args[:self.k], args[self.k:2 * self.k]
-    annotated, steps, guidance, seed = args[2 * self.k:]
+    annotated, steps, guidance, seed, *options = args[2 * self.k:]
+    box_padding, output_size = (list(options) + [None, None])[:2]
     query, box = None, None
     if isinstance(annotated, dict):
       query = annotated["image"]
       if annotated["boxes"]:
         b = annotated["boxes"][-1]
         box = (b["xmin"], b["ymin"], b["xmax"], b["ymax"])
-    edit = self._edit(befores, afters, query, box, steps, guidance, seed, progress)
+    edit = self._edit(befores, afters, query, box, steps, guidance, seed, progress,
+                      box_padding, output_size)
     return edit.image, edit.grid, (f"edited in {edit.seconds:.1f} s" + (
         f", box {[int(v) for v in box]}" if box else ", whole image"))
 
   def edit_api(self, *args):
     """The `edit` endpoint: K (before, after) files, the query file, "x0,y0,x1,y1" or "", steps,
-    guidance, seed -> the edited query."""
+    guidance, seed, and optionally the box padding ("" for the default) and the output size
+    ("query" or "tile") -> the edited query."""
     pairs = args[:2 * self.k]
-    query, box_text, steps, guidance, seed = args[2 * self.k:]
+    query, box_text, steps, guidance, seed, *options = args[2 * self.k:]
+    box_padding, output_size = (list(options) + [None, None])[:2]
     box = None
     if box_text and str(box_text).strip():
       try:
         box = images.parse_box(str(box_text))
       except ValueError as e:
         raise refuse(str(e).replace("--box", "box")) from e
-    return self._edit(pairs[0::2], pairs[1::2], query, box, steps, guidance, seed).image
+    return self._edit(pairs[0::2], pairs[1::2], query, box, steps, guidance, seed,
+                      box_padding=box_padding, output_size=output_size).image
 
 
 def build(service: service_lib.EditService, examples: Sequence[gallery_lib.Example] = (),
@@ -222,14 +239,21 @@ def build(service: service_lib.EditService, examples: Sequence[gallery_lib.Examp
           guidance = gr.Number(service.default_guidance, label="guidance scale",
                                elem_id="guidance")
           seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
+        with gr.Row():
+          box_padding = gr.Textbox("", label="box padding (query pixels around the box)",
+                                   placeholder="auto", elem_id="box_padding")
+          output_size = gr.Radio(list(regions.OUTPUT_SIZES), value="query",
+                                 label="output size (the query's, or the model's tile)",
+                                 elem_id="output_size")
         button = gr.Button("Edit", variant="primary", elem_id="edit")
       with gr.Column():
         result = gr.Image(label="edited query", type="numpy", format="png", interactive=False,
                           elem_id="result")
         status = gr.Markdown(elem_id="status")
-        grid = gr.Image(label="the grid the model saw (examples, query, result)", type="numpy",
+        grid = gr.Image(label="the grid the model saw (examples, query or the box's window, "
+                        "result)", type="numpy",
                         format="png", interactive=False, elem_id="grid")
-    page_inputs = [*befores, *afters, query, steps, guidance, seed]
+    page_inputs = [*befores, *afters, query, steps, guidance, seed, box_padding, output_size]
     button.click(handlers.edit_page, page_inputs, [result, grid, status], api_name="edit_page",
                  api_visibility="private", concurrency_id=CONCURRENCY_ID, concurrency_limit=1)
     if examples:
@@ -248,7 +272,9 @@ def build(service: service_lib.EditService, examples: Sequence[gallery_lib.Examp
                     gr.Textbox("", label="box"),
                     gr.Number(service.default_steps, label="steps", precision=0),
                     gr.Number(service.default_guidance, label="guidance"),
-                    gr.Number(0, label="seed", precision=0)]
+                    gr.Number(0, label="seed", precision=0),
+                    gr.Textbox("", label="box_padding"),
+                    gr.Radio(list(regions.OUTPUT_SIZES), value="query", label="output_size")]
       api_output = gr.Image(label="edited", type="numpy", format="png")
       api_button = gr.Button("edit")
     api_button.click(handlers.edit_api, api_inputs, api_output, api_name="edit",

@@ -2,22 +2,37 @@
 
 Single edit (latest checkpoint of WORKDIR, EMA parameters):
   python -m imagebrush_jax.infer --workdir DIR --before a.png --after b.png --query q.png \
-      --output out.png [--box x0,y0,x1,y1] [--steps 50] [--guidance 7.5] [--seed 0]
+      --output out.png [--box x0,y0,x1,y1] [--box_padding PX] [--output_size query|tile] \
+      [--steps 50] [--guidance 7.5] [--seed 0]
 (--before / --after repeat, in order, for several example pairs; --step N takes an earlier
 checkpoint; --params model.safetensors, a run exported by `python -m imagebrush_jax.export`,
 stands in for --workdir.)
 
 Batch edit from a JSON-lines manifest (see inference/manifest.py for the row format):
   python -m imagebrush_jax.infer --workdir DIR --manifest rows.jsonl --output_dir OUT \
-      [--batch_size 32]
+      [--batch_size 32] [--box_padding PX] [--output_size query|tile]
 
-Every image becomes a tile as the run's evaluation tiles did (data.augment.TileSpec): resized
-(squashed) to config.data.tile_size * crop_scale pixels a side with config.data.resize_method,
-then the centred tile is cropped, so a crop_scale above 1 trims a thin border of each input
-(round(tile_size * (crop_scale - 1) / 2) render pixels a side). A --box / "box" (query pixels)
-is mapped onto the tile the same way. The generated tile is resized back to the query's size
-with the same resize method: it shows the query's centre region, border trimmed, stretched to
-the full size.
+Without a box, every image becomes a tile as the run's evaluation tiles did
+(data.augment.TileSpec): resized (squashed) to config.data.tile_size * crop_scale pixels a side
+with config.data.resize_method, then the centred tile is cropped, so a crop_scale above 1 trims
+a thin border of each input (round(tile_size * (crop_scale - 1) / 2) render pixels a side). The
+whole query is edited at the tile's resolution and the generated tile is resized back to the
+query's size with the same resize method (it shows the query's centre region, border trimmed,
+stretched to the full size).
+
+With a --box / "box" (query pixels) the edit is a region edit at the tile's full resolution
+(inference/regions.py): the model edits a window around the box (the box grown by --box_padding
+query pixels a side, default a quarter of its larger side and at least 4; grown to a square of
+at least the tile's size where the image allows; kept inside the image), resized straight to
+the tile with the run's resize method (no centred crop: the window is already the crop), the
+box given in the window tile's coordinates. The generated tile is resized back to the window
+and blended into the query inside the box only, with a feathered edge of 2 pixels inside the
+box's border (none where the box meets the image's edge): every pixel outside the box is the
+query's own, bit for bit. Example pairs are tiled whole either way.
+
+--output_size query (default) writes the query's size, as above; --output_size tile writes the
+model's own pixels, the generated tile as it is (tile_size pixels a side; with a box, the
+window's tile).
 
 Rows are loaded in a background thread while the device samples, batched to one fixed shape
 (the last batch padded, so one compilation serves the whole run) and sharded over this host's
@@ -45,6 +60,7 @@ from imagebrush_jax.inference import batch as batch_lib
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.inference import images
 from imagebrush_jax.inference import manifest as manifest_lib
+from imagebrush_jax.inference import regions
 from imagebrush_jax.inference import run_loading
 from imagebrush_jax.infra import cli
 from imagebrush_jax.infra import files
@@ -63,9 +79,17 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_multi_string("after", [], "Example output (repeat, in order)",
                             flag_values=flag_values)
   flags.DEFINE_string("query", None, "Image to edit.", flag_values=flag_values)
-  flags.DEFINE_string("output", None, "Output PNG, the query's size.", flag_values=flag_values)
-  flags.DEFINE_string("box", None, "x0,y0,x1,y1 region of the query to edit, in its pixels.",
-                      flag_values=flag_values)
+  flags.DEFINE_string("output", None, "Output PNG (--output_size: the query's size or the "
+                      "tile's).", flag_values=flag_values)
+  flags.DEFINE_string("box", None, "x0,y0,x1,y1 region of the query to edit, in its pixels; "
+                      "pixels outside it are kept.", flag_values=flag_values)
+  # Single and batch edits.
+  flags.DEFINE_float("box_padding", None, "Query pixels of context around a box that the model "
+                     "edits with it (default: a quarter of the box's larger side, at least "
+                     f"{regions.MIN_PADDING}).", flag_values=flag_values)
+  flags.DEFINE_enum("output_size", "query", list(regions.OUTPUT_SIZES), "query: the output is "
+                    "the query's size (a box pasted in, the rest kept); tile: the generated "
+                    "tile as it is.", flag_values=flag_values)
   # A batch of edits.
   flags.DEFINE_string("manifest", None, "JSON-lines file of edits.", flag_values=flag_values)
   flags.DEFINE_string("output_dir", None, "Folder for outputs and errors.jsonl.",
@@ -101,6 +125,10 @@ def _check_args(args: flags.FlagValues) -> None:
                            f"{len(args.after)}: they pair up in order")
   if args.batch_size is not None and args.batch_size < 1:
     raise app.UsageError(f"--batch_size must be positive, got {args.batch_size}")
+  try:
+    regions.check_padding(args.box_padding, "--box_padding")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
 
 
 def main(argv: Sequence[str]) -> int:
@@ -155,13 +183,13 @@ def program(args: flags.FlagValues) -> int:
   if single_row is not None:
     try:
       loaded = batch_lib.load_row(single_row, num_examples=int(run.config.data.num_examples),
-                                  spec=spec)
+                                  spec=spec, box_padding=args.box_padding)
     except (ValueError, OSError) as e:
       return cli.fail(batch_lib.one_line(e))
     batch = {k: v[None] for k, v in loaded.grid.items()}
     cell = editor.edit_grids(batch, editor_lib.rng_key(args.seed))[0]
     try:
-      batch_lib.write_output(loaded, cell, spec.resize_method)
+      batch_lib.write_output(loaded, cell, spec.resize_method, args.output_size)
     except OSError as e:
       return cli.fail(f"cannot write {args.output}: {batch_lib.one_line(e)}")
     print(f"wrote {args.output}", file=sys.stderr)
@@ -173,8 +201,8 @@ def program(args: flags.FlagValues) -> int:
     return cli.fail(f"cannot create --output_dir {args.output_dir}: {batch_lib.one_line(e)}")
   stats = batch_lib.edit_rows(editor, manifest_lib.read_manifest(args.manifest, args.output_dir),
                     files.join(args.output_dir, batch_lib.ERRORS_FILE), seed=args.seed,
-                    skip_existing=not args.no_skip,
-                    log=lambda m: print(m, file=sys.stderr))
+                    skip_existing=not args.no_skip, box_padding=args.box_padding,
+                    output_size=args.output_size, log=lambda m: print(m, file=sys.stderr))
   print(json.dumps(stats))
   return 1 if stats["failed"] else 0
 

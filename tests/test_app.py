@@ -65,12 +65,12 @@ def service():
   return svc
 
 
-def _infer(files, tmp, box=None, seed=0, steps=None, guidance=None, query=None):
+def _infer(files, tmp, box=None, seed=0, steps=None, guidance=None, query=None, flags=()):
   query = query or files["q"]
-  out = os.path.join(tmp, f"infer_{os.path.basename(query)}_{box}_{seed}_{steps}_{guidance}.png"
-                     .replace(" ", ""))
+  out = os.path.join(tmp, f"infer_{os.path.basename(query)}_{box}_{seed}_{steps}_{guidance}"
+                     f"{''.join(flags)}.png".replace(" ", ""))
   argv = ["--workdir", tiny_workdir(), "--before", files["a"], "--after", files["b"],
-          "--query", query, "--output", out, "--seed", str(seed)]
+          "--query", query, "--output", out, "--seed", str(seed), *flags]
   if box is not None:
     argv += ["--box", ",".join(str(v) for v in box)]
   if steps is not None:
@@ -273,12 +273,28 @@ def test_api_edit_matches_infer_and_reports_bad_input(server, service, files, tm
                        "", 2, 7.5, 5, api_name="/edit")
   np.testing.assert_array_equal(np.asarray(Image.open(out)),
                                 _infer(files, str(tmp_path), seed=5, steps=2))
+  # The box padding and the output size, as infer's --box_padding and --output_size.
+  region = ["--box_padding", "12", "--output_size", "tile"]
+  out = client.predict(handle_file(files["a"]), handle_file(files["b"]), handle_file(files["q"]),
+                       "20,10,110,90", 2, 7.5, 5, "12", "tile", api_name="/edit")
+  want = _infer(files, str(tmp_path), (20, 10, 110, 90), seed=5, steps=2, flags=region)
+  assert want.shape == (service.tile_size, service.tile_size, 3)
+  np.testing.assert_array_equal(np.asarray(Image.open(out)), want)
+  query = {"image": app_lib.as_upload(files["q"]), "boxes": [
+      {"xmin": 20, "ymin": 10, "xmax": 110, "ymax": 90}]}
+  page = app_lib.EditorApp(service).edit_page(files["a"], files["b"], query, 2, 7.5, 5, 12, "tile",
+                                              progress=None)
+  np.testing.assert_array_equal(page[0], want)
   assert service.editor.compilations == compiled  # one compiled sampler serves the requests
   for before, box, message in ((files["bad"], "", "cannot read image example 1 before (bad.png)"),
                                (files["a"], "30,30,30,50", "must satisfy 0 <= x0 < x1")):
     with pytest.raises(Exception, match=re.escape(message)):
       client.predict(handle_file(before), handle_file(files["b"]), handle_file(files["q"]), box,
                      api_name="/edit")
+  with pytest.raises(Exception, match=re.escape("box_padding must be a finite number of pixels "
+                                                 ">= 0, got '-1'")):
+    client.predict(handle_file(files["a"]), handle_file(files["b"]), handle_file(files["q"]),
+                   "20,10,110,90", 2, 7.5, 0, "-1", api_name="/edit")
   # The server keeps serving.
   assert client.predict(handle_file(files["a"]), handle_file(files["b"]),
                         handle_file(files["q"]), "", api_name="/edit")

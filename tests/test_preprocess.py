@@ -1,4 +1,6 @@
-"""One preprocessing path: inference tiles equal the evaluation pipeline's tiles, bit for bit."""
+"""One preprocessing path: inference tiles equal the evaluation pipeline's tiles, bit for bit
+(a box's region edit tiles its window instead: inference/regions.py)."""
+import dataclasses
 import json
 
 import numpy as np
@@ -14,6 +16,7 @@ from imagebrush_jax.data import pipeline
 from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.inference import images
 from imagebrush_jax.inference import manifest as manifest_lib
+from imagebrush_jax.inference import regions
 
 WIDTH, HEIGHT = 37, 23  # odd and not square
 BOX = [0.25, 0.125, 0.75, 0.875]  # of the image; exact in pixels of a 37 x 23 image too
@@ -70,15 +73,24 @@ def test_infer_feeds_the_tiles_evaluation_feeds(tmp_path, resize_method, crop_sc
     row = manifest_lib.Row(
         line=i + 1, examples=examples,
         query=_find(tiles, cells.query[i], f"grid {i} query"),
-        output=str(tmp_path / "o.png"),
-        box=tuple(np.multiply(BOX, [WIDTH, HEIGHT, WIDTH, HEIGHT]).tolist()))
+        output=str(tmp_path / "o.png"), box=None)
     loaded = batch_lib.load_row(row, num_examples=num_examples, spec=spec)
     expected = got["grid"][i].copy()
     expected[got["mask"][i][..., 0] == 1] = 0  # inference does not know the target cell
     np.testing.assert_array_equal(loaded.grid["grid"], expected)
     np.testing.assert_array_equal(loaded.grid["mask"], got["mask"][i])
-    np.testing.assert_array_equal(loaded.grid["box"], got["box"][i])
     assert loaded.size == (WIDTH, HEIGHT)
+    # With a box the query is a region edit (its window made the tile: test_region_edits.py);
+    # the examples are still evaluation's tiles.
+    pixels = tuple(np.multiply(BOX, [WIDTH, HEIGHT, WIDTH, HEIGHT]).tolist())
+    boxed = batch_lib.load_row(dataclasses.replace(row, box=pixels), num_examples=num_examples,
+                               spec=spec)
+    t = spec.tile_size
+    np.testing.assert_array_equal(boxed.grid["grid"][:-t], expected[:-t])
+    window = regions.window_for_box(pixels, WIDTH, HEIGHT, min_side=t)
+    np.testing.assert_array_equal(boxed.grid["grid"][-t:, :t], regions.crop_to_tile(
+        images.load_rgb(row.query), window, t, spec.resize_method))
+    np.testing.assert_array_equal(boxed.grid["box"], regions.box_in_window(pixels, window))
 
 
 def test_tile_spec_from_config_matches_data_options():
@@ -103,11 +115,19 @@ def test_tile_spec_centred_tile_and_box():
     augment.TileSpec.from_config({"tile_size": 8, "crop_scale": 1.0})
 
 
-def test_infer_refuses_a_box_inside_the_trimmed_border(tmp_path):
-  Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "q.png")
+def test_a_box_in_the_trimmed_border_is_edited_too(tmp_path):
+  """A region edit's window is resized to the tile whole (no centred crop), so a box that the
+  centred crop would trim is still edited."""
+  query = np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+  Image.fromarray(query).save(tmp_path / "q.png")
   q = str(tmp_path / "q.png")
   spec = augment.TileSpec(tile_size=8, render_size=10, resize_method="bilinear")
+  box = (0.0, 0.0, 1.5, 20.0)  # inside the left tenth, which the centred crop trims
   row = manifest_lib.Row(line=1, examples=((q, q),), query=q, output=str(tmp_path / "o.png"),
-                         box=(0.0, 0.0, 1.5, 20.0))  # inside the trimmed left tenth
-  with pytest.raises(ValueError, match="border"):
-    batch_lib.load_row(row, num_examples=1, spec=spec)
+                         box=box)
+  loaded = batch_lib.load_row(row, num_examples=1, spec=spec)
+  assert loaded.window == regions.window_for_box(box, 20, 20, min_side=8)
+  np.testing.assert_allclose(regions.box_from_window(loaded.grid["box"], loaded.window), box,
+                             atol=1e-4)
+  np.testing.assert_array_equal(loaded.grid["grid"][8:, :8], regions.crop_to_tile(
+      query, loaded.window, 8, "bilinear"))

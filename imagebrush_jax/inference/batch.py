@@ -1,11 +1,20 @@
-"""Rows of edits to edited images: each row's images read and tiled as the run's evaluation tiles
-were, batched for the editor, and written atomically; a row that fails goes to errors.jsonl while
-the others proceed (`python -m imagebrush_jax.infer` is its command line).
+"""Rows of edits to edited images: each row's images read and tiled, batched for the editor, and
+written atomically; a row that fails goes to errors.jsonl while the others proceed
+(`python -m imagebrush_jax.infer` is its command line; the web editor edits through the same
+load_row and output_image).
 
-Every image becomes a tile as the run's evaluation tiles did (data.augment.TileSpec): resized
-(squashed) to config.data.tile_size * crop_scale pixels a side with config.data.resize_method,
-then the centred tile is cropped. A box (query pixels) is mapped onto the tile the same way.
-The generated tile is resized back to the query's size with the same resize method.
+Example pairs, and a query without a box, become tiles as the run's evaluation tiles did
+(data.augment.TileSpec): resized (squashed) to config.data.tile_size * crop_scale pixels a side
+with config.data.resize_method, then the centred tile is cropped. The generated tile is resized
+back to the query's size with the same method (output_size 'query') or kept as it is ('tile').
+
+A query with a box (query pixels) is a region edit (inference/regions.py): the model edits a
+padded, square-ish window around the box, resized straight to the tile (no centred crop, which
+would trim the window), given the box in the window tile's coordinates; the generated tile is
+resized back to the window and blended into the query inside the box only (a feathered edge of
+regions.FEATHER_PIXELS inside the box), every pixel outside the box kept bit for bit
+(output_size 'query'), or kept as the window's tile ('tile'). Example pairs are used whole
+(rows carry no example boxes).
 """
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ from imagebrush_jax.data import augment
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.inference import images
 from imagebrush_jax.inference import manifest as manifest_lib
+from imagebrush_jax.inference import regions
 from imagebrush_jax.infra import files
 
 ERRORS_FILE = "errors.jsonl"
@@ -34,6 +44,8 @@ class LoadedRow:
   row: manifest_lib.Row
   grid: dict[str, np.ndarray]  # assemble_grid output (no batch axis)
   size: tuple[int, int]  # the query's (width, height), the output size
+  query: np.ndarray | None = None  # a region edit's query pixels, pasted into
+  window: regions.Window | None = None  # a region edit's window (query pixels)
 
 
 def tile_spec(config) -> augment.TileSpec:
@@ -41,45 +53,56 @@ def tile_spec(config) -> augment.TileSpec:
   return augment.TileSpec.from_config(config.data)
 
 
-def load_row(row: manifest_lib.Row, *, num_examples: int, spec: augment.TileSpec) -> LoadedRow:
+def load_row(row: manifest_lib.Row, *, num_examples: int, spec: augment.TileSpec,
+             box_padding: float | None = None) -> LoadedRow:
   """Reads, validates and tiles one row's images; raises ValueError naming the problem.
 
-  Tiles are made as the run's evaluation tiles are (`spec`: resize to the render size, centred
-  crop, no flip), and the box is mapped the same way; a box wholly inside the trimmed border
-  is an error.
+  Example pairs, and a query without a box, are tiled as the run's evaluation tiles are
+  (`spec`: resize to the render size, centred crop, no flip). A query with a box is a region
+  edit: its window (regions.window_for_box, `box_padding` query pixels around the box, None:
+  the default share) resized to the tile, the box given in the window tile's coordinates.
   """
   if len(row.examples) != num_examples:
     raise ValueError(f"{len(row.examples)} example pair(s) given, but the model was trained "
                      f"with data.num_examples = {num_examples}")
   query = images.load_rgb(row.query)
   height, width = query.shape[:2]
-  box = None
+  window = None
   if row.box is not None:
     try:
-      box = spec.box_to_tile(images.normalize_box(row.box, width, height))
+      window = regions.window_for_box(row.box, width, height, padding=box_padding,
+                                      min_side=spec.tile_size)
     except ValueError as e:
       raise ValueError(f"{row.query}: {e}") from e
-    if box is None:
-      raise ValueError(
-          f"box {list(row.box)} of {row.query} lies wholly in the border that the centred "
-          f"crop trims ({spec.margin} of every {spec.render_size} pixels on each side)")
   pairs = [(spec.to_tile(images.load_rgb(b)), spec.to_tile(images.load_rgb(a)))
            for b, a in row.examples]
-  grid = grid_lib.assemble_grid(pairs, spec.to_tile(query), box=box)
-  return LoadedRow(row=row, grid=grid, size=(width, height))
+  if window is None:
+    grid = grid_lib.assemble_grid(pairs, spec.to_tile(query))
+    return LoadedRow(row=row, grid=grid, size=(width, height))
+  tile = regions.crop_to_tile(query, window, spec.tile_size, spec.resize_method)
+  grid = grid_lib.assemble_grid(pairs, tile, box=regions.box_in_window(row.box, window))
+  return LoadedRow(row=row, grid=grid, size=(width, height), query=query, window=window)
 
 
-def output_image(loaded: LoadedRow, cell: np.ndarray, resize_method: str = "bicubic"
-                 ) -> np.ndarray:
-  """The generated cell resized to the query's size (the cell shows the centred crop, so the
-  trimmed border is stretched back in, not kept from the query)."""
+def output_image(loaded: LoadedRow, cell: np.ndarray, resize_method: str = "bicubic",
+                 output_size: str = "query") -> np.ndarray:
+  """The edited image of a generated cell. output_size 'tile': the cell as generated (a region
+  edit's: its window's tile). 'query': the query's size; a region edit is the query with the
+  cell pasted inside the box (regions.paste, outside untouched); otherwise the cell resized to
+  the query's size (it shows the centred crop, so the trimmed border is stretched back in)."""
+  if regions.check_output_size(output_size) == "tile":
+    return np.asarray(cell, np.uint8)
+  if loaded.window is not None:
+    return regions.paste(loaded.query, cell, loaded.window, loaded.row.box, resize_method)
   width, height = loaded.size
   return images.resize(cell, width, height, resize_method)
 
 
-def write_output(loaded: LoadedRow, cell: np.ndarray, resize_method: str = "bicubic") -> None:
+def write_output(loaded: LoadedRow, cell: np.ndarray, resize_method: str = "bicubic",
+                 output_size: str = "query") -> None:
   """Writes output_image to the row's output file (PNG, atomically)."""
-  files.save_png_atomic(loaded.row.output, output_image(loaded, cell, resize_method))
+  files.save_png_atomic(loaded.row.output,
+                        output_image(loaded, cell, resize_method, output_size))
 
 
 def one_line(error: BaseException) -> str:
@@ -109,7 +132,8 @@ _DONE = object()
 
 
 def _loader(items: Iterable, out: queue.Queue, *, batch_size: int, num_examples: int,
-            spec: augment.TileSpec, skip_existing: bool, stats: dict) -> None:
+            spec: augment.TileSpec, skip_existing: bool, stats: dict,
+            box_padding: float | None = None) -> None:
   """Background thread: rows -> ('error', line, msg) | ('batch', [LoadedRow]) on `out`.
 
   A row's own failures (its images, sizes or box: ValueError, ImageLoadError included, or
@@ -125,7 +149,8 @@ def _loader(items: Iterable, out: queue.Queue, *, batch_size: int, num_examples:
         stats["skipped"] += 1
         continue
       try:
-        pending.append(load_row(item, num_examples=num_examples, spec=spec))
+        pending.append(load_row(item, num_examples=num_examples, spec=spec,
+                                box_padding=box_padding))
       except (ValueError, OSError) as e:
         out.put(("error", item.line, one_line(e)))
         continue
@@ -142,12 +167,17 @@ def _loader(items: Iterable, out: queue.Queue, *, batch_size: int, num_examples:
 
 def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, seed: int = 0,
               prefetch_batches: int = 2, skip_existing: bool = True,
+              box_padding: float | None = None, output_size: str = "query",
               log: Callable[[str], None] = print) -> dict[str, int]:
   """Edits manifest rows (Row, or (line, error) for rows that failed to parse).
 
   Returns counts {done, skipped, failed}. Batch i is sampled with fold_in(key(seed), i).
+  `box_padding` (query pixels around each row's box, None: the default share) and
+  `output_size` ('query' or 'tile') are as for load_row and output_image.
   """
   key = editor_lib.rng_key(seed)
+  box_padding = regions.check_padding(box_padding)
+  regions.check_output_size(output_size)
   spec = tile_spec(editor.config)
   errors = ErrorLog(errors_path)
   errors.flush()  # a rerun starts a fresh error list
@@ -156,7 +186,8 @@ def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, s
   thread = threading.Thread(
       target=_loader, args=(items, q),
       kwargs=dict(batch_size=editor.batch_size, num_examples=editor.num_examples,
-                  spec=spec, skip_existing=skip_existing, stats=stats),
+                  spec=spec, skip_existing=skip_existing, stats=stats,
+                  box_padding=box_padding),
       daemon=True, name="imagebrush-infer-loader")
   thread.start()
   batch_index = 0
@@ -179,7 +210,7 @@ def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, s
     batch_index += 1
     for loaded, cell in zip(rows, cells):
       try:
-        write_output(loaded, cell, spec.resize_method)
+        write_output(loaded, cell, spec.resize_method, output_size)
         stats["done"] += 1
       except OSError as e:
         message = f"cannot write {loaded.row.output}: {one_line(e)}"

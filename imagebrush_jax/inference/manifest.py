@@ -4,7 +4,8 @@
      "output": "name.png", "box": [x0, y0, x1, y1]}
 
 Image paths are relative to the manifest's folder (absolute paths are kept); `output` is
-relative to the output folder and may not leave it; `box` is optional, in the query's pixels.
+relative to the output folder and may not leave it; `box` is optional, in the query's pixels
+(a region edit: only the box changes, see inference/regions.py; example pairs carry no box).
 Blank lines are ignored (line numbers still count them).
 """
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """One edit at a time for an interactive front end (the web editor): image files in, the edited
 query and a picture of the grid the model saw out.
 
-Each edit goes through infer's own steps (`batch.load_row`: the same decoding, tiling and box
-mapping; `batch.output_image`: the same resize back), so an edit here equals `infer`'s single
-edit for the same inputs, box and seed. One Editor (batch 1) serves every request: its sampler
-compiles once per (steps, guided or not) and is reused while among the editor's most recently
-used. Sampler settings and seeds are checked by the editor, as for `infer`; image files over
-`max_file_bytes` are refused before they are decoded.
+Each edit goes through infer's own steps (`batch.load_row`: the same decoding, tiling and, with
+a box, the same region window of inference/regions.py; `batch.output_image`: the same resize
+back, or paste inside the box with every pixel outside it kept), so an edit here equals
+`infer`'s single edit for the same inputs, box, box padding, output size and seed. The grid
+picture shows what the model saw: with a box, the window's tile with the box outlined. One
+Editor (batch 1) serves every request: its sampler compiles once per (steps, guided or not) and
+is reused while among the editor's most recently used. Sampler settings and seeds are checked
+by the editor, as for `infer`; image files over `max_file_bytes` are refused before they are
+decoded.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from imagebrush_jax.inference import run_loading
 from imagebrush_jax.core import grid as grid_lib
 from imagebrush_jax.inference import editor as editor_lib
 from imagebrush_jax.inference import manifest as manifest_lib
+from imagebrush_jax.inference import regions
 
 PREVIEW_MIN_TILE = 192  # grid pictures are scaled up (nearest) to at least this per tile
 BOX_COLOUR = (255, 64, 32)
@@ -31,7 +35,7 @@ BOX_COLOUR = (255, 64, 32)
 
 @dataclasses.dataclass(frozen=True)
 class Edit:
-  image: np.ndarray  # uint8 [H, W, 3]: the edited query at its own size
+  image: np.ndarray  # uint8: the edited query at its own size (or the tile, output_size 'tile')
   grid: np.ndarray  # uint8: the examples, the query and the result as the model saw them
   seconds: float
 
@@ -79,21 +83,27 @@ class EditService:
 
   def edit(self, examples: Sequence[tuple[str, str]], query: str,
            box: Sequence[float] | None = None, *, steps: int | None = None,
-           guidance: float | None = None, seed: int = 0) -> Edit:
+           guidance: float | None = None, seed: int = 0, box_padding: float | None = None,
+           output_size: str = "query") -> Edit:
     """Edits image file `query` as the (before, after) image files show; `box` in the query's
-    pixels (None: the whole image). Bad input (settings, seed, files, box) raises ValueError
-    with a one-line message."""
+    pixels (None: the whole image), a region edit with `box_padding` query pixels of context
+    around it (None: regions' default share); `output_size` 'query' (the query's size) or
+    'tile' (the generated tile as it is). Bad input (settings, seed, files, box, padding,
+    output size) raises ValueError with a one-line message."""
     start = time.time()
     settings = self.editor.check_settings(num_steps=steps, guidance_scale=guidance)
     key = editor_lib.rng_key(seed)
+    box_padding = regions.check_padding(box_padding)
+    regions.check_output_size(output_size)
     for path in [p for pair in examples for p in pair] + [query]:
       self._check_size(path)
     row = manifest_lib.Row(line=0, examples=tuple(examples), query=query, output="",
                            box=None if box is None else tuple(float(v) for v in box))
-    loaded = batch_lib.load_row(row, num_examples=self.num_examples, spec=self.spec)
+    loaded = batch_lib.load_row(row, num_examples=self.num_examples, spec=self.spec,
+                                box_padding=box_padding)
     batch = {k: v[None] for k, v in loaded.grid.items()}
     cell = self.editor.edit_grids(batch, key, **settings)[0]
-    return Edit(image=batch_lib.output_image(loaded, cell, self.spec.resize_method),
+    return Edit(image=batch_lib.output_image(loaded, cell, self.spec.resize_method, output_size),
                 grid=grid_picture(loaded.grid["grid"], cell, loaded.grid["box"],
                                   self.tile_size),
                 seconds=time.time() - start)
