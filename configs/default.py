@@ -116,6 +116,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dit.num_heads = 4
   c.model.dit.mlp_ratio = 4
   c.model.dit.dropout = 0.0
+  # A learned attention bias per (query place, key place) pair in every block, gained per head by
+  # the prompt: fixed spatial maps (flips, rotations) are one table entry away.
+  c.model.dit.position_bias = False
   # A converted UNet to start from (python -m imagebrush_jax.convert --from sd_unet): its
   # architecture must be model.unet's, its cross-attention width model.prompt.mixer.width; the
   # input convolution is widened with zeros for the known grid and mask. "" = random.

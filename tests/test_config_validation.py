@@ -12,7 +12,7 @@ from imagebrush_jax.core import options as core_options
 from imagebrush_jax.infra import config_checks
 from imagebrush_jax.training import options as training_options
 
-SHIPPED = ("default", "cpu_demo", "objects", "tiny_test", "latent_tiny", "paper_256",
+SHIPPED = ("default", "cpu_demo", "objects", "objects_dit", "tiny_test", "latent_tiny", "paper_256",
            "paper_256_from_sd", "paper_256_tpu_pod")
 
 

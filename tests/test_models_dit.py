@@ -13,6 +13,7 @@ from imagebrush_jax.core import objective as objective_lib
 from imagebrush_jax.data import pipeline
 from imagebrush_jax.infra import config_checks
 from imagebrush_jax.models import dit as dit_lib
+from imagebrush_jax.models import layers
 
 
 def _config(**dit):
@@ -36,8 +37,9 @@ def test_sincos_matches_the_mae_formula():
     dit_lib.sincos_2d(2, 2, 6)
 
 
-def test_dit_has_the_unet_interface_and_reads_the_prompt():
-  config = _config()
+@pytest.mark.parametrize("position_bias", [False, True])
+def test_dit_has_the_unet_interface_and_reads_the_prompt(position_bias):
+  config = _config(position_bias=position_bias)
   model = build_lib.build_model(config)
   assert isinstance(model.unet, dit_lib.DiT)
   params = build_lib.init_params(model, config, jax.random.key(0))
@@ -58,6 +60,35 @@ def test_dit_has_the_unet_interface_and_reads_the_prompt():
   np.testing.assert_allclose(remat.apply({"params": moved}, **inputs), a, atol=1e-5)
 
 
+def test_position_bias_table_can_mirror_the_query_cell():
+  """Content-free attention under a table that maps each target place to the mirrored place
+  of the query cell copies the query cell flipped left-right: the map is one table entry each."""
+  t, rows, heads = 3, 2, 1
+  height, width = rows * t, 2 * t
+  query_cell, target_cell = (rows - 1) * 2, (rows - 1) * 2 + 1
+  mod = dit_lib.PositionPairBias(heads)
+  cond = np.zeros((1, 8), np.float32)
+  params = mod.init(jax.random.key(0), cond, height, width, 2)["params"]
+  axes = np.zeros((heads, 2, 2, t, t), np.float32)
+  axes[0, 0, 0] = np.eye(t)  # the key's row is the query's row
+  axes[0, 1, 1] = np.eye(t)[::-1]  # the key's column is the query's, mirrored
+  cells = np.zeros(params["cells"].shape, np.float32)
+  cells[0, target_cell, query_cell] = 1.0
+  params = {**params, "axes": axes, "cells": cells}
+  bias = mod.apply({"params": params}, cond, height, width, 2)
+  assert bias.shape == (1, heads, height * width, height * width + 2)
+  np.testing.assert_array_equal(np.asarray(bias[..., -2:]), 0)  # prompt keys: no bias
+  rng = np.random.default_rng(0)
+  values = rng.normal(size=(1, height * width + 2, heads, 4)).astype(np.float32)
+  zeros = np.zeros((1, height * width, heads, 4), np.float32)
+  out = np.asarray(layers.dot_product_attention(zeros, np.zeros_like(values), values, "einsum",
+                                                bias))
+  grid_values = values[0, :height * width, 0].reshape(height, width, 4)
+  query = grid_values[(rows - 1) * t:, :t]
+  target = out[0, :, 0].reshape(height, width, 4)[(rows - 1) * t:, t:]
+  np.testing.assert_allclose(target, query[:, ::-1], atol=1e-3)
+
+
 def test_config_checks_the_patch_and_the_start():
   config = _config(patch_size=3)
   with pytest.raises(config_checks.ConfigError, match=r"not divisible by "
@@ -73,9 +104,10 @@ def test_config_checks_the_patch_and_the_start():
     build_lib.build_model(config)
 
 
-def test_analytic_flops_match_xla():
+@pytest.mark.parametrize("position_bias", [False, True])
+def test_analytic_flops_match_xla(position_bias):
   """At widths where matmuls dominate (as at every real size), within 10% of XLA's count."""
-  config = _config(width=256)
+  config = _config(width=256, position_bias=position_bias)
   config.model.prompt.vit.width = 64
   config.model.prompt.mixer.width = 64
   ratio, net, _ = conftest.forward_flops_vs_xla(config)

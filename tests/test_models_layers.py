@@ -7,10 +7,10 @@ import pytest
 from imagebrush_jax.models import layers
 
 
-def _np_attention(q, k, v):
-  """softmax(q k^T / sqrt(d)) v per head, [B, T, N, H] operands, in float64."""
+def _np_attention(q, k, v, bias=0.0):
+  """softmax(q k^T / sqrt(d) + bias) v per head, [B, T, N, H] operands, in float64."""
   q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
-  logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+  logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1]) + np.asarray(bias)
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
   return np.einsum("bnts,bsnh->btnh", p, v)
@@ -41,6 +41,18 @@ def test_dot_product_attention_matches_numpy(implementation):
   out = layers.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
                                      implementation)
   np.testing.assert_allclose(np.asarray(out), _np_attention(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "einsum", "xla"])
+@pytest.mark.parametrize("bias_shape", [(3, 5, 7), (2, 3, 5, 7)])
+def test_attention_bias_matches_numpy(implementation, bias_shape):
+  rng = np.random.default_rng(3)
+  q, k, v = (rng.normal(size=(2, s, 3, 8)).astype(np.float32) for s in (5, 7, 7))
+  bias = 3 * rng.normal(size=bias_shape).astype(np.float32)
+  out = layers.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                                     implementation, jnp.asarray(bias))
+  np.testing.assert_allclose(np.asarray(out), _np_attention(q, k, v, bias), rtol=1e-4,
+                             atol=1e-5)
 
 
 def test_einsum_attention_gradient_and_bfloat16():

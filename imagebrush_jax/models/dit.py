@@ -12,6 +12,8 @@ layer starts at zero, so the network starts by predicting zero, as the UNet does
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -37,6 +39,58 @@ def sincos_2d(height: int, width: int, dim: int) -> np.ndarray:
   return np.concatenate(parts, axis=1).astype(np.float32)
 
 
+POSITION_BIAS_SCALE = 50.0  # the bias tables are this x their parameters: they learn this much faster
+
+
+def grid_token_places(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """For the row-major tokens of a [(K+1)t, 2t] grid map: (row inside its cell, column inside
+  its cell, both in [0, t), cell index row-major in [0, 2(K+1)))."""
+  t = width // 2
+  if width % 2 or height % t:
+    raise ValueError(f"a {height}x{width} token map is no grid of square cells two wide")
+  y, x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+  cell = (y // t) * 2 + x // t
+  return (y % t).reshape(-1), (x % t).reshape(-1), cell.reshape(-1)
+
+
+class PositionPairBias(nn.Module):
+  """A learned attention bias per head for each (query place, key place) pair of grid tokens,
+  gained per head by the conditioning (1 + a zero-initialised projection); prompt tokens get none.
+
+  The bias of a pair is a sum of small tables: one per (query axis, key axis) of the places
+  inside the cells (row-row, row-column, column-row, column-column, each t x t) and one over
+  (query cell, key cell). A flip, a quarter turn, a shift or a scaling maps each axis of the
+  key's place from one axis of the query's, so such a fixed spatial map is two table rows a
+  head, learned from every token that shares them in a few hundred steps, and the prompt turns
+  it on or off (a Synthesizer-style fixed attention map, Tay et al. 2021, beside content
+  attention, factored by axis). Tables start at zero: the block starts as plain attention.
+  """
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, cond: jax.Array, height: int, width: int, num_prompt: int) -> jax.Array:
+    """cond [B, D] -> bias [B, heads, N, N + num_prompt] for N = height * width tokens."""
+    row, col, cell = grid_token_places(height, width)
+    t = width // 2
+    max_cells = 2 * layers.MAX_GRID_ROWS
+    if cell.max() >= max_cells:
+      raise ValueError(f"{height}x{width} tokens make more than {max_cells} cells")
+    axes = self.param("axes", nn.initializers.zeros, (self.num_heads, 2, 2, t, t), jnp.float32)
+    cells = self.param("cells", nn.initializers.zeros, (self.num_heads, max_cells, max_cells),
+                       jnp.float32)
+    places = (row, col)
+    table = cells[:, cell[:, None], cell[None, :]]
+    for a in range(2):
+      for b in range(2):
+        table = table + axes[:, a, b][:, places[a][:, None], places[b][None, :]]
+    table = table * POSITION_BIAS_SCALE
+    gain = 1.0 + nn.Dense(self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
+                          kernel_init=nn.initializers.zeros, name="gain")(nn.silu(cond))
+    bias = gain.astype(jnp.float32)[:, :, None, None] * table[None]
+    return jnp.pad(bias, ((0, 0), (0, 0), (0, 0), (0, num_prompt))).astype(self.dtype)
+
+
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1.0 + scale[:, None]) + shift[:, None]
 
@@ -46,11 +100,14 @@ class DiTBlock(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
   dropout: float = 0.0
+  position_bias: bool = False
   runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array, prompt: jax.Array,
+               grid_hw: tuple[int, int] | None = None,
                deterministic: bool = True) -> jax.Array:
+    """x [B, N, D] grid tokens (row-major over grid_hw = (rows, columns) of tokens)."""
     width, dtype = x.shape[-1], self.runtime.dtype
     if width % self.num_heads:
       raise ValueError(f"DiT width {width} is not divisible by {self.num_heads} heads")
@@ -61,9 +118,13 @@ class DiTBlock(nn.Module):
                                      name=name)
     h = _modulate(norm("norm1")(x), shift1, scale1)
     joint = jnp.concatenate([h, prompt.astype(dtype)], axis=1)
+    bias = None
+    if self.position_bias:
+      bias = PositionPairBias(self.num_heads, dtype, name="position_bias")(
+          cond, *grid_hw, prompt.shape[1])
     h = layers.Attention(self.num_heads, width // self.num_heads,
                          implementation=self.runtime.attention_impl, dtype=dtype,
-                         name="attn")(h, joint)
+                         name="attn")(h, joint, bias)
     x = x + gate1[:, None] * h
     h = _modulate(norm("norm2")(x), shift2, scale2)
     h = layers.FeedForward(self.mlp_ratio, "gelu", self.dropout, dtype, name="mlp")(
@@ -81,6 +142,8 @@ class DiT(nn.Module):
     patch_size: pixels (or latent cells) per patch side; must divide the tile.
     width, depth, num_heads, mlp_ratio: the transformer's size.
     dropout: in the MLPs (training only).
+    position_bias: each block's attention adds a learned bias per (query place, key place)
+      pair (PositionPairBias), so fixed spatial maps (flips, rotations, moves) are learned fast.
     runtime: dtype, rematerialisation (per block), kernels.
   """
   out_channels: int
@@ -90,6 +153,7 @@ class DiT(nn.Module):
   num_heads: int = 4
   mlp_ratio: int = 4
   dropout: float = 0.0
+  position_bias: bool = False
   runtime: runtime_lib.Runtime = runtime_lib.Runtime()
 
   @nn.compact
@@ -120,10 +184,10 @@ class DiT(nn.Module):
                           name="prompt_norm")(
         nn.Dense(self.width, dtype=dtype, param_dtype=jnp.float32, name="prompt_proj")(context))
 
-    block_cls = rt.maybe_remat(DiTBlock, static_argnums=(4,))
+    block_cls = rt.maybe_remat(DiTBlock, static_argnums=(4, 5))
     for i in range(self.depth):
-      tokens = block_cls(self.num_heads, self.mlp_ratio, self.dropout, rt,
-                         name=f"block{i}")(tokens, cond, prompt, deterministic)
+      tokens = block_cls(self.num_heads, self.mlp_ratio, self.dropout, self.position_bias, rt,
+                         name=f"block{i}")(tokens, cond, prompt, (hp, wp), deterministic)
 
     shift, scale = jnp.split(nn.Dense(2 * self.width, dtype=dtype, param_dtype=jnp.float32,
                                       kernel_init=nn.initializers.zeros, name="final_adaln")(

@@ -102,8 +102,10 @@ def _cudnn_supported(q: jax.Array, k: jax.Array) -> bool:
           and head_dim % 8 == 0 and head_dim <= 128 and k.dtype == q.dtype)
 
 
-def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  """softmax(q k^T / sqrt(d)) v for [B, T, N, H] operands in plain XLA ops, lean on memory.
+def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     bias: jax.Array | None = None) -> jax.Array:
+  """softmax(q k^T / sqrt(d) + bias) v for [B, T, N, H] operands in plain XLA ops, lean on
+  memory; `bias` broadcasts to the [B, N, T, S] logits.
 
   The scale is folded into q and the softmax normalisation is applied to the [B, N, T, H] output
   instead of the [B, N, T, S] weights, which saves a full pass over the largest tensor (on CPU,
@@ -111,6 +113,8 @@ def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   """
   q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
   logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
   weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
   norm = weights.sum(axis=-1, keepdims=True)  # [B, N, T, 1]
   out = jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v,
@@ -119,8 +123,10 @@ def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          implementation: str = "auto") -> jax.Array:
-  """softmax(q k^T / sqrt(d)) v on [B, T, N, H] operands.
+                          implementation: str = "auto", bias: jax.Array | None = None
+                          ) -> jax.Array:
+  """softmax(q k^T / sqrt(d) + bias) v on [B, T, N, H] operands (`bias` broadcastable to the
+  [B, N, T, S] logits, or None).
 
   'cudnn' and 'xla' call `jax.nn.dot_product_attention` with that implementation; 'einsum' is
   `einsum_attention`. 'auto' takes cuDNN's fused kernel through `jax.nn.dot_product_attention`
@@ -133,13 +139,24 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   if implementation == "auto":
     if _cudnn_supported(q, k):
       try:
-        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+        return jax.nn.dot_product_attention(q, k, v, bias=_full_bias(bias, q.dtype),
+                                            implementation="cudnn")
       except (NotImplementedError, ValueError, RuntimeError):
         pass  # cuDNN rejected the shapes or version at trace time: fall back.
     implementation = "einsum"
   if implementation == "einsum":
-    return einsum_attention(q, k, v)
-  return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    return einsum_attention(q, k, v, bias)
+  return jax.nn.dot_product_attention(q, k, v, bias=_full_bias(bias, q.dtype),
+                                      implementation=implementation)
+
+
+def _full_bias(bias: jax.Array | None, dtype: Any) -> jax.Array | None:
+  """`bias` as the 4D array, broadcastable to [B, N, T, S], that jax.nn.dot_product_attention
+  takes."""
+  if bias is None:
+    return None
+  bias = jnp.asarray(bias, dtype)
+  return bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
 
 
 class Attention(nn.Module):
@@ -157,7 +174,9 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               bias: jax.Array | None = None) -> jax.Array:
+    """`bias`: added to the attention logits, broadcastable to [B, heads, len(x), len(ctx)]."""
     heads = (self.num_heads, self.head_dim)
     dense = lambda feats, name: nn.DenseGeneral(
         feats, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name=name)
@@ -166,7 +185,7 @@ class Attention(nn.Module):
     else:
       q = dense(heads, "q")(x)
       k, v = jnp.unstack(dense((2, *heads), "kv")(context.astype(self.dtype)), axis=-3)
-    out = dot_product_attention(q, k, v, self.implementation)
+    out = dot_product_attention(q, k, v, self.implementation, bias)
     return nn.DenseGeneral(
         self.out_features or x.shape[-1], axis=(-2, -1), dtype=self.dtype,
         param_dtype=jnp.float32, name="out",

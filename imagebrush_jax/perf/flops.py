@@ -173,7 +173,8 @@ def dit(d: ml_collections.ConfigDict, b: int, h: int, w: int, in_channels: int,
     count.add(dense(b, width, 6 * width) + dense(b * n, width, width)
               + dense(b * keys, width, 2 * width) + attention(b, n, keys, width)
               + dense(b * n, width, width)
-              + 2 * dense(b * n, width, int(d.mlp_ratio) * width), remat)
+              + 2 * dense(b * n, width, int(d.mlp_ratio) * width)
+              + (dense(b, width, int(d.num_heads)) if d.get("position_bias") else 0), remat)
   count.add(dense(b, width, 2 * width) + dense(b * n, width, p * p * out_channels))
   return count
 

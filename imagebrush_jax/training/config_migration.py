@@ -62,6 +62,7 @@ ADDED = (
     ("model.dit.num_heads", 4),
     ("model.dit.mlp_ratio", 4),
     ("model.dit.dropout", 0.0),
+    ("model.dit.position_bias", False),
     ("train.accuracy_num_grids", 0),
     ("train.stop_check_every", 1),
     ("checkpoint.restore_step", -1),
