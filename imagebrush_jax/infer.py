@@ -12,6 +12,33 @@ Batch edit from a JSON-lines manifest (see inference/manifest.py for the row for
   python -m imagebrush_jax.infer --workdir DIR --manifest rows.jsonl --output_dir OUT \
       [--batch_size 32] [--box_padding PX] [--output_size query|tile]
 
+The same command runs in several processes, one per host, each sampling on its own devices
+(launch/*.sh start it as they start training: `infer` in place of CONFIG WORKDIR, then these
+flags; jax.distributed starts as in training, from --coordinator_address / --num_processes /
+--process_id or the environment the launchers set):
+  NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local.sh infer --workdir DIR \
+      --manifest rows.jsonl --output_dir OUT            # 2 simulated hosts on this machine
+  COORDINATOR_ADDRESS=host0:12355 NUM_HOSTS=4 HOST_INDEX=<i> launch/gpu_multinode.sh infer \
+      --workdir DIR --manifest rows.jsonl --output_dir OUT       # once per GPU host
+  STEPS=infer TPU_NAME=... ZONE=... launch/tpu_pod.sh infer --workdir gs://... \
+      --manifest gs://.../rows.jsonl --output_dir gs://...       # every worker of a pod slice
+Manifest line N is edited by process (N - 1) % process_count alone (round robin on line
+numbers: fixed by the file, the same in a rerun, whatever rows fail), and sampled from its own
+key, fold_in(key(--seed), N), so its output is the same whatever the number of processes or
+devices (bit for bit at the same per-device batch shape on the same kind of device). The
+processes do not talk while sampling; every one must read the manifest, the images and the
+run, and write OUT (a shared folder or gs://). Process i writes OUT/errors.process-<i>.jsonl
+and OUT/summary.process-<i>.json ({"process", "processes", "done", "failed", "skipped",
+"seconds", "finished"}; "finished": false while it works). When every process has finished its
+rows (a barrier: process_allgather of their counts, as training gathers its flags), process 0
+writes OUT/errors.jsonl (every process's errors, in line order) and OUT/summary.json ({"done",
+"failed", "skipped", "processes", "seconds"}: totals, the slowest process's seconds) and prints
+the summary on stdout, one JSON line; the others log their part on stderr. One process writes
+errors.jsonl as rows fail and summary.json at the end, and prints the summary. A killed job
+rerun with the same command (with any number of processes) skips every row whose output exists
+(outputs are written atomically: one that exists is whole) and edits the rest; its summary
+counts the former as skipped.
+
 Without a box, every image becomes a tile as the run's evaluation tiles did
 (data.augment.TileSpec): resized (squashed) to config.data.tile_size * crop_scale pixels a side
 with config.data.resize_method, then the centred tile is cropped, so a crop_scale above 1 trims
@@ -35,26 +62,33 @@ model's own pixels, the generated tile as it is (tile_size pixels a side; with a
 window's tile).
 
 Rows are loaded in a background thread while the device samples, batched to one fixed shape
-(the last batch padded, so one compilation serves the whole run) and sharded over this host's
-devices. Outputs are written atomically; rows whose output exists are skipped, so a rerun
-finishes what an interrupted run left. A row whose inputs fail (missing, corrupt, truncated or
-oversized image, decompression bomb, wrong number of pairs, bad box, bad JSON) goes to
-OUT/errors.jsonl as {"line": N, "error": "..."} while the others proceed.
+(the last batch padded, so one compilation serves the whole run) and sharded over this
+process's devices. Outputs are written atomically; rows whose output exists are skipped, so a
+rerun finishes what an interrupted run left. A row whose inputs fail (missing, corrupt,
+truncated or oversized image, decompression bomb, wrong number of pairs, bad box, bad JSON)
+goes to OUT/errors.jsonl as {"line": N, "error": "..."} while the others proceed.
 
-Exit status: 0 on success; 1 when a batch run finished but some rows failed; 2 for usage,
+Exit status: 0 on success; 1 when a batch run finished but some rows failed (in a run of
+several processes: process 0 for all rows, the others for their own), or when a process of
+several did not finish its rows (process 0 then says which, and merges nothing); 2 for usage,
 input and config errors (a bad argument, an unreadable single-edit image, a missing manifest,
-workdir or checkpoint), printed as one line "error: ..." naming the file or key. Sampler
-settings are checked as the web editor checks them (inference/editor.py): --seed in
-[0, 2**63), --steps in [1, diffusion.num_timesteps], --guidance and --eta finite.
+workdir or checkpoint, a single edit in several processes), printed as one line "error: ..."
+naming the file, key or flag. Sampler settings are checked as the web editor checks them
+(inference/editor.py): --seed in [0, 2**63), --steps in [1, diffusion.num_timesteps],
+--guidance and --eta finite.
 """
 from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Sequence
 
 from absl import app
 from absl import flags
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from imagebrush_jax.inference import batch as batch_lib
 from imagebrush_jax.inference import editor as editor_lib
@@ -64,6 +98,7 @@ from imagebrush_jax.inference import regions
 from imagebrush_jax.inference import run_loading
 from imagebrush_jax.infra import cli
 from imagebrush_jax.infra import files
+from imagebrush_jax.infra import parallel
 
 # ---------------------------------------------------------------------------- command line
 
@@ -104,6 +139,13 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                      flag_values=flag_values)
   flags.DEFINE_float("eta", None, "DDIM eta (0 = deterministic).", flag_values=flag_values)
   flags.DEFINE_integer("seed", 0, "Sampling seed, in [0, 2**63).", flag_values=flag_values)
+  # Several processes (launch/*.sh set these through the environment, as for training).
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a batch run in "
+                      "several processes (or JAX_COORDINATOR_ADDRESS).", flag_values=flag_values)
+  flags.DEFINE_integer("num_processes", None, "Processes sharing the manifest (or "
+                       "JAX_NUM_PROCESSES).", flag_values=flag_values)
+  flags.DEFINE_integer("process_id", None, "This process's index (or JAX_PROCESS_ID).",
+                       flag_values=flag_values)
 
 
 def _check_args(args: flags.FlagValues) -> None:
@@ -141,18 +183,82 @@ def program(args: flags.FlagValues) -> int:
   """Edits as the parsed flags `args` say; returns the exit status."""
   selection = cli.selected_run(args)
   _check_args(args)
+  try:  # a no-op for one process; else jax.distributed, as the training programs start it
+    parallel.initialize_distributed(args.coordinator_address, args.num_processes,
+                                    args.process_id)
+  except (RuntimeError, ValueError) as e:
+    return cli.fail(f"cannot start jax.distributed (--coordinator_address, --num_processes, "
+                    f"--process_id or the JAX_* environment): {batch_lib.one_line(e)}")
+  count = jax.process_count()
+  if count == 1:
+    return _edit(args, selection)[0]
+  if not args.manifest:
+    return cli.fail(f"a single edit (--query/--output) runs in one process, not {count}: "
+                    f"give --manifest and --output_dir to share rows among processes")
+  index = jax.process_index()
+  part = None
+  try:
+    status, part = _edit(args, selection, index, count)
+  finally:
+    # Every process waits here for all the others, even after an error of its own (so that none
+    # is left waiting), handing process 0 its counts; a process that did not finish sends zeros.
+    gathered = multihost_utils.process_allgather(_counts_array(part))
+  if index != 0 or status == cli.USAGE_ERROR:  # an input error: every process says so itself
+    if part is not None:  # stdout holds process 0's summary alone
+      print(json.dumps(part), file=sys.stderr)
+    return status
+  rows = np.asarray(gathered)
+  unfinished = [i for i, row in enumerate(rows) if not row[0]]
+  if unfinished:
+    return _job_error(f"process(es) {unfinished} of {count} did not finish their rows (see "
+                      f"their logs); nothing merged: rerun the same command to finish the job")
+  try:
+    summary = batch_lib.merge_parts(args.output_dir, [_counts_of(row) for row in rows])
+  except (ValueError, OSError) as e:
+    return _job_error(batch_lib.one_line(e))
+  print(json.dumps(summary))
+  return 1 if summary["failed"] else 0
+
+
+def _job_error(message: str) -> int:
+  """A batch job that ran but did not complete: `error: <message>`, exit status 1."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  return 1
+
+
+_COUNT_FIELDS = ("finished",) + batch_lib.COUNTS + ("centiseconds",)
+
+
+def _counts_array(part: dict | None) -> np.ndarray:
+  """A process's part as int32 [finished, done, failed, skipped, centiseconds] (zeros: it did
+  not finish), for process_allgather."""
+  if not part or not part.get("finished"):
+    return np.zeros(len(_COUNT_FIELDS), np.int32)
+  return np.asarray([1] + [int(part[k]) for k in batch_lib.COUNTS]
+                    + [round(100 * float(part["seconds"]))], np.int32)
+
+
+def _counts_of(row: np.ndarray) -> dict:
+  values = dict(zip(_COUNT_FIELDS, (int(v) for v in row)))
+  return {**{k: values[k] for k in batch_lib.COUNTS}, "seconds": values["centiseconds"] / 100}
+
+
+def _edit(args: flags.FlagValues, selection: cli.RunSelection, process_index: int = 0,
+          process_count: int = 1) -> tuple[int, dict | None]:
+  """The edits of this process: (exit status, with a manifest its summary when it got to its
+  rows, else None)."""
   try:  # a bucket that cannot be used stops the job here (load_run checks --workdir's)
     for path in (args.manifest, args.output, args.output_dir):
       if path:
         files.check_access(path)
   except files.StorageAccessError as e:
-    return cli.report(e)
+    return cli.report(e), None
   try:
     editor_lib.check_seed(args.seed)
   except ValueError as e:
-    return cli.fail(batch_lib.one_line(e))
+    return cli.fail(batch_lib.one_line(e)), None
   if args.manifest and not files.isfile(args.manifest):
-    return cli.fail(f"manifest not found: {args.manifest}")
+    return cli.fail(f"manifest not found: {args.manifest}"), None
   single_row = None
   if not args.manifest:
     try:
@@ -167,44 +273,65 @@ def program(args: flags.FlagValues) -> int:
     run = run_loading.load(selection.workdir, selection.params, selection.step,
                            use_ema=not args.raw_params)
   except cli.USER_ERRORS as e:  # pylint: disable=catching-non-exception
-    return cli.report(e)
+    return cli.report(e), None
   try:
     spec = batch_lib.tile_spec(run.config)
   except ValueError as e:
-    return cli.fail(f"the run config of {selection.source}: {e}")
+    return cli.fail(f"the run config of {selection.source}: {e}"), None
   print(f"loaded {selection.source} step {run.step} "
         f"({'raw' if args.raw_params else 'EMA'} parameters)", file=sys.stderr)
   try:  # the sampler settings, checked against the run (--steps <= diffusion.num_timesteps)
     editor = editor_lib.Editor(run, batch_size=1 if single_row else args.batch_size,
                                num_steps=args.steps, guidance_scale=args.guidance, eta=args.eta)
   except ValueError as e:
-    return cli.fail(batch_lib.one_line(e))
+    return cli.fail(batch_lib.one_line(e)), None
 
   if single_row is not None:
     try:
       loaded = batch_lib.load_row(single_row, num_examples=int(run.config.data.num_examples),
                                   spec=spec, box_padding=args.box_padding)
     except (ValueError, OSError) as e:
-      return cli.fail(batch_lib.one_line(e))
+      return cli.fail(batch_lib.one_line(e)), None
     batch = {k: v[None] for k, v in loaded.grid.items()}
     cell = editor.edit_grids(batch, editor_lib.rng_key(args.seed))[0]
     try:
       batch_lib.write_output(loaded, cell, spec.resize_method, args.output_size)
     except OSError as e:
-      return cli.fail(f"cannot write {args.output}: {batch_lib.one_line(e)}")
+      return cli.fail(f"cannot write {args.output}: {batch_lib.one_line(e)}"), None
     print(f"wrote {args.output}", file=sys.stderr)
-    return 0
+    return 0, None
 
   try:
     files.makedirs(args.output_dir)
   except OSError as e:
-    return cli.fail(f"cannot create --output_dir {args.output_dir}: {batch_lib.one_line(e)}")
-  stats = batch_lib.edit_rows(editor, manifest_lib.read_manifest(args.manifest, args.output_dir),
-                    files.join(args.output_dir, batch_lib.ERRORS_FILE), seed=args.seed,
-                    skip_existing=not args.no_skip, box_padding=args.box_padding,
-                    output_size=args.output_size, log=lambda m: print(m, file=sys.stderr))
-  print(json.dumps(stats))
-  return 1 if stats["failed"] else 0
+    return cli.fail(f"cannot create --output_dir {args.output_dir}: "
+                    f"{batch_lib.one_line(e)}"), None
+  several = process_count > 1
+  part_path = files.join(args.output_dir, batch_lib.summary_part(process_index))
+  if several:  # until this process has handled all its rows (a crash, a kill) it says so
+    batch_lib.write_summary(part_path, {"process": process_index, "processes": process_count,
+                                        "finished": False})
+  prefix = f"process {process_index} of {process_count}: " if several else ""
+  errors_file = batch_lib.errors_part(process_index) if several else batch_lib.ERRORS_FILE
+  start = time.time()
+  stats = batch_lib.edit_rows(
+      editor, manifest_lib.read_manifest(args.manifest, args.output_dir,
+                                         process_index=process_index,
+                                         process_count=process_count),
+      files.join(args.output_dir, errors_file), seed=args.seed, skip_existing=not args.no_skip,
+      box_padding=args.box_padding, output_size=args.output_size,
+      log=lambda m: print(prefix + m, file=sys.stderr))
+  seconds = round(time.time() - start, 2)
+  counts = {k: int(stats[k]) for k in batch_lib.COUNTS}
+  if several:  # process 0 merges the parts once every process is done (program)
+    summary = {"process": process_index, "processes": process_count, **counts,
+               "seconds": seconds, "finished": True}
+    batch_lib.write_summary(part_path, summary)
+  else:
+    summary = {**counts, "processes": 1, "seconds": seconds}
+    batch_lib.write_summary(files.join(args.output_dir, batch_lib.SUMMARY_FILE), summary)
+    print(json.dumps(summary))
+  return (1 if stats["failed"] else 0), summary
 
 
 if __name__ == "__main__":

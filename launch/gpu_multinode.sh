@@ -9,11 +9,27 @@
 # and SLURM_PROCID, and COORDINATOR_ADDRESS to the first node of the allocation.
 # WORKDIR must be a folder every host can reach (NFS, Lustre or a gs:// bucket).
 # Runs the project's .venv (make venv-gpu installs jax's CUDA build into it); PY overrides.
+#
+# Batch inference on every host's GPUs, `infer` in place of CONFIG WORKDIR (the flags of
+# python -m imagebrush_jax.infer follow; each host edits its share of the manifest's lines, and
+# the run, manifest, images and OUT must be reachable from every host):
+#
+#   COORDINATOR_ADDRESS=10.0.0.1:12355 NUM_HOSTS=4 HOST_INDEX=<0..3> \
+#     launch/gpu_multinode.sh infer --workdir /shared/runs/paper --manifest /shared/rows.jsonl \
+#     --output_dir /shared/out
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CONFIG=${1:?usage: launch/gpu_multinode.sh CONFIG WORKDIR [--config.key=value ...]}
-WORKDIR=${2:?usage: launch/gpu_multinode.sh CONFIG WORKDIR [--config.key=value ...]}
-shift 2
+USAGE="usage: launch/gpu_multinode.sh CONFIG WORKDIR [--config.key=value ...]
+   or: launch/gpu_multinode.sh infer --workdir RUN --manifest ROWS --output_dir OUT [infer flags]"
+if [[ "${1:-}" == infer ]]; then
+  shift
+  PROGRAM=(-m imagebrush_jax.infer "$@")
+else
+  CONFIG=${1:?"$USAGE"}
+  WORKDIR=${2:?"$USAGE"}
+  shift 2
+  PROGRAM=(-m imagebrush_jax.train --config "$CONFIG" --workdir "$WORKDIR" "$@")
+fi
 PY=${PY:-.venv/bin/python}
 if ! command -v "$PY" >/dev/null; then
   echo "no $PY: run 'make venv-gpu' in $(pwd) first (README: Installing for GPUs and TPUs)" >&2
@@ -37,4 +53,4 @@ if [[ "$NUM_HOSTS" -gt 1 ]]; then
   export JAX_PROCESS_ID="$HOST_INDEX"
 fi
 echo "host $HOST_INDEX of $NUM_HOSTS, coordinator ${COORDINATOR_ADDRESS:-none}" >&2
-exec "$PY" -m imagebrush_jax.train --config "$CONFIG" --workdir "$WORKDIR" "$@"
+exec "$PY" "${PROGRAM[@]}"

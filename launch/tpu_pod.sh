@@ -11,15 +11,33 @@
 # checkpoint in WORKDIR). WORKDIR holds checkpoints, logs and samples (process 0 writes the
 # shared files); the training data must be on every worker's disk or a gcsfuse mount.
 # Credentials come from your gcloud login / the VM's service account; none are written here.
+#
+# Batch inference on every worker, `infer` in place of CONFIG (the flags of
+# python -m imagebrush_jax.infer follow; WORKDIR is not used: give --workdir or --params). Each
+# worker edits its share of the manifest's lines into --output_dir; the run, the manifest, its
+# images and the output folder must be in a bucket (or on every worker's disk). The step that
+# starts it is `infer` (log: infer.log on each worker):
+#
+#   STEPS=infer TPU_NAME=ib-pod ZONE=us-central2-b launch/tpu_pod.sh infer \
+#     --workdir gs://my-bucket/runs/paper --manifest gs://my-bucket/rows.jsonl \
+#     --output_dir gs://my-bucket/edits
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CONFIG=${1:?usage: launch/tpu_pod.sh CONFIG [--config.key=value ...]}
-shift
-: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR (a gs:// path)}"
+if [[ "${1:-}" == infer ]]; then
+  shift
+  PROGRAM=infer
+  : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
+else
+  CONFIG=${1:?"usage: launch/tpu_pod.sh CONFIG [--config.key=value ...]
+   or: launch/tpu_pod.sh infer --workdir RUN --manifest ROWS --output_dir OUT [infer flags]"}
+  shift
+  PROGRAM=train
+  : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR (a gs:// path)}"
+fi
 ACCELERATOR=${ACCELERATOR:-v4-64}
 RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
-STEPS=${STEPS:-"create copy install train"}
+STEPS=${STEPS:-"create copy install $PROGRAM"}
 REMOTE_DIR=${REMOTE_DIR:-imagebrush_jax}
 
 ssh_all() {
@@ -39,12 +57,23 @@ for step in $STEPS; do
     install)
       # The project's .venv with jax's TPU build, pinned to requirements.txt's jax (make venv-tpu).
       ssh_all "cd $REMOTE_DIR && make venv-tpu" ;;
-    train)
-      # Quote the overrides so they reach the remote shell intact.
-      overrides=$(printf ' %q' "$@")
-      ssh_all "cd $REMOTE_DIR && IMAGEBRUSH_DISTRIBUTED=1 nohup .venv/bin/python -m imagebrush_jax.train \
-        --config $CONFIG --workdir $WORKDIR$overrides > train.log 2>&1 &
+    train|infer)
+      if [[ "$step" != "$PROGRAM" ]]; then
+        echo "step '$step' does not go with $PROGRAM: 'launch/tpu_pod.sh CONFIG ...' trains," \
+          "'launch/tpu_pod.sh infer FLAGS' runs batch inference" >&2
+        exit 2
+      fi
+      # Quote the overrides / flags so they reach the remote shell intact (none: no argument).
+      overrides=""
+      if (($#)); then overrides=$(printf ' %q' "$@"); fi
+      if [[ "$PROGRAM" == train ]]; then
+        args="--config $CONFIG --workdir $WORKDIR$overrides"
+      else
+        args="${overrides# }"
+      fi
+      ssh_all "cd $REMOTE_DIR && IMAGEBRUSH_DISTRIBUTED=1 nohup .venv/bin/python -m imagebrush_jax.$PROGRAM \
+        $args > $PROGRAM.log 2>&1 &
         echo started on \$(hostname)" ;;
-    *) echo "unknown step '$step' (create, copy, install, train)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (create, copy, install, train, infer)" >&2; exit 2 ;;
   esac
 done

@@ -47,7 +47,9 @@ LONGEST_FIRST = (
     "test_perf.py",  # 140
     "test_cloud_storage.py",  # 90
     "test_convert_sd_unet.py",  # 80
+    "test_infer_multiprocess.py",  # 120
     "test_app.py",  # 70
+    "test_region_edits.py",  # 65
     "test_infer.py",  # 70
     "test_learning_options.py",  # 65
     "test_ladder.py",  # 35

@@ -81,7 +81,8 @@ PAPER = ('launch/local.sh configs/paper_256.py runs/paper '
 CHAINS: dict[str, list[str]] = {
     # make demo's run, then what reads it: infer, export, evaluate (tests/test_readme_commands.py)
     "demo": ["runs/demo/metrics.json", "runs/demo/report.png", "runs/demo/accuracy_curve.png",
-             "out.png", "out/q_edited.png", "metrics.json", "model.safetensors", "out_file.png"],
+             "out.png", "out/q_edited.png", "out_mh/q_edited.png", "metrics.json",
+             "model.safetensors", "out_file.png"],
     # the tiny autoencoder, then the latent run in its latent space (tests/test_readme_commands.py)
     "latent_tiny": ["runs/autoencoder_tiny/autoencoder.safetensors",
                     "runs/latent_tiny/checkpoints/2"],
@@ -108,6 +109,10 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
     (f"{PY} benchmarks/ladder.py --rungs 2 --minutes 10 --oracle", None,
      "tests/test_ladder.py checks --oracle reaches training; tests/test_learning_options.py "
      "the oracle model"),
+    (f"{PY} benchmarks/ladder.py --tasks hflip,vflip,rot90,invert,grayscale,swap_red_blue "
+     "--oracle --mode regression --num_steps 250 --minutes 30 --config configs/objects_dit.py",
+     None, "half an hour of training; tests/test_ladder.py runs the tool with --oracle and "
+     "--mode regression at tiny size, tests/test_models_dit.py the DiT and its position bias"),
     (f"{PY} benchmarks/ladder.py --rungs 1 --minutes 10 --mode regression", None,
      "hours of training; tests/test_ladder.py checks the regression settings and runs the "
      "tool at tiny size"),
@@ -169,6 +174,17 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      ["--steps", "2"], "demo"),
     (f"{PY} -m imagebrush_jax.infer --workdir runs/demo --manifest rows.jsonl --output_dir out/",
      ["--steps", "2"], "demo"),
+    ("NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local.sh infer --workdir runs/demo "
+     "--manifest rows.jsonl --output_dir out_mh/", ["--steps", "2"], "demo"),
+    ("COORDINATOR_ADDRESS=10.0.0.1:12355 NUM_HOSTS=4 HOST_INDEX=0 launch/gpu_multinode.sh infer "
+     "--workdir /shared/runs/paper --manifest /shared/rows.jsonl --output_dir /shared/edits", None,
+     "needs four GPU hosts; tests/test_infer_multiprocess.py runs it as 2 hosts on 127.0.0.1"),
+    ("STEPS=infer TPU_NAME=ib-pod ZONE=us-central2-b launch/tpu_pod.sh infer "
+     "--workdir gs://bucket/runs/paper --manifest gs://bucket/rows.jsonl "
+     "--output_dir gs://bucket/edits", None,
+     "needs gcloud and a TPU pod; tests/test_infer_multiprocess.py runs it with a stand-in gcloud"),
+    (f"{PY} benchmarks/infer_throughput.py --config configs/cpu_demo.py", None,
+     "tests/test_infer_multiprocess.py::test_infer_throughput_benchmark_at_tiny_size"),
     (f"{PY} -m imagebrush_jax.export --workdir runs/demo --output model.safetensors", [], "demo"),
     (f"{PY} -m imagebrush_jax.infer --params model.safetensors --before a.png --after b.png "
      "--query q.png --output out_file.png", ["--steps", "2"], "demo"),

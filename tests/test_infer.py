@@ -247,6 +247,9 @@ def test_manifest_batches_errors_and_rerun(workdir, image_dir, tmp_path):
   assert rc == 1  # some rows failed
   assert (out / "r1.png").exists() and os.path.getmtime(out / "r7.png") == mtime
   assert len((out / "errors.jsonl").read_text().splitlines()) == 4
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary.pop("seconds") >= 0
+  assert summary == {"done": 1, "failed": 4, "skipped": 6, "processes": 1}
 
   # All good rows: exit status 0 and an empty error list.
   _write_manifest(manifest, [rows[0], rows[6]])

@@ -15,6 +15,18 @@ resized back to the window and blended into the query inside the box only (a fea
 regions.FEATHER_PIXELS inside the box), every pixel outside the box kept bit for bit
 (output_size 'query'), or kept as the window's tile ('tile'). Example pairs are used whole
 (rows carry no example boxes).
+
+The row on manifest line N is sampled from its own key, fold_in(key(seed), N): its output does
+not depend on the batch it falls in, on which rows were skipped or failed, or on how many
+processes share the manifest (bit for bit at the same per-device batch shape on the same kind
+of device).
+
+The files of a batch run in OUTPUT_DIR: one process writes errors.jsonl ({"line", "error"} per
+failed row, in line order) and summary.json ({"done", "failed", "skipped", "processes",
+"seconds"}). Process i of several writes errors.process-<i>.jsonl and summary.process-<i>.json
+(its rows only; the summary part says "finished": false until its rows are all handled), and
+process 0 merges the parts into errors.jsonl and summary.json (merge_parts) once every process
+has finished.
 """
 from __future__ import annotations
 
@@ -25,7 +37,6 @@ import threading
 import time
 from typing import Callable, Iterable
 
-import jax
 import numpy as np
 
 from imagebrush_jax.core import grid as grid_lib
@@ -37,6 +48,18 @@ from imagebrush_jax.inference import regions
 from imagebrush_jax.infra import files
 
 ERRORS_FILE = "errors.jsonl"
+SUMMARY_FILE = "summary.json"
+COUNTS = ("done", "failed", "skipped")
+
+
+def errors_part(process_index: int) -> str:
+  """The file name of process `process_index`'s errors in a run of several processes."""
+  return f"errors.process-{int(process_index)}.jsonl"
+
+
+def summary_part(process_index: int) -> str:
+  """The file name of process `process_index`'s summary in a run of several processes."""
+  return f"summary.process-{int(process_index)}.json"
 
 
 @dataclasses.dataclass
@@ -171,7 +194,8 @@ def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, s
               log: Callable[[str], None] = print) -> dict[str, int]:
   """Edits manifest rows (Row, or (line, error) for rows that failed to parse).
 
-  Returns counts {done, skipped, failed}. Batch i is sampled with fold_in(key(seed), i).
+  Returns counts {done, skipped, failed}. The row on line N is sampled with its own key,
+  fold_in(key(seed), N) (editor_lib.row_keys), whatever batch it is in.
   `box_padding` (query pixels around each row's box, None: the default share) and
   `output_size` ('query' or 'tile') are as for load_row and output_image.
   """
@@ -206,7 +230,7 @@ def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, s
       continue
     rows: list[LoadedRow] = item[1]
     batch = {k: np.stack([r.grid[k] for r in rows]) for k in ("grid", "mask", "box")}
-    cells = editor.edit_grids(batch, jax.random.fold_in(key, batch_index))
+    cells = editor.edit_grids(batch, editor_lib.row_keys(key, [r.row.line for r in rows]))
     batch_index += 1
     for loaded, cell in zip(rows, cells):
       try:
@@ -221,3 +245,38 @@ def edit_rows(editor: editor_lib.Editor, items: Iterable, errors_path: str, *, s
         f"{stats['failed']} failed, {time.time() - start:.1f}s")
   thread.join()
   return stats
+
+
+# ---------------------------------------------------------------------------- summaries
+
+
+def write_summary(path: str, summary: dict) -> None:
+  """A summary as one JSON object, written atomically."""
+  files.write_text_atomic(path, json.dumps(summary) + "\n")
+
+
+def merge_parts(output_dir: str, parts: list[dict]) -> dict:
+  """Process 0's last step of a run of several processes, once all have finished: `parts`, each
+  process's {done, failed, skipped, seconds} in process order, become OUTPUT_DIR/summary.json
+  (totals, the slowest process's seconds) and their errors files (errors_part) one
+  OUTPUT_DIR/errors.jsonl in line order; returns the summary. An errors part that cannot be
+  read raises ValueError naming it, and nothing is written."""
+  entries = []
+  for i in range(len(parts)):
+    path = files.join(output_dir, errors_part(i))
+    try:
+      text = files.read_text(path)
+    except (OSError, UnicodeDecodeError) as e:
+      raise ValueError(f"cannot read {path}: {one_line(e)}") from e
+    for number, line in enumerate(text.splitlines(), start=1):
+      try:
+        entries.append(json.loads(line))
+      except ValueError as e:
+        raise ValueError(f"{path} line {number}: not valid JSON: {one_line(e)}") from e
+  summary = {k: sum(int(p[k]) for p in parts) for k in COUNTS}
+  summary.update(processes=len(parts), seconds=max(float(p["seconds"]) for p in parts))
+  entries.sort(key=lambda e: e.get("line", 0) if isinstance(e, dict) else 0)
+  files.write_text_atomic(files.join(output_dir, ERRORS_FILE),
+                          "".join(json.dumps(e) + "\n" for e in entries))
+  write_summary(files.join(output_dir, SUMMARY_FILE), summary)
+  return summary

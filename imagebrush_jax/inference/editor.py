@@ -3,7 +3,13 @@
 Every call is padded to `batch_size` grids (a multiple of the local device count) and sharded
 over a Mesh of this host's devices along the batch, with the parameters replicated. One sampler
 is compiled per (DDIM steps, guided or not), the `max_samplers` most recently used kept.
-Inference is per host: each host edits its own rows.
+Inference is per host: each host edits its own rows (`python -m imagebrush_jax.infer --manifest`
+in several processes gives each its own manifest lines), with no collective between hosts.
+
+A batch is sampled from one key (its grids' noise drawn together), or from one key per grid
+(`edit_grids` with a [B] array of keys): then each grid's cell depends on its own key alone, not
+on the other grids of the batch, their number or their order, so a row keyed by its manifest
+line is edited the same by one process or by many.
 """
 from __future__ import annotations
 
@@ -42,6 +48,23 @@ def rng_key(seed: Any) -> jax.Array:
   return jax.random.key(check_seed(seed))
 
 
+def _is_key_batch(rng: Any) -> bool:
+  """Whether `rng` holds one key per grid ([B] typed keys, or [B, 2] raw uint32 ones)."""
+  dtype = getattr(rng, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return rng.ndim == 1
+  return np.ndim(rng) == 2
+
+
+_fold_in_each = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
+
+
+def row_keys(rng: jax.Array, ids: Any) -> jax.Array:
+  """One key per id: fold_in(rng, id) for each of `ids` (ints in [0, 2**32)), shape [len(ids)].
+  Batch inference keys each row by its manifest line number."""
+  return _fold_in_each(rng, np.asarray(ids, np.uint32))
+
+
 class Editor:
   """Edits grids with the EMA parameters of a run (see run_loading.load_run)."""
 
@@ -76,13 +99,18 @@ class Editor:
     # (num_steps, guided) -> sample function, least recently used first.
     self._samplers: collections.OrderedDict[tuple[int, bool], Callable[..., dict]] = (
         collections.OrderedDict())
+    # (num_steps, guided) -> that sampler vmapped over grids with a key each (made on first use,
+    # dropped with the sampler).
+    self._row_samplers: dict[tuple[int, bool], Callable[..., jax.Array]] = {}
     self._sampler(self._settings)  # a config the sampler cannot take fails here
 
   @property
   def compilations(self) -> int:
     """How many sampler compilations this editor holds (one per batch shape and settings)."""
-    return sum(sample.jitted._cache_size()  # pylint: disable=protected-access
-               for sample in self._samplers.values())
+    return (sum(sample.jitted._cache_size()  # pylint: disable=protected-access
+                for sample in self._samplers.values())
+            + sum(per_row._cache_size()  # pylint: disable=protected-access
+                  for per_row in self._row_samplers.values()))
 
   @property
   def sampler_settings(self) -> list[tuple[int, bool]]:
@@ -127,13 +155,38 @@ class Editor:
                                           self._schedule)
     self._samplers[key] = sample
     while len(self._samplers) > self.max_samplers:
-      self._samplers.popitem(last=False)  # its compilation goes with the function
+      dropped, _ = self._samplers.popitem(last=False)  # its compilation goes with the function
+      self._row_samplers.pop(dropped, None)
     return sample
+
+  def _row_sampler(self, settings: dict[str, Any]) -> Callable[..., jax.Array]:
+    """The sampler of these settings vmapped over the batch, one key per grid: (params, batch,
+    keys, *, num_steps, guidance_scale, eta) -> target cells [B, T, T, 3] in [-1, 1]. Each grid
+    is sampled as a batch of one from its own key; the settings are static (one compilation per
+    distinct settings and batch shape: batch inference uses one)."""
+    sample = self._sampler(settings)
+    key = (int(settings["num_steps"]), float(settings["guidance_scale"]) != 1.0)
+    per_row = self._row_samplers.get(key)
+    if per_row is None:
+      def sample_rows(params, batch, keys, *, num_steps, guidance_scale, eta):
+        def one(grid, rng):
+          out = sample(params, {k: v[None] for k, v in grid.items()}, rng, num_steps=num_steps,
+                       guidance_scale=guidance_scale, eta=eta)
+          return out["target"][0]
+        return jax.vmap(one)(batch, keys)
+
+      per_row = jax.jit(sample_rows, static_argnames=("num_steps", "guidance_scale", "eta"))
+      self._row_samplers[key] = per_row
+    return per_row
 
   def edit_grids(self, batch: dict[str, np.ndarray], rng: jax.Array,
                  **overrides: int | float | None) -> np.ndarray:
     """{grid, mask, box} with B <= batch_size grids -> uint8 target cells [B, T, T, 3].
 
+    `rng`: one key, the whole batch sampled from it (a grid's noise depends on its place in the
+    batch); or B keys (shape [B], e.g. row_keys), each grid sampled from its own key alone, so
+    that a grid and its key give the same cell whatever else the batch holds (bit for bit at the
+    same per-device batch shape on the same kind of device).
     `overrides` (num_steps, guidance_scale, eta; None = the editor's) apply to this call only
     and are checked as check_settings does; each distinct num_steps (and guided or not) has its
     own compiled sampler, kept while among the max_samplers most recently used.
@@ -141,6 +194,10 @@ class Editor:
     b = int(batch["grid"].shape[0])
     if not 1 <= b <= self.batch_size:
       raise ValueError(f"edit_grids takes 1 to {self.batch_size} grids, got {b}")
+    per_grid = _is_key_batch(rng)
+    if per_grid and rng.shape[0] != b:
+      raise ValueError(f"edit_grids: {rng.shape[0]} keys for {b} grids (one key, or one per "
+                       f"grid)")
     unknown = sorted(set(overrides) - set(self._settings))
     if unknown:
       raise TypeError(f"edit_grids got unknown sampling settings {unknown}")
@@ -156,8 +213,16 @@ class Editor:
       if b < self.batch_size:  # repeat the last grid: same shapes, so no recompilation
         x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - b, axis=0)], axis=0)
       padded[key] = jax.device_put(x, self._data_sharding)
-    out = self._sampler(settings)(self.params, padded, rng, **settings)
-    return grid_lib.unit_to_pixels(np.asarray(jax.device_get(out["target"])))[:b]
+    if per_grid:
+      keys = rng
+      if b < self.batch_size:
+        keys = jax.numpy.concatenate([keys, jax.numpy.repeat(keys[-1:], self.batch_size - b,
+                                                             axis=0)])
+      keys = jax.device_put(keys, self._data_sharding)
+      target = self._row_sampler(settings)(self.params, padded, keys, **settings)
+    else:
+      target = self._sampler(settings)(self.params, padded, rng, **settings)["target"]
+    return grid_lib.unit_to_pixels(np.asarray(jax.device_get(target)))[:b]
 
   def edit_cells(self, before: np.ndarray, after: np.ndarray, query: np.ndarray,
                  box: np.ndarray | None, rng: jax.Array) -> np.ndarray:

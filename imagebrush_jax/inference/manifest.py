@@ -7,6 +7,10 @@ Image paths are relative to the manifest's folder (absolute paths are kept); `ou
 relative to the output folder and may not leave it; `box` is optional, in the query's pixels
 (a region edit: only the box changes, see inference/regions.py; example pairs carry no box).
 Blank lines are ignored (line numbers still count them).
+
+Several processes (`infer --manifest` under a launcher) share a manifest by its line numbers:
+line N belongs to process (N - 1) % process_count (process_of_line), whatever its content, so
+the split is fixed by the file alone, the same in a rerun, and independent of which rows fail.
 """
 from __future__ import annotations
 
@@ -85,11 +89,28 @@ def parse_row(text: str, line: int, *, base_dir: str, output_dir: str) -> Row:
              output=files.join(files.absolute(output_dir), out_norm), box=box)
 
 
-def read_manifest(path: str, output_dir: str) -> Iterator[Row | tuple[int, str]]:
+def process_of_line(line: int, process_count: int) -> int:
+  """The process (of `process_count`) that edits manifest line `line` (1-based): round robin."""
+  return (int(line) - 1) % int(process_count)
+
+
+def read_manifest(path: str, output_dir: str, *, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[Row | tuple[int, str]]:
   """Rows in file order; a bad row yields (line, error message) instead of a Row.
 
-  Two rows writing the same output: the later one is an error.
+  Two rows writing the same output: the later one is an error. With `process_count` > 1, only
+  the lines of process `process_index` (process_of_line) are yielded; every process reads the
+  whole file, so the duplicate check sees every row.
   """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+  for item in _read_all(path, output_dir):
+    line = item.line if isinstance(item, Row) else item[0]
+    if process_of_line(line, process_count) == process_index:
+      yield item
+
+
+def _read_all(path: str, output_dir: str) -> Iterator[Row | tuple[int, str]]:
   base_dir = files.parent(path)
   seen: dict[str, int] = {}
   content = files.read_bytes(path).decode("utf-8", errors="replace")
