@@ -93,7 +93,10 @@ def test_bucket_run_killed_and_resumed_matches_local_run_then_infer_and_evaluate
        "--manifest", "gs://test/in/rows.jsonl", "--output_dir", "gs://test/out"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert infer.returncode == 1, infer.stderr[-3000:]  # row 2's image is missing; row 1 is done
-  assert json.loads(infer.stdout.splitlines()[-1]) == {"done": 1, "skipped": 0, "failed": 1}
+  summary = json.loads(infer.stdout.splitlines()[-1])
+  assert {k: summary[k] for k in ("done", "skipped", "failed", "processes")} == {
+      "done": 1, "skipped": 0, "failed": 1, "processes": 1}
+  assert json.loads(files.read_text("gs://test/out/summary.json"))["done"] == 1  # in the bucket too
   with files.open_read("gs://test/out/edited.png") as f:
     assert np.asarray(Image.open(f)).shape == (20, 28, 3)
   assert not files.exists("gs://test/out/never.png")
