@@ -117,6 +117,10 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "--num_steps 400 --minutes 60 --probe_other_grid --config configs/objects_dit.py", None,
      "an hour of training; tests/test_ladder.py checks the evaluations --probe_other_grid adds "
      "and runs the tool at tiny size, tests/test_models_dit.py the DiT and its position bias"),
+    (f"{PY} benchmarks/ladder.py --tasks hflip,vflip,rot90,invert,grayscale,swap_red_blue "
+     "--num_steps 400 --minutes 60 --oracle --config configs/objects_dit.py", None,
+     "an hour of training; tests/test_ladder.py checks --oracle reaches training and runs the "
+     "tool at tiny size, tests/test_models_dit.py the DiT and its position bias"),
     (f"{PY} benchmarks/ladder.py --rungs 2 --num_steps 400 --minutes 60 "
      "--config configs/objects_dit.py", None,
      "an hour of training; tests/test_ladder.py runs the tool at tiny size, "
