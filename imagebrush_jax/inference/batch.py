@@ -261,7 +261,7 @@ def merge_parts(output_dir: str, parts: list[dict]) -> dict:
   (totals, the slowest process's seconds) and their errors files (errors_part) one
   OUTPUT_DIR/errors.jsonl in line order; returns the summary. An errors part that cannot be
   read raises ValueError naming it, and nothing is written."""
-  entries = []
+  merged = ErrorLog(files.join(output_dir, ERRORS_FILE))
   for i in range(len(parts)):
     path = files.join(output_dir, errors_part(i))
     try:
@@ -270,13 +270,14 @@ def merge_parts(output_dir: str, parts: list[dict]) -> dict:
       raise ValueError(f"cannot read {path}: {one_line(e)}") from e
     for number, line in enumerate(text.splitlines(), start=1):
       try:
-        entries.append(json.loads(line))
+        entry = json.loads(line)
       except ValueError as e:
         raise ValueError(f"{path} line {number}: not valid JSON: {one_line(e)}") from e
+      if not isinstance(entry, dict) or not {"line", "error"} <= set(entry):
+        raise ValueError(f'{path} line {number}: not {{"line": N, "error": "..."}}')
+      merged.entries.append({"line": int(entry["line"]), "error": str(entry["error"])})
   summary = {k: sum(int(p[k]) for p in parts) for k in COUNTS}
   summary.update(processes=len(parts), seconds=max(float(p["seconds"]) for p in parts))
-  entries.sort(key=lambda e: e.get("line", 0) if isinstance(e, dict) else 0)
-  files.write_text_atomic(files.join(output_dir, ERRORS_FILE),
-                          "".join(json.dumps(e) + "\n" for e in entries))
+  merged.flush()  # the same file, sorted by line, as one process's ErrorLog writes
   write_summary(files.join(output_dir, SUMMARY_FILE), summary)
   return summary
