@@ -4,7 +4,8 @@ trained for a fixed wall-clock budget?
     python benchmarks/ladder.py [--rungs 0,1,2,3,4 | --tasks recolor,delete]
         [--mode diffusion|regression] [--oracle] [--ceiling] [--minutes 10] [--eval_grids 240]
         [--workdir_root runs/ladder] [--config configs/objects.py] [--override KEY=VALUE ...]
-        [--seed 0] [--num_steps 0] [--steps_per_minute 50] [--jsonl OUT] [--dry_run]
+        [--seed 0] [--num_steps 0] [--steps_per_minute 50] [--curve_steps 100,200,400]
+        [--jsonl OUT] [--dry_run]
 
 Rungs (task names of `python -m imagebrush_jax.tasks --list`):
   0  invert alone: the pipeline end to end
@@ -34,6 +35,12 @@ target_signal is the target's share of the noisiest training input, sqrt(alpha_b
 puts each task's no-training best edit success (imagebrush_jax/metrics/ceiling.py, at the
 run's tile size and crop) beside its result.
 
+--curve_steps S1,S2,... also evaluates each run at those steps of its training (checkpoints
+kept every gcd(S1, S2, ...) steps; the LR schedule stays --num_steps long, so a point is the run
+part-way, not a shorter run): edit success against the grids seen (steps x batch size), one
+line per point ("curve_point": true) before the run's final line, gathered in the summary's
+"curves".
+
 Output: one JSON line per (run, example pairs) measurement: edit_success (strict, per grid) with
 its 95% Wilson interval overall, per group (object / global) and per task, PSNR and the copy
 baseline's PSNR, steps and seconds; then a summary JSON line, last. Runs live in
@@ -49,6 +56,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -142,6 +150,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                      "compilation included (configs/objects.py on 2 CPU cores: ~50).", **fv)
   flags.DEFINE_bool("probe_other_grid", False, "Also evaluate every run of two tasks or more "
                     "with example pairs from another grid.", **fv)
+  flags.DEFINE_list("curve_steps", [], "Also evaluate each run at these training steps "
+                    "(edit success against grids seen); checkpoints are kept at their gcd.",
+                    **fv)
   flags.DEFINE_string("jsonl", None, "Append every JSON line to this file too.", **fv)
   flags.DEFINE_bool("dry_run", False, "Print each run's commands as JSON lines; run nothing.",
                     **fv)
@@ -198,21 +209,44 @@ def _tuple_literal(names: Sequence[str]) -> str:
   return "(" + "".join(f"'{n}'," for n in names) + ")"
 
 
-def train_command(run: Run, settings: Settings, workdir: str) -> list[str]:
+def parse_curve_steps(values: Sequence[str]) -> tuple[int, ...]:
+  """--curve_steps as ascending positive steps."""
+  steps = []
+  for v in values:
+    if not v.strip().isdigit() or int(v) < 1:
+      raise ValueError(f"--curve_steps: {v!r} is not a positive step count")
+    steps.append(int(v))
+  return tuple(sorted(set(steps)))
+
+
+def curve_overrides(curve_steps: Sequence[int]) -> tuple[str, ...]:
+  """Checkpoint settings that keep a checkpoint at every curve step (their gcd), none when
+  there is no curve; they change what is saved, never what is trained."""
+  if not curve_steps:
+    return ()
+  every = math.gcd(*curve_steps)
+  return (f"checkpoint.every={every}", f"checkpoint.keep_every={every}")
+
+
+def train_command(run: Run, settings: Settings, workdir: str,
+                  curve_steps: Sequence[int] = ()) -> list[str]:
   """The training program's command line of `run`."""
   keys = (f"data.train_tasks={_tuple_literal(run.tasks)}", "data.heldout_tasks=()",
           f"train.num_steps={settings.num_steps}", f"seed={settings.seed}", *LOOP_OVERRIDES,
+          *curve_overrides(curve_steps),
           *MODES[settings.mode], *((ORACLE_OVERRIDE,) if settings.oracle else ()),
           *settings.overrides)
   return [sys.executable, "-m", "imagebrush_jax.train", "--config", settings.config,
           "--workdir", workdir, *(f"--config.{k}" for k in keys)]
 
 
-def eval_command(workdir: str, grids: int, example_pairs: str, output: str) -> list[str]:
-  """The evaluation program's command line of a run folder."""
+def eval_command(workdir: str, grids: int, example_pairs: str, output: str,
+                 step: int | None = None) -> list[str]:
+  """The evaluation program's command line of a run folder (its latest checkpoint, or `step`)."""
   return [sys.executable, "-m", "imagebrush_jax.evaluate", "--workdir", workdir,
           "--num_examples", str(grids), "--output", output, "--no_cycle",
-          *(["--example_pairs", example_pairs] if example_pairs != AS_DRAWN else [])]
+          *(["--example_pairs", example_pairs] if example_pairs != AS_DRAWN else []),
+          *(["--step", str(step)] if step is not None else [])]
 
 
 # ---------------------------------------------------------------------------- running
@@ -311,21 +345,23 @@ def train_for_budget(command: Sequence[str], workdir: str, budget_s: float) -> d
           "budget_s": round(budget_s, 2), "command": list(command)}
 
 
-def eval_path(workdir: str, grids: int, example_pairs: str) -> str:
-  """The evaluation file of a run folder, per example-pair mode and grid count."""
-  return os.path.join(workdir, f"eval_{example_pairs}_{grids}.json")
+def eval_path(workdir: str, grids: int, example_pairs: str, step: int | None = None) -> str:
+  """The evaluation file of a run folder, per example-pair mode and grid count (and curve
+  step)."""
+  at = "" if step is None else f"_step{step}"
+  return os.path.join(workdir, f"eval_{example_pairs}_{grids}{at}.json")
 
 
-def evaluate(workdir: str, grids: int, example_pairs: str) -> dict:
-  """evaluate's metrics of the run folder (its file reused when it exists), with the program's
-  wall time as ladder_wall_s."""
-  output = eval_path(workdir, grids, example_pairs)
+def evaluate(workdir: str, grids: int, example_pairs: str, step: int | None = None) -> dict:
+  """evaluate's metrics of the run folder at its latest checkpoint or `step` (its file reused
+  when it exists), with the program's wall time as ladder_wall_s."""
+  output = eval_path(workdir, grids, example_pairs, step)
   if os.path.exists(output):
     return _read_json(output)
   log_path = output[:-len(".json")] + ".log"
   start = time.monotonic()
   with open(log_path, "w") as log:
-    rc = subprocess.run(eval_command(workdir, grids, example_pairs, output), cwd=ROOT,
+    rc = subprocess.run(eval_command(workdir, grids, example_pairs, output, step), cwd=ROOT,
                         stdout=log, stderr=subprocess.STDOUT, check=False).returncode
   if rc != 0 or not os.path.exists(output):
     raise RunError(f"evaluation exited with status {rc}; log {log_path}:\n{_tail(log_path)}")
@@ -402,9 +438,17 @@ def task_ceilings(workdir: str, tasks: Sequence[str], num_scenes: int,
   return {t: cache[key(t)] for t in tasks}
 
 
+def batch_size(workdir: str) -> int | None:
+  """The run's grids per training step (train.batch_size of its saved config)."""
+  path = os.path.join(workdir, "config.json")
+  return int(_read_json(path)["train"]["batch_size"]) if os.path.exists(path) else None
+
+
 def result_line(run: Run, settings: Settings, example_pairs: str, record: dict, metrics: dict,
-                *, workdir: str, resumed: bool, ceilings: dict[str, dict]) -> dict:
-  """The JSON line of one (run, example pairs) measurement."""
+                *, workdir: str, resumed: bool, ceilings: dict[str, dict],
+                curve_point: bool = False) -> dict:
+  """The JSON line of one (run, example pairs) measurement: the run's last checkpoint, or a
+  step part-way (`curve_point`)."""
   per_task = {}
   for name in run.tasks:
     summary = metrics["per_task"].get(name)
@@ -414,9 +458,11 @@ def result_line(run: Run, settings: Settings, example_pairs: str, record: dict, 
       part["ceiling"] = {k: c.get(k) for k in ("ceiling", "low", "high", "scenes")}
     per_task[name] = part
   train_minutes = record["seconds"] / 60.0
+  batch = batch_size(workdir)
   return {
       "benchmark": "ladder", "rung": run.rung, "run": run.name, "tasks": list(run.tasks),
       "mode": settings.mode, "oracle": settings.oracle, "example_pairs": example_pairs,
+      "curve_point": curve_point,
       "edit_success": rate(metrics["edit_success"], metrics["num_examples"]),
       "psnr": _round(metrics["psnr"], 2), "copy_psnr": _round(metrics["copy_psnr"], 2),
       "accuracy": _round(metrics.get("accuracy")),
@@ -424,6 +470,7 @@ def result_line(run: Run, settings: Settings, example_pairs: str, record: dict, 
       "global_tasks": _part(metrics.get("global_tasks")),
       "per_task": per_task,
       "eval_grids": metrics["num_examples"], "steps": metrics["step"],
+      "grids_seen": None if batch is None else metrics["step"] * batch,
       "num_steps": settings.num_steps,
       "schedule_fraction": _round(metrics["step"] / settings.num_steps),
       "ended_by": record["ended_by"], "train_seconds": record["seconds"],
@@ -439,7 +486,15 @@ def result_line(run: Run, settings: Settings, example_pairs: str, record: dict, 
 def summary_line(lines: list[dict], failures: list[dict], settings: Settings,
                  eval_grids: int, seconds: float) -> dict:
   """The last line: each measurement's edit success, the as-drawn vs other-grid reading of the
-  examples, and the training rate measured."""
+  examples, the training rate measured, and each run's curve (edit success by grids seen)."""
+  curves: dict[str, list[dict]] = {}
+  for l in lines:
+    if any(m["curve_point"] for m in lines if m["run"] == l["run"]):
+      curves.setdefault(l["run"], []).append(
+          {"example_pairs": l["example_pairs"], "steps": l["steps"],
+           "grids_seen": l["grids_seen"], "edit_success": l["edit_success"]["mean"],
+           "low": l["edit_success"]["low"], "high": l["edit_success"]["high"]})
+  lines = [l for l in lines if not l["curve_point"]]
   results = [{"rung": l["rung"], "run": l["run"], "example_pairs": l["example_pairs"],
               "edit_success": l["edit_success"]["mean"], "low": l["edit_success"]["low"],
               "high": l["edit_success"]["high"], "steps": l["steps"]} for l in lines]
@@ -464,6 +519,7 @@ def summary_line(lines: list[dict], failures: list[dict], settings: Settings,
       "config": settings.config, "overrides": list(settings.overrides),
       "minutes": settings.minutes, "num_steps": settings.num_steps, "seed": settings.seed,
       "eval_grids": eval_grids, "results": results, "reads_examples": reading,
+      "curves": curves,
       "steps_per_minute": rates[len(rates) // 2] if rates else None,
       "suggested_num_steps": max(fills[len(fills) // 2], 1) if fills else None,
       "failures": failures, "seconds": round(seconds, 1),
@@ -488,6 +544,7 @@ def program(args: flags.FlagValues) -> int:
     raise ValueError("need --minutes > 0, --eval_grids >= 1, --num_steps >= 0 and "
                      "--ceiling_scenes >= 1")
   runs = plan_runs(args.rungs, args.tasks, args.probe_other_grid)
+  curve_steps = parse_curve_steps(args.curve_steps)
   config = os.path.abspath(args.config)
   if not os.path.isfile(config):
     raise FileNotFoundError(f"--config {args.config} not found")
@@ -504,9 +561,10 @@ def program(args: flags.FlagValues) -> int:
       workdir = os.path.join(group, run.name)
       _emit({"benchmark": "ladder", "dry_run": True, "rung": run.rung, "run": run.name,
              "tasks": list(run.tasks), "workdir": workdir,
-             "train_command": train_command(run, settings, workdir),
+             "train_command": train_command(run, settings, workdir, curve_steps),
              "eval_commands": [eval_command(workdir, args.eval_grids, p,
-                                            eval_path(workdir, args.eval_grids, p))
+                                            eval_path(workdir, args.eval_grids, p, step), step)
+                               for step in (*curve_steps, None)
                                for p in run.example_pairs]}, jsonl)
     _emit(summary_line([], [], settings, args.eval_grids, time.monotonic() - start)
           | {"dry_run": True}, jsonl)
@@ -528,11 +586,24 @@ def program(args: flags.FlagValues) -> int:
         os.makedirs(workdir)
         print(f"ladder: training {run.name} for {settings.minutes:g} min in {workdir}",
               file=sys.stderr, flush=True)
-        record = train_for_budget(train_command(run, settings, workdir), workdir,
-                                  settings.minutes * 60.0)
+        record = train_for_budget(train_command(run, settings, workdir, curve_steps),
+                                  workdir, settings.minutes * 60.0)
         _write_json(marker, record)
       ceilings = (task_ceilings(workdir, run.tasks, args.ceiling_scenes,
                                 os.path.join(root, "ceilings.json")) if args.ceiling else {})
+      saved = checkpoint_steps(workdir)
+      for step in (s for s in curve_steps if s < record["steps"]):
+        if step not in saved:  # reported; the run's other points and final line still come
+          failures.append({"run": run.name, "error": f"no checkpoint at curve step {step} in "
+                           f"{workdir} (saved: {saved}); trained without --curve_steps?"})
+          continue
+        for pairs in run.example_pairs:
+          done = os.path.exists(eval_path(workdir, args.eval_grids, pairs, step))
+          metrics = evaluate(workdir, args.eval_grids, pairs, step)
+          line = result_line(run, settings, pairs, record, metrics, workdir=workdir,
+                             resumed=resumed and done, ceilings=ceilings, curve_point=True)
+          lines.append(line)
+          _emit(line, jsonl)
       for pairs in run.example_pairs:
         done = os.path.exists(eval_path(workdir, args.eval_grids, pairs))
         metrics = evaluate(workdir, args.eval_grids, pairs)

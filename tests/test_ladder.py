@@ -173,3 +173,35 @@ def test_steady_rate_leaves_startup_out(tmp_path):
   assert ladder.steady_steps_per_s(str(tmp_path)) == 2.0
   (tmp_path / "train_metrics.jsonl").write_text(json.dumps(history[0]) + "\n")
   assert ladder.steady_steps_per_s(str(tmp_path)) is None
+
+
+def test_curve_evaluates_the_run_part_way(tmp_path):
+  """--curve_steps: checkpoints kept at the curve's steps, each evaluated at its own step (the
+  evaluation file says so), a line per point before the final one, and the summary's curve of
+  edit success against grids seen."""
+  root = tmp_path / "runs"
+  lines, _ = _ladder(["--config", "configs/tiny_test.py", "--rungs", "0", "--minutes", "10",
+                      "--eval_grids", "8", "--num_steps", "6", "--curve_steps", "2,4",
+                      "--override", "sampling.num_steps=2", "--workdir_root", str(root)])
+  *points, final, summary = lines
+  assert [(l["curve_point"], l["steps"]) for l in (*points, final)] == [
+      (True, 2), (True, 4), (False, 6)]
+  workdir = final["workdir"]
+  assert ladder.checkpoint_steps(workdir)[:2] == [2, 4]
+  batch = json.loads(open(os.path.join(workdir, "config.json")).read())["train"]["batch_size"]
+  for line in (*points, final):
+    assert line["grids_seen"] == line["steps"] * batch
+    _assert_rate(line["edit_success"], 8)
+  for step in (2, 4):
+    saved = json.loads(open(ladder.eval_path(workdir, 8, "as_drawn", step)).read())
+    assert saved["step"] == step
+  assert summary["failures"] == []
+  assert [r["steps"] for r in summary["results"]] == [6]  # the final line only
+  assert [(p["steps"], p["grids_seen"], p["edit_success"])
+          for p in summary["curves"]["r0_invert"]] == [
+              (l["steps"], l["grids_seen"], l["edit_success"]["mean"])
+              for l in (*points, final)]
+  with pytest.raises(ValueError, match="--curve_steps"):
+    ladder.parse_curve_steps(["100", "0"])
+  assert ladder.curve_overrides((100, 250, 400)) == ("checkpoint.every=50",
+                                                     "checkpoint.keep_every=50")
