@@ -1,6 +1,7 @@
 """Building and reading a data set at the paper's tile size, against what paper training needs.
 
     python benchmarks/build_data.py [--pairs 96] [--hosts 3] [--host_cores N]
+        [--autoencoder random|FILE]
 
 Writes `--pairs` 512-pixel JPEG pairs (rendered scenes: photo-like JPEG sizes, not noise) as an
 InstructPix2Pix parquet shard, builds it with one worker at 256-pixel tiles (pairs built per
@@ -10,7 +11,10 @@ built with --workers 2, each in a fresh process, and the peak resident memory of
 process doing the work is reported for both (`worker_rss_ratio_4x_pairs` near 1: a worker's memory
 does not grow with the input). A paper-config step (batch 288 over `--hosts` hosts) at
 1 s per step needs 288 / hosts grids per second per host; `read_headroom` = grids/s per worker x
-the host's cores / that need, target >= 5. The last line printed is one JSON object.
+the host's cores / that need, target >= 5. With --autoencoder (a converted file, or `random`:
+random weights of SD's VAE), the built data set's moments are cached too (build_data
+--autoencoder): seconds and bytes per pair with and without them, side by side. The last line
+printed is one JSON object.
 """
 import io
 import json
@@ -37,6 +41,7 @@ from imagebrush_jax.data import pipeline
 from imagebrush_jax.data import scenes
 from imagebrush_jax.data import task_lists
 from imagebrush_jax.data import tasks as tasks_lib
+from imagebrush_jax.data.prepare import moments
 from imagebrush_jax.data.prepare import writer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -49,6 +54,8 @@ _PAIRS = flags.DEFINE_integer("pairs", 96, "Pairs built (12 per instruction).")
 _BATCHES = flags.DEFINE_integer("batches", 12, "Training batches of 8 grids timed.")
 _HOSTS = flags.DEFINE_integer("hosts", 3, "Hosts sharing batch 288 (the paper: 24 GPUs, 3x8).")
 _CORES = flags.DEFINE_integer("host_cores", os.cpu_count() or 1, "Cores of a training host.")
+_AUTOENCODER = flags.DEFINE_string("autoencoder", "", "Also cache the moments of this "
+                                   "autoencoder file ('random': SD's VAE, random weights).")
 
 
 def _jpeg(image: np.ndarray) -> bytes:
@@ -110,6 +117,40 @@ def peak_worker_rss_mib(input_dir: str, output: str) -> float:
   return int(proc.stdout.strip().splitlines()[-1]) / 1024.0  # ru_maxrss is in KiB on Linux
 
 
+def _autoencoder_file(value: str, tmp: str) -> str:
+  """--autoencoder as a file: `random` writes SD's VAE architecture with random weights."""
+  if value != "random":
+    return value
+  import jax  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.converters import autoencoder_params  # pylint: disable=g-import-not-at-top
+  from imagebrush_jax.models import autoencoder as ae  # pylint: disable=g-import-not-at-top
+  arch = ae.AutoencoderConfig()
+  path = os.path.join(tmp, "sd_vae_random.safetensors")
+  autoencoder_params.save(path, ae.init_params(ae.build(arch), jax.random.key(0)), arch,
+                          source="random weights")
+  return path
+
+
+def cache_moments(data_dir: str, autoencoder: str, pairs: int, build_s: float) -> dict:
+  """The moments pass over the built data set, against the build: seconds and bytes per pair."""
+  pixel_bytes = sum(os.path.getsize(os.path.join(data_dir, n)) for n in os.listdir(data_dir)
+                    if n.startswith("image_brush_pairs-"))
+  start = time.perf_counter()
+  summary = moments.write(data_dir, autoencoder)
+  moments_s = time.perf_counter() - start
+  print(f"moments: {pairs / moments_s:.2f} pairs/s ({summary['moments_bytes']} bytes)",
+        flush=True)
+  return {
+      "build_s_per_pair": round(build_s / pairs, 5),
+      "moments_s_per_pair": round(moments_s / pairs, 5),
+      "moments_time_ratio": round(moments_s / build_s, 3),
+      "bytes_per_pair": round(pixel_bytes / pairs, 1),
+      "moments_bytes_per_pair": round(summary["moments_bytes"] / pairs, 1),
+      "bytes_ratio_with_moments": round((pixel_bytes + summary["moments_bytes"]) / pixel_bytes, 3),
+      "moments_dtype": summary["moments_dtype"], "moments_shape": summary["moments_shape"],
+  }
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
   with tempfile.TemporaryDirectory() as tmp:
@@ -120,12 +161,17 @@ def main(argv: Sequence[str]) -> None:
     start = time.perf_counter()
     summary = writer.build(writer.BuildOptions(
         source="ip2p", input=os.path.join(tmp, "in"), output=out, tile_size=TILE, workers=1))
-    build_rate = summary["pairs"] / (time.perf_counter() - start)
+    build_s = time.perf_counter() - start
+    build_rate = summary["pairs"] / build_s
     print(f"build: {build_rate:.1f} pairs/s with 1 worker ({summary['pairs']} pairs)", flush=True)
     read_rate = read_grids_per_s(out, _BATCHES.value)
     write_source(os.path.join(tmp, "in_4x", "train-00000.parquet"), 4 * _PAIRS.value)
     rss = peak_worker_rss_mib(os.path.join(tmp, "in"), os.path.join(tmp, "mem"))
     rss_4x = peak_worker_rss_mib(os.path.join(tmp, "in_4x"), os.path.join(tmp, "mem_4x"))
+    cached = {}  # after the memory measurements: a child process starts with this one's peak
+    if _AUTOENCODER.value:
+      cached = cache_moments(out, _autoencoder_file(_AUTOENCODER.value, tmp), summary["pairs"],
+                             build_s)
   print(f"read: {read_rate:.1f} grids/s per worker at {TILE}-pixel tiles", flush=True)
   print(f"peak worker memory: {rss:.0f} MiB ({_PAIRS.value} pairs), {rss_4x:.0f} MiB "
         f"({4 * _PAIRS.value} pairs)", flush=True)
@@ -147,6 +193,7 @@ def main(argv: Sequence[str]) -> None:
       "peak_worker_rss_mib": round(rss, 1),
       "peak_worker_rss_mib_4x_pairs": round(rss_4x, 1),
       "worker_rss_ratio_4x_pairs": round(rss_4x / rss, 3),
+      **({"cached_latents": cached} if cached else {}),
   }))
 
 

@@ -3,7 +3,7 @@
   python benchmarks/train_mfu.py --config configs/paper_256.py [--batch_per_device 8]
       [--steps 10] [--remat_policy nothing_saveable|dots_saveable|none]
       [--attention_impl auto|cudnn|xla|einsum] [--find_max_batch] [--pipeline]
-      [--config.key=value ...]
+      [--cached_latents] [--compile_only] [--config.key=value ...]
 
 The step is compiled ahead of time (jit(...).lower(...).compile()) on random weights and a
 random batch, so it needs no data set or weight files (latent configs without an autoencoder
@@ -18,7 +18,10 @@ against a measured matmul). XLA gives custom calls no FLOPs: with cuDNN's fused 
 check reads low by their share (about 9% at paper_256). --find_max_batch bisects the batch per
 device on the compiled memory analysis alone (nothing is run, so nothing runs out of memory).
 --pipeline also times the step fed by the config's grain pipeline against the constant batch
-(pipeline_ratio; target <= 1.05).
+(pipeline_ratio; target <= 1.05). --cached_latents (a latent config) also compiles the step fed
+cached posterior moments (config.data.cached_latents: no encoder in the step) and reports both
+steps' FLOPs side by side (`cached_latents`: XLA's and the analytic count, and their ratios).
+--compile_only stops after compiling: FLOPs and memory, no state allocated, nothing timed.
 Prints one JSON line last.
 """
 from __future__ import annotations
@@ -65,6 +68,10 @@ _MEMORY_GB = flags.DEFINE_float("memory_limit_gb", 0.0,
                                 "Memory per device for --find_max_batch; 0: the device's.")
 _PIPELINE = flags.DEFINE_boolean("pipeline", False,
                                  "Also time the step fed by the config's data pipeline.")
+_CACHED = flags.DEFINE_boolean("cached_latents", False,
+                               "Also compile the step on cached moments; FLOPs side by side.")
+_COMPILE_ONLY = flags.DEFINE_boolean("compile_only", False,
+                                     "Compile and report FLOPs and memory; run no step.")
 _FLOPS_TOLERANCE = 0.10
 GIB = compiled_lib.GIB
 
@@ -83,7 +90,8 @@ class StepCompiler:
 
   def __init__(self, config):
     self.config = config
-    self.task, self.autoencoder_arch = workload.build_task(config)
+    self.space = workload.autoencoder(config)
+    self.task, self.autoencoder_arch = workload.build_task(config, self.space)
     mesh_options = parallel.MeshOptions.from_config(config)
     self.mesh = parallel.make_mesh(mesh_options)
     self.abstract, self.shardings = train_state.state_shapes_and_shardings(
@@ -91,25 +99,32 @@ class StepCompiler:
     self.step = train_state.jit_train_step(self.task, self.mesh, self.shardings)
     self._compiled = {}
 
-  def global_batch(self, batch_per_device: int):
-    host = workload.random_batch(self.config, batch_per_device * jax.device_count())
+  def host_batch(self, batch_size: int, cached: bool = False):
+    """A random batch; with `cached`, its cells' moments too (config.data.cached_latents)."""
+    host = workload.random_batch(self.config, batch_size)
+    if cached:
+      host["moments"] = workload.random_moments(self.config, self.space[0], batch_size)
+    return host
+
+  def global_batch(self, batch_per_device: int, cached: bool = False):
+    host = self.host_batch(batch_per_device * jax.device_count(), cached)
     return parallel.host_batch_to_global(host, self.mesh)
 
-  def abstract_batch(self, batch_per_device: int):
+  def abstract_batch(self, batch_per_device: int, cached: bool = False):
     b = batch_per_device * jax.device_count()
-    host = workload.random_batch(self.config, 1)
+    host = self.host_batch(1, cached)
     sharding = parallel.batch_sharding(self.mesh)
     return {k: jax.ShapeDtypeStruct((b,) + v.shape[1:], v.dtype, sharding=sharding)
             for k, v in host.items()}
 
-  def compile(self, batch_per_device: int):
+  def compile(self, batch_per_device: int, cached: bool = False):
     """(executable, CompiledStats) of the step at this batch per device, compiled once."""
-    if batch_per_device not in self._compiled:
+    if (batch_per_device, cached) not in self._compiled:
       state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                            self.abstract, self.shardings)
-      self._compiled[batch_per_device] = compiled_lib.compile_with_stats(
-          self.step.lower(state, self.abstract_batch(batch_per_device)))
-    return self._compiled[batch_per_device]
+      self._compiled[batch_per_device, cached] = compiled_lib.compile_with_stats(
+          self.step.lower(state, self.abstract_batch(batch_per_device, cached)))
+    return self._compiled[batch_per_device, cached]
 
 
 def _timed_steps(step, state, batch, num_steps):
@@ -128,6 +143,9 @@ def main(argv):
   config = _apply_flags(_CONFIG.value)
   device = jax.devices()[0]
   compiler = StepCompiler(config)
+  if _CACHED.value and compiler.space is None:
+    raise SystemExit("--cached_latents: the config is in pixel space (config.model."
+                     "latent_factor = 1); there is no encoder to skip")
   search = None
   if _FIND_MAX.value:
     limit = hardware.memory_limit_bytes(_MEMORY_GB.value, device)
@@ -154,12 +172,54 @@ def main(argv):
     flops_source = "xla (plug-ins are not in the analytic count)"
   else:
     model_flops, flops_source = analytic.model, "analytic"
+  cached = {}
+  if _CACHED.value:
+    cached_compiled, cached_stats = compiler.compile(batch_per_device, cached=True)
+    print(f"train step on cached moments: {cached_stats.summary()}", flush=True)
+    cached_analytic = flops_lib.train_step(config, global_batch, compiler.autoencoder_arch,
+                                           cached_latents=True)
+    cached_xla = (cached_stats.flops * jax.device_count() * accum if cached_stats.flops
+                  else None)
+    cached = {
+        "xla_flops_per_step": cached_xla, "xla_flops_per_step_encoding": xla_flops,
+        "xla_flops_ratio": round(cached_xla / xla_flops, 4) if cached_xla and xla_flops
+                           else None,
+        "analytic_flops_per_step": cached_analytic.model,
+        "analytic_flops_per_step_encoding": analytic.model,
+        "analytic_flops_ratio": round(cached_analytic.model / analytic.model, 4),
+        "peak_memory_gib": round(cached_stats.peak_bytes / GIB, 3),
+        "peak_memory_gib_encoding": round(stats.peak_bytes / GIB, 3),
+        "compile_s": round(cached_stats.compile_s, 2),
+    }
+  if _COMPILE_ONLY.value:
+    print(json.dumps({
+        "benchmark": "train_mfu", "compile_only": True,
+        "config": os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]) or ""),
+        "device": device.device_kind, "backend": jax.default_backend(),
+        "num_devices": jax.device_count(), "dtype": str(config.model.dtype),
+        "remat": bool(config.model.remat), "remat_policy": config.model.remat_policy,
+        "batch_per_device": batch_per_device, "global_batch": global_batch,
+        "compile_s": round(stats.compile_s, 2),
+        "analytic_flops_per_step": analytic.model, "xla_flops_per_step": xla_flops,
+        "xla_to_analytic_ratio": round(flops_ratio, 4) if flops_ratio else None,
+        "flops_parts_forward": analytic.parts,
+        "peak_memory_gib": round(stats.peak_bytes / GIB, 3),
+        **({"cached_latents": cached} if cached else {})}))
+    return
 
   state = train_state.init_sharded_state(compiler.task, compiler.shardings, jax.random.key(0))
   batch = compiler.global_batch(batch_per_device)
   state, _ = _timed_steps(compiled, state, lambda: batch, 2)  # warm-up
   state, times = _timed_steps(compiled, state, lambda: batch, _STEPS.value)
   step_s = statistics.median(times)
+  if _CACHED.value:
+    cached_batch = compiler.global_batch(batch_per_device, cached=True)
+    state, _ = _timed_steps(cached_compiled, state, lambda: cached_batch, 1)  # warm-up
+    state, cached_times = _timed_steps(cached_compiled, state, lambda: cached_batch,
+                                       _STEPS.value)
+    cached["step_s"] = round(statistics.median(cached_times), 5)
+    cached["step_s_encoding"] = round(step_s, 5)
+    cached["step_time_ratio"] = round(cached["step_s"] / step_s, 4)
 
   pipeline_result = {}
   if _PIPELINE.value:
@@ -208,6 +268,7 @@ def main(argv):
       "mfu": round(tflops_per_device * 1e12 / peak, 5) if peak else None,
       **pipeline_result,
       **({"find_max_batch": search} if search else {}),
+      **({"cached_latents": cached} if cached else {}),
   }
   print(json.dumps(result))
 

@@ -30,6 +30,18 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int =
   return dict(grid=grid, mask=mask, box=np.tile(np.float32([0, 0, 1, 1]), (batch_size, 1)))
 
 
+def random_moments(config: ml_collections.ConfigDict, space: latent.LatentSpace,
+                   batch_size: int, seed: int = 0) -> np.ndarray:
+  """Cached posterior moments for a random batch (config.data.cached_latents): bfloat16
+  [B, (K+1)t, 2t, 2C], means around 0 and log-variances around -5."""
+  k, t = int(config.data.num_examples), int(config.data.tile_size) // space.factor
+  rng = np.random.default_rng(seed)
+  shape = (batch_size, (k + 1) * t, 2 * t, space.channels)
+  moments = np.concatenate([rng.standard_normal(shape), rng.normal(-5.0, 1.0, shape)], axis=-1)
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  return moments.astype(ml_dtypes.bfloat16)
+
+
 def autoencoder(config: ml_collections.ConfigDict, seed: int = 0
                 ) -> tuple[latent.LatentSpace, Any] | None:
   """The latent space and its weights: read from config.model.autoencoder.params when set, else
@@ -46,8 +58,9 @@ def autoencoder(config: ml_collections.ConfigDict, seed: int = 0
   return space, ae.init_params(space.model, jax.random.key(seed))
 
 
-def build_task(config: ml_collections.ConfigDict):
-  """(the ImageBrush Trainable of `config`, its autoencoder architecture or None)."""
-  space = autoencoder(config)
+def build_task(config: ml_collections.ConfigDict, space: Any = False):
+  """(the ImageBrush Trainable of `config`, its autoencoder architecture or None); `space`: what
+  autoencoder(config) gives, if already made."""
+  space = autoencoder(config) if space is False else space
   task = objectives.imagebrush_from_config(config, space)
   return task, (space[0].model.arch if space is not None else None)

@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Several built data sets at once: ((folder, weight), ...), with source tfds and tfds.dir "".
   # Training grids come from each in proportion to its weight (grain's mixing).
   c.data.mixture = ()
+  # Train from the posterior moments `build_data --autoencoder` cached beside the pixels (the
+  # frozen encoder then runs once per pair, not in every step); README: "Cached latents".
+  c.data.cached_latents = False
   # Folder / TFDS pairs held out for evaluation, per task, by a hash of task/pair_id (at least
   # num_examples + 1 per task; never trained on). 0: evaluate on training pairs. Synthetic
   # evaluation draws fresh scenes from another seed instead.

@@ -8,6 +8,10 @@ Sources: `ip2p` (InstructPix2Pix parquet shards or prompt folders; a task = one 
 `folder` (ROOT/<task>/<id>_before.png ...), `synthetic` (the built-in tasks of --config). Train
 from it with --config.data.source=tfds --config.data.tfds.dir=OUTPUT. The last stdout line is a
 JSON summary: tasks, pairs, skipped, heldout_tasks, shards, seconds, ...
+
+With --autoencoder FILE the built data set also caches every pair's posterior moments under that
+autoencoder (data/prepare/moments.py), for --config.data.cached_latents=True; given for a data
+set already built (the same command again), it adds them.
 """
 import dataclasses
 import os
@@ -17,6 +21,7 @@ from absl import flags
 
 from imagebrush_jax.infra import cli
 from imagebrush_jax.data.prepare import ip2p
+from imagebrush_jax.data.prepare import moments
 from imagebrush_jax.data.prepare import units
 from imagebrush_jax.data.prepare import writer
 
@@ -44,10 +49,14 @@ def main(argv: Sequence[str]) -> None:
   del argv
   opts = _options()
   summary = writer.build(opts, progress=True)
+  if _AUTOENCODER.value:
+    summary.update(moments.write(opts.output, _AUTOENCODER.value, dtype=_MOMENTS_DTYPE.value,
+                                 progress=True))
   print(f"wrote {summary['pairs']} pairs of {summary['tasks']} tasks to {opts.output} "
         f"({summary['skipped']} inputs skipped, listed in "
         f"{os.path.join(opts.output, writer.ERRORS_FILE)})")
-  print(f"train from it: --config.data.source=tfds --config.data.tfds.dir={opts.output}")
+  cached = " --config.data.cached_latents=True" if _AUTOENCODER.value else ""
+  print(f"train from it: --config.data.source=tfds --config.data.tfds.dir={opts.output}{cached}")
   print(writer.summary_line(summary))
 
 
@@ -75,6 +84,11 @@ if __name__ == "__main__":
   _AFTER = flags.DEFINE_string("after_column", ip2p.Columns.after, "ip2p parquet: after image.")
   _INSTRUCTION = flags.DEFINE_string("instruction_column", ip2p.Columns.instruction,
                                      "ip2p parquet: the edit instruction.")
+  _AUTOENCODER = flags.DEFINE_string(
+      "autoencoder", "", "Also cache each pair's posterior moments under this autoencoder file "
+      "(converted or trained), for config.data.cached_latents.")
+  _MOMENTS_DTYPE = flags.DEFINE_enum("moments_dtype", "bfloat16", ["bfloat16", "float32"],
+                                     "--autoencoder: how the moments are stored.")
   _PAIRS = flags.DEFINE_integer("pairs_per_task", 256, "synthetic: pairs per task.")
   _SEED = flags.DEFINE_integer("seed", 0, "synthetic: the scenes' seed.")
   _CONFIG = flags.DEFINE_string(

@@ -28,6 +28,10 @@ config.model.autoencoder:
   arch              written by training into the run's config: the file's architecture
   sample_posterior  training latents: a posterior sample (as LDM) or the posterior mean
   dtype             the autoencoder's compute dtype: float32 | bfloat16
+
+With config.data.cached_latents the train step reads each cell's posterior moments from the
+batch (stored by build_data --autoencoder, data/prepare/moments.py) instead of encoding its pixels
+(grid_from_moments); evaluation and sampling still encode and decode here.
 """
 from __future__ import annotations
 
@@ -75,6 +79,15 @@ class LatentSpace:
     A posterior sample when `rng` is given and sample_posterior is set, else its mean.
     """
     posterior = self.model.apply({"params": params}, pixels, method=ae.AutoencoderKL.encode)
+    return self._latents(posterior, rng)
+
+  def moments(self, params: Any, pixels: jax.Array) -> jax.Array:
+    """Images [N, T, T, 3] in [-1, 1] -> the posterior's moments [N, T/f, T/f, 2C] (float32):
+    mean, then log-variance, unscaled; what a data set's cached latents store."""
+    posterior = self.model.apply({"params": params}, pixels, method=ae.AutoencoderKL.encode)
+    return jnp.concatenate([posterior.mean, posterior.logvar], axis=-1)
+
+  def _latents(self, posterior: ae.DiagonalGaussian, rng: jax.Array | None) -> jax.Array:
     z = posterior.sample(rng) if (rng is not None and self.sample_posterior) else posterior.mean
     return (z - self.shift_factor) * self.scaling_factor
 
@@ -86,14 +99,38 @@ class LatentSpace:
 
   def encode_grid(self, params: Any, grid: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     """Pixel grid [B, R*T, 2T, 3] in [-1, 1] -> latent grid [B, R*t, 2t, C], cell by cell."""
-    b, h, w, c = grid.shape
-    tile = w // 2
-    rows = h // tile
-    cells = grid.reshape(b, rows, tile, 2, tile, c).transpose(0, 1, 3, 2, 4, 5)
-    z = self.encode(params, cells.reshape(b * rows * 2, tile, tile, c), rng)
-    t, ch = z.shape[1], z.shape[-1]
-    z = z.reshape(b, rows, 2, t, t, ch).transpose(0, 1, 3, 2, 4, 5)
-    return z.reshape(b, rows * t, 2 * t, ch)
+    return cells_to_grid(self.encode(params, grid_cells(grid), rng), grid.shape[0])
+
+  def grid_from_moments(self, moments: jax.Array, grid_shape: tuple[int, ...],
+                        rng: jax.Array | None = None) -> jax.Array:
+    """Cached moments [B, R*t, 2t, 2C] (data.cached_latents) -> latent grid [B, R*t, 2t, C]:
+    what encode_grid gives for the pixel grid of `grid_shape` they were encoded from, with the
+    same rng (the same noise, drawn per cell as there), without running the encoder."""
+    b, h, w, _ = grid_shape
+    want = (b, h // self.factor, w // self.factor, 2 * self.channels)
+    if tuple(moments.shape) != want:
+      raise ValueError(f"batch['moments'] {tuple(moments.shape)} does not match the grid "
+                       f"{tuple(grid_shape)}: expected {want} (f = {self.factor}, "
+                       f"{self.channels} latent channels)")
+    posterior = ae.DiagonalGaussian.from_moments(grid_cells(moments))
+    return cells_to_grid(self._latents(posterior, rng), b)
+
+
+def grid_cells(grid: jax.Array) -> jax.Array:
+  """[B, R*T, 2T, C] -> its cells [B*R*2, T, T, C], row by row."""
+  b, h, w, c = grid.shape
+  tile = w // 2
+  rows = h // tile
+  cells = grid.reshape(b, rows, tile, 2, tile, c).transpose(0, 1, 3, 2, 4, 5)
+  return cells.reshape(b * rows * 2, tile, tile, c)
+
+
+def cells_to_grid(cells: jax.Array, batch: int) -> jax.Array:
+  """grid_cells' inverse: [B*R*2, t, t, C] -> [B, R*t, 2t, C]."""
+  n, t, _, ch = cells.shape
+  rows = n // (2 * batch)
+  z = cells.reshape(batch, rows, 2, t, t, ch).transpose(0, 1, 3, 2, 4, 5)
+  return z.reshape(batch, rows * t, 2 * t, ch)
 
 
 def from_config(spec: Any) -> LatentSpace | None:

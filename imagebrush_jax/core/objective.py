@@ -13,7 +13,9 @@ by the caller and shared by both; None in pixel space.
 
 `params` is the model's 'params' collection. Batches follow the data contract: grid and mask
 uint8 [B, (K+1)T, 2T, 3|1], box float32 [B, 4], and for the loss an optional per-grid weight
-float32 [B] (0 for padding rows); other keys are ignored. With
+float32 [B] (0 for padding rows), and in latent space optional moments [B, (K+1)t, 2t, 2C]
+(config.data.cached_latents: the cells' cached posterior moments, used instead of encoding the
+grid); other keys are ignored. With
 config.model.latent_factor > 1 the UNet works on the latents of a frozen autoencoder whose
 parameters are params[latent.PARAMS_KEY] (see imagebrush_jax/core/latent.py); the prompt encoder still
 sees pixels.
@@ -78,6 +80,9 @@ def make_loss_fn(model: model_lib.ImageBrush, spec: options_lib.ImageBrushSpec |
       params, ae_params = latent.split_params(params)
       posterior_rng = jax.random.fold_in(rng, _POSTERIOR_STREAM) if train else None
       encode = lambda grid: space.encode_grid(ae_params, grid, posterior_rng)
+      if "moments" in batch:  # cached posterior moments (config.data.cached_latents): no encoder
+        encode = lambda grid: space.grid_from_moments(batch["moments"], grid.shape,
+                                                      posterior_rng)
     inputs = _inputs(batch, model, spec, encode)
     rng_loss, rng_drop, rng_dropout = jax.random.split(rng, 3)
     b = inputs.x0.shape[0]

@@ -4,7 +4,9 @@
         -> LoadPairs     -> decoded pairs, resized to render_size (augment.TileSpec.render)
         -> AugmentCells  -> the same crop and flip on every cell, and on the query box
                             (TileSpec.crop / box_to_tile; inference tiles with the same TileSpec)
-        -> AssembleGrid  -> {grid, mask, box, task_id} (see core/grid.py)
+        -> AssembleGrid  -> {grid, mask, box, task_id} (see core/grid.py), and with
+                            config.data.cached_latents in training `moments`, the grid of
+                            the cells' cached posterior moments (latent_cache.MomentCells)
 
 Evaluation grids of synthetic scenes add QueryCandidates before AssembleGrid: every task's output
 on the query's scene, cropped alike, as `candidates` [N, T, T, 3] in task_id order (what task
@@ -20,6 +22,7 @@ import grain
 import numpy as np
 
 from imagebrush_jax.data import augment
+from imagebrush_jax.data import latent_cache
 from imagebrush_jax.data import options as options_lib
 from imagebrush_jax.data import sources
 from imagebrush_jax.data import tasks as tasks_lib
@@ -117,8 +120,11 @@ class QueryCandidates(grain.transforms.Map):
 
 
 class AssembleGrid(grain.transforms.Map):
-  """-> the batch element {grid, mask, box, task_id[, candidates]} (core/grid.py has the
-  layout)."""
+  """-> the batch element {grid, mask, box, task_id[, candidates][, moments]} (core/grid.py has
+  the layout); `moments` when built with a MomentCells."""
+
+  def __init__(self, moments: latent_cache.MomentCells | None = None):
+    self.moments = moments
 
   def map(self, element) -> dict[str, np.ndarray]:
     episode, tiles, box = element[:3]
@@ -127,6 +133,8 @@ class AssembleGrid(grain.transforms.Map):
     out["task_id"] = np.int32(episode.task_id)
     if len(element) > 3:
       out["candidates"] = element[3]
+    if self.moments is not None:
+      out["moments"] = self.moments(episode)
     return out
 
 
@@ -134,9 +142,13 @@ def grid_transforms(source: sources.PairSource, opts: options_lib.DataOptions, *
                     tasks: Sequence[str], seed: int, train: bool,
                     candidates: bool = False) -> list[grain.transforms.Map]:
   """The steps, in order, for `.map`-ing a dataset of indices to grids; with `candidates` (a
-  synthetic source) QueryCandidates too."""
+  synthetic source) QueryCandidates too; training grids with config.data.cached_latents carry
+  their cells' cached moments (the source opened with them)."""
   steps = [SampleEpisode(source, opts, tasks=tasks, seed=seed, train=train),
            LoadPairs(source, opts), AugmentCells(opts)]
   if candidates:
     steps.append(QueryCandidates(source, opts, opts.all_tasks))
-  return steps + [AssembleGrid()]
+  moments = None
+  if train and opts.cached_latents:
+    moments = latent_cache.MomentCells(source, opts.crop_margin)
+  return steps + [AssembleGrid(moments)]

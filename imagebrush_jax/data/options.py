@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from imagebrush_jax.infra import config_checks as checks
 from imagebrush_jax.infra import files
 from imagebrush_jax.data import augment
+from imagebrush_jax.data import latent_cache
 from imagebrush_jax.data import scenes
 from imagebrush_jax.data import tasks as tasks_lib
 from imagebrush_jax.data import tfds_format
@@ -44,6 +45,10 @@ class DataOptions:
   prefetch_buffer: int
   read_threads: int
   eval_batch_size: int
+  # Training reads the cached posterior moments of build_data --autoencoder (latent_cache.py),
+  # which `autoencoder` (config.model.autoencoder.params) must have made; "" when off.
+  cached_latents: bool = False
+  autoencoder: str = ""
 
   @property
   def all_tasks(self) -> tuple[str, ...]:
@@ -187,11 +192,24 @@ def from_config(config: Any) -> DataOptions:
     raise ValueError("config.data.tfds.dir must name a data set folder written by python -m "
                      "imagebrush_jax.build_data (or config.data.mixture several) when "
                      "config.data.source is 'tfds'")
+  tile_size = _int(_get(d, "tile_size"), "config.data.tile_size", 4, 4096)
+  crop_scale = _float(_get(d, "crop_scale"), "config.data.crop_scale", 1.0, 2.0)
+  flip_prob = _float(_get(d, "flip_prob"), "config.data.flip_prob", 0.0, 1.0)
+  cached = checks.boolean(_get(d, "cached_latents"), "config.data.cached_latents")
+  autoencoder = ""
+  if cached:
+    model = config.get("model") or {}
+    autoencoder = str(model.get("autoencoder", {}).get("params", "") or "")
+    latent_cache.check_config(cached, source=source,
+                              latent_factor=int(model.get("latent_factor", 1)),
+                              autoencoder=autoencoder, train_tasks=train,
+                              crop_margin=augment.crop_margin(tile_size, crop_scale),
+                              flip_prob=flip_prob)
   return DataOptions(
       seed=_int(config.seed, "config.seed", 0, 2**32 - 1),
       batch_size=_int(config.train.batch_size, "config.train.batch_size", 1),
       source=source,
-      tile_size=_int(_get(d, "tile_size"), "config.data.tile_size", 4, 4096),
+      tile_size=tile_size,
       num_examples=_int(_get(d, "num_examples"), "config.data.num_examples", 1, MAX_EXAMPLES),
       train_tasks=train,
       heldout_tasks=heldout,
@@ -203,11 +221,13 @@ def from_config(config: Any) -> DataOptions:
       eval_fraction=_float(_get(d, "eval_fraction"), "config.data.eval_fraction", 0.0, 0.9),
       resize_method=_choice(_get(d, "resize_method"), "config.data.resize_method",
                             RESIZE_METHODS),
-      crop_scale=_float(_get(d, "crop_scale"), "config.data.crop_scale", 1.0, 2.0),
-      flip_prob=_float(_get(d, "flip_prob"), "config.data.flip_prob", 0.0, 1.0),
+      crop_scale=crop_scale,
+      flip_prob=flip_prob,
       box_prob=_float(_get(d, "box_prob"), "config.data.box_prob", 0.0, 1.0),
       num_workers=_int(_get(d, "num_workers"), "config.data.num_workers", 0),
       prefetch_buffer=_int(_get(d, "prefetch_buffer"), "config.data.prefetch_buffer", 1),
       read_threads=_int(_get(d, "read_threads"), "config.data.read_threads", 1),
       eval_batch_size=_int(_get(d, "eval_batch_size"), "config.data.eval_batch_size", 1),
+      cached_latents=cached,
+      autoencoder=autoencoder,
   )

@@ -21,6 +21,7 @@ import grain
 import numpy as np
 
 from imagebrush_jax.data import episodes
+from imagebrush_jax.data import latent_cache
 from imagebrush_jax.data import options as options_lib
 from imagebrush_jax.data import sources
 from imagebrush_jax.data import tfds_format
@@ -107,7 +108,8 @@ def make_train_dataset(config: Any, *, process_index: int, process_count: int
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
   batch = host_batch_size(opts, process_count)
-  source = sources.make_source(opts, seed=opts.seed, part="train")
+  latent_cache.check_opened(opts)  # cached latents: of this autoencoder, for these tiles
+  source = sources.make_source(opts, seed=opts.seed, part="train", moments=opts.cached_latents)
   sources.check_tasks(source, opts.train_tasks, opts.num_examples + 1, "config.data.train_tasks")
   indices = grain.MapDataset.range(NUM_INDICES // process_count).map(
       functools.partial(_host_index, global_batch=opts.batch_size, host_batch=batch,

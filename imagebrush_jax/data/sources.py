@@ -10,6 +10,9 @@ indices of that task's pairs, so that an episode can draw several distinct pairs
     shards of TFDS records, read with TFDS's data source: no TensorFlow needed);
   * MixtureSource: several of those as one (config.data.mixture).
 
+A TfdsSource opened with `moments=True` (config.data.cached_latents) also gives each pair's
+cached posterior moments, `moments(index)` [2, t, t, 2C] (data/latent_cache.py).
+
 Sources are picklable, so grain can hand them to worker processes.
 """
 import bisect
@@ -24,6 +27,7 @@ from PIL import Image
 
 from imagebrush_jax.infra import files
 from imagebrush_jax.data import image_decode
+from imagebrush_jax.data import latent_cache
 from imagebrush_jax.data import scenes
 from imagebrush_jax.data import splits
 from imagebrush_jax.data import tasks as tasks_lib
@@ -254,9 +258,10 @@ def _quiet_decoder_notice() -> None:
 class TfdsSource:
   """Pairs of a data set folder written by `python -m imagebrush_jax.build_data` (array_record
   shards of TFDS records, read with TFDS's data source: no TensorFlow). Both its splits are
-  held, the train split's records first; a task's pairs are in one split only."""
+  held, the train split's records first; a task's pairs are in one split only. With `moments`,
+  `moments(index)` reads the pair's cached posterior moments (build_data --autoencoder)."""
 
-  def __init__(self, data_dir: str):
+  def __init__(self, data_dir: str, *, moments: bool = False):
     self.data_dir = data_dir
     builder = self._builder()
     self.tasks = tuple(builder.info.features["task"].names)
@@ -271,6 +276,10 @@ class TfdsSource:
         self._by_task[task] = range(start + r.start, start + r.stop)
       self._pair_ids += tfds_format.pair_ids(builder.info, split, num)
     self._data = None
+    self._moments = None
+    if moments:
+      self._moments = latent_cache.MomentReader(data_dir, self._splits)
+      self._moments.check_lengths([builder.info.splits[s].num_examples for s in self._splits])
 
   def _builder(self):
     # Imported here: TFDS is slow to import and only this source needs it.
@@ -306,6 +315,14 @@ class TfdsSource:
 
   def pair_id(self, index: int) -> str:
     return self._pair_ids[int(index)]
+
+  def moments(self, index: int) -> np.ndarray:
+    """The cached moments of pair `index`: [2 (before, after), t, t, 2C]."""
+    if self._moments is None:
+      raise ValueError(f"the data set in {self.data_dir} was opened without its cached latents")
+    index = int(index)
+    part = bisect.bisect_right(self._starts, index) - 1
+    return self._moments.read(part, index - self._starts[part])
 
   def __getitem__(self, index: int) -> Pair:
     index = int(index)
@@ -363,12 +380,17 @@ class MixtureSource:
     part, local = self._locate(index)
     return self.sources[part][local]
 
+  def moments(self, index: int) -> np.ndarray:
+    part, local = self._locate(index)
+    return self.sources[part].moments(local)
+
 
 # ---------------------------------------------------------------- from the config
 
 
-def make_source(opts, *, seed: int, part: str = "all") -> PairSource:
-  """The source named by config.data.source; `seed` seeds synthetic scenes.
+def make_source(opts, *, seed: int, part: str = "all", moments: bool = False) -> PairSource:
+  """The source named by config.data.source; `seed` seeds synthetic scenes; `moments` opens a
+  tfds source's cached latents too (config.data.cached_latents, for training).
 
   part: 'train' | 'heldout' | 'all'. Stored pairs (folder, tfds) are split per task by
   config.data.eval_fraction (see splits.py): training reads 'train', evaluation 'heldout'.
@@ -380,9 +402,9 @@ def make_source(opts, *, seed: int, part: str = "all") -> PairSource:
     source = FolderSource(opts.folder_root, check_images=opts.folder_check_images)
   elif opts.source == "tfds" and opts.mixture:
     dirs = [path for path, _ in opts.mixture]
-    source = MixtureSource([TfdsSource(path) for path in dirs], dirs)
+    source = MixtureSource([TfdsSource(path, moments=moments) for path in dirs], dirs)
   elif opts.source == "tfds":
-    source = TfdsSource(opts.tfds_dir)
+    source = TfdsSource(opts.tfds_dir, moments=moments)
   else:
     raise ValueError(f"config.data.source must be synthetic, folder or tfds; got "
                      f"{opts.source!r}")

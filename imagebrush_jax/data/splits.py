@@ -63,6 +63,9 @@ class SplitSource:
   def __getitem__(self, index: int):
     return self.source[index]
 
+  def moments(self, index: int):
+    return self.source.moments(index)
+
   def pair_id(self, index: int) -> str:
     return self.source.pair_id(index)
 

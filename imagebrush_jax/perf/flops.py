@@ -301,9 +301,13 @@ def _networks(config: ml_collections.ConfigDict, b: int, remat: bool,
 
 
 def train_step(config: ml_collections.ConfigDict, batch_size: int,
-               autoencoder: ae.AutoencoderConfig | None = None) -> StepFlops:
+               autoencoder: ae.AutoencoderConfig | None = None,
+               cached_latents: bool | None = None) -> StepFlops:
   """FLOPs of one train step on `batch_size` grids (in latent space, `autoencoder` encodes every
-  cell of the grid, forward only: it is frozen)."""
+  cell of the grid, forward only: it is frozen; not with cached latents, default
+  config.data.cached_latents, where the step reads the cells' moments instead)."""
+  if cached_latents is None:
+    cached_latents = bool(config.data.get("cached_latents", False))
   remat = bool(config.model.remat)
   net, prompt = _networks(config, batch_size, remat)
   trained = Count()
@@ -311,7 +315,7 @@ def train_step(config: ml_collections.ConfigDict, batch_size: int,
   trained += prompt
   model = trained.training
   parts = {"unet": net.total, "prompt_encoder": prompt.total}
-  if autoencoder is not None:
+  if autoencoder is not None and not cached_latents:
     k, tile = int(config.data.num_examples), int(config.data.tile_size)
     parts["autoencoder_encode"] = autoencoder_encode(autoencoder, batch_size * 2 * (k + 1), tile)
     model += parts["autoencoder_encode"]

@@ -36,6 +36,7 @@ ADDED = (
     ("data.folder.root", ""),
     ("data.folder.check_images", True),
     ("data.tfds.dir", ""),
+    ("data.cached_latents", False),
     ("model.target_cell_fill", "zeros"),
     ("model.variant", ""),
     ("model.variant_options", {}),
