@@ -6,7 +6,8 @@
 #
 #   benchmarks/accelerator.sh [--config.key=value ...]     # overrides reach both benchmarks
 #
-# BATCH_PER_DEVICE (12: the paper's 288 over 24 devices), REMAT_POLICY (dots_saveable),
+# BATCH_PER_DEVICE (6: one micro-batch of configs/paper_256.py on an 80 GB GPU, the memory plan's
+# setting: benchmarks/memory_plan.py), REMAT_POLICY (nothing_saveable),
 # ATTENTION_IMPL (auto: cuDNN's fused attention through jax.nn.dot_product_attention on GPUs),
 # SAMPLER_BATCH (16), TRAIN_STEPS (10 timed steps), SAMPLER_STEPS (50 DDIM steps), CONFIG and
 # OUT_DIR (runs/accelerator) change the defaults.
@@ -17,9 +18,9 @@ CONFIG=${CONFIG:-configs/paper_256.py}
 OUT_DIR=${OUT_DIR:-runs/accelerator}
 mkdir -p "$OUT_DIR"
 "$PY" -m imagebrush_jax.hardware | tee "$OUT_DIR/device.txt"
-"$PY" benchmarks/train_mfu.py --config "$CONFIG" --batch_per_device "${BATCH_PER_DEVICE:-12}" \
-  --remat_policy "${REMAT_POLICY:-dots_saveable}" --attention_impl "${ATTENTION_IMPL:-auto}" \
-  --steps "${TRAIN_STEPS:-10}" "$@" | tee "$OUT_DIR/train_mfu.log"
+"$PY" benchmarks/train_mfu.py --config "$CONFIG" --batch_per_device "${BATCH_PER_DEVICE:-6}" \
+  --remat_policy "${REMAT_POLICY:-nothing_saveable}" --attention_impl "${ATTENTION_IMPL:-auto}" \
+  --steps "${TRAIN_STEPS:-10}" --config.train.grad_accum_steps=1 "$@" | tee "$OUT_DIR/train_mfu.log"
 "$PY" benchmarks/sampler_throughput.py --config "$CONFIG" --batch "${SAMPLER_BATCH:-16}" \
   --steps "${SAMPLER_STEPS:-50}" --repeats 2 "$@" | tee "$OUT_DIR/sampler_throughput.log"
 tail -n 1 "$OUT_DIR/train_mfu.log" > "$OUT_DIR/train_mfu.json"

@@ -66,6 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- train
   # The paper: AdamW, batch 288, 14k iterations (24 V100s there).
   c.train.batch_size = 288
+  # Memory (README: "Performance on accelerators", benchmarks/memory_plan.py): on an 8x
+  # A100-80GB / H100-80GB node, 288 = 36 grids per device per step, in 6 micro-batches of 6
+  # (70.7 GiB per device, estimated, with fsdp over the node and every block rematerialised);
+  # 36 at once would need 365 GiB. 24 GPUs: 12 per device, micro-batches of 2.
+  c.train.grad_accum_steps = 6
   c.train.num_steps = 14_000
   c.train.learning_rate = 1e-4
   c.train.lr_schedule = "constant"
@@ -78,7 +83,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.sample_num_grids = 24
   c.checkpoint.every = 1000
   c.checkpoint.keep_every = 5000
-  # GPUs: one host, all its devices on 'data' (pure data parallel); params replicated unless
-  # fsdp > 1. 24 GPUs: batch 288 = 12 per device.
+  # Parameters, EMA and Adam moments (15.2 GiB in float32) sharded over every device ('fsdp'
+  # fills the mesh: 1.9 GiB per device on 8); the batch is split over every device either way.
+  # Several nodes: --config.mesh.data=<nodes> --config.mesh.fsdp=<devices per node> keeps the
+  # parameter all-gathers inside a node.
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
   c.sharding.min_fsdp_size = 2**18
   return c

@@ -48,6 +48,7 @@ LONGEST_FIRST = (
     "test_cloud_storage.py",  # 90
     "test_convert_sd_unet.py",  # 80
     "test_infer_multiprocess.py",  # 120
+    "test_memory_plan.py",  # 75
     "test_app.py",  # 70
     "test_region_edits.py",  # 65
     "test_infer.py",  # 70

@@ -1,6 +1,7 @@
 """Device peaks and capacities: dense bfloat16 FLOP/s by device kind, a measured CPU matmul peak,
-memory per device, and the warning for a large model on the CPU backend
-(`python -m imagebrush_jax.hardware` prints them for the devices jax sees)."""
+memory per device (of the devices jax sees, and of the accelerators a memory plan is made for),
+and the warning for a large model on the CPU backend (`python -m imagebrush_jax.hardware` prints
+them for the devices jax sees)."""
 from __future__ import annotations
 
 import functools
@@ -27,11 +28,23 @@ PEAK_TFLOPS = (
     ("TPU v5", 459.0),
     ("TPU v6 lite", 918.0),
 )
+# Memory per device (GiB) of the accelerators a memory plan (training/memory_plan.py) is made
+# for: HBM per GPU or per TPU chip, the vendors' figures.
+ACCELERATOR_MEMORY_GIB = {
+    "A100-40GB": 40.0,
+    "A100-80GB": 80.0,
+    "H100-80GB": 80.0,
+    "H200": 141.0,
+    "TPU v4": 32.0,
+    "TPU v5e": 16.0,
+    "TPU v5p": 95.0,
+}
 # Above this many parameters a CPU backend is almost surely a missing accelerator install.
 LARGE_MODEL_PARAMS = 100_000_000
 
 
-def _table_peak(device_kind: str) -> float | None:
+def table_peak_flops(device_kind: str) -> float | None:
+  """The dense bfloat16 peak FLOP/s of a device kind (PEAK_TFLOPS), None when unknown."""
   for key, tflops in PEAK_TFLOPS:
     if key in device_kind:
       return tflops * 1e12
@@ -65,7 +78,7 @@ def peak_flops(device: jax.Device | None = None, dtype: str = "bfloat16"
   if device.platform == "cpu":
     per_device = cpu_matmul_flops(str(dtype)) / max(len(jax.local_devices(backend="cpu")), 1)
     return per_device, f"measured {dtype} matmul"
-  peak = _table_peak(device.device_kind)
+  peak = table_peak_flops(device.device_kind)
   return peak, ("bfloat16 dense peak table" if peak else f"unknown device {device.device_kind!r}")
 
 
@@ -78,6 +91,16 @@ def memory_bytes(device: jax.Device | None = None) -> int:
     return int(stats["bytes_limit"])
   physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   return physical // max(len(jax.local_devices(backend="cpu")), 1)
+
+
+def accelerator_name(name: str) -> str:
+  """The ACCELERATOR_MEMORY_GIB key `name` means: case, spaces, '-' and '_' ignored, the 'TPU '
+  of a TPU optional ('v5e', 'tpu_v5p', 'h100-80gb'). ValueError naming the known ones."""
+  norm = lambda s: "".join(ch for ch in s.lower() if ch.isalnum())
+  for key in ACCELERATOR_MEMORY_GIB:
+    if norm(name) in (norm(key), norm(key.removeprefix("TPU "))):
+      return key
+  raise ValueError(f"unknown accelerator {name!r}; known: {', '.join(ACCELERATOR_MEMORY_GIB)}")
 
 
 def memory_limit_bytes(limit_gb: float, device: jax.Device | None = None) -> int:
