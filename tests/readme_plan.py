@@ -63,7 +63,7 @@ TINY_DEMO = _flags(*TINY_DEFAULT_DATA, *TINY_MODEL, *TINY_STEPS, "train.eval_num
 # configs/paper_256.py and latent_tiny.py: 32-pixel tiles, 4x4 latents of an f = 8 autoencoder.
 TINY_LATENT = _flags("data.tile_size=32", "model.prompt.image_size=0",
                      "model.prompt.vit.patch_size=8", "model.unet.num_res_blocks=1",
-                     "train.batch_size=4", *TINY_MODEL, *TINY_RUN)
+                     "train.batch_size=4", "train.grad_accum_steps=1", *TINY_MODEL, *TINY_RUN)
 TINY_AUTOENCODER = _flags("autoencoder.arch.block_out_channels=(8,8,8,8)",
                           "autoencoder.arch.norm_num_groups=4", "train.batch_size=4",
                           "train.num_steps=2", "train.warmup_steps=1", "train.eval_every=2",
@@ -75,6 +75,10 @@ TINY_FROM_SD = [f.replace("attention=('self','self+cross')", "attention=('self+c
 MIXTURE = '--config.data.mixture="((\'/data/ip2p_256\',1.0),(\'/data/video_256\',1.0))"'
 PAPER = ('launch/local.sh configs/paper_256.py runs/paper '
          '--config.model.autoencoder.params=sd_vae.safetensors ' + MIXTURE)
+CACHED = ('launch/local.sh configs/paper_256.py runs/paper_cached '
+          '--config.model.autoencoder.params=sd_vae.safetensors '
+          '--config.data.mixture="((\'/data/ip2p_256_sd_vae\',1.0),)" '
+          '--config.data.cached_latents=True')
 
 # The chains of commands that run, each run by one test (run_chain(chain, ...)), and what each
 # leaves in its folder.
@@ -96,6 +100,10 @@ CHAINS: dict[str, list[str]] = {
     # objects.py, evaluated and reported, and with 3 examples (tests/test_readme_training.py)
     "objects": ["runs/objects/metrics.json", "runs/objects/report.png",
                 "runs/objects_k3/repeat_first.json"],
+    # a data set built with cached latents, trained from them, resumed, evaluated
+    # (tests/test_readme_cached_latents.py)
+    "cached_latents": ["data/ip2p_256_sd_vae/latents.json", "runs/paper_cached/checkpoints/2",
+                       "runs/paper_cached/checkpoints/4", "runs/paper_cached/metrics.json"],
 }
 
 # (command as the README shows it, what to append, and the chain that runs it; or the command,
@@ -121,6 +129,13 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "--num_steps 400 --minutes 60 --oracle --config configs/objects_dit.py", None,
      "an hour of training; tests/test_ladder.py checks --oracle reaches training and runs the "
      "tool at tiny size, tests/test_models_dit.py the DiT and its position bias"),
+    (f"{PY} benchmarks/ladder.py --rungs 0,1 --config configs/objects_dit.py --num_steps 300 "
+     "--minutes 60 --ceiling", None,
+     "an hour and a half of training; tests/test_ladder.py runs the tool with rung 0 at tiny "
+     "size, tests/test_models_dit.py the DiT and its position bias"),
+    (f"{PY} benchmarks/ladder.py --tasks hflip,vflip,rot90,invert,grayscale,swap_red_blue "
+     "--config configs/objects_dit.py --num_steps 600 --minutes 90 --curve_steps 100,200,400",
+     None, "half an hour of training; tests/test_ladder.py runs --curve_steps at tiny size"),
     (f"{PY} benchmarks/ladder.py --rungs 2 --num_steps 400 --minutes 60 "
      "--config configs/objects_dit.py", None,
      "an hour of training; tests/test_ladder.py runs the tool at tiny size, "
@@ -161,6 +176,15 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
     (f"{PY} -m imagebrush_jax.autoencode --params sd_vae.safetensors --input x.png "
      "--output y.png", [], "paper"),
     (PAPER, TINY_LATENT, "paper"),
+    (f"{PY} -m imagebrush_jax.build_data --source ip2p --input /data/ip2p "
+     "--output /data/ip2p_256_sd_vae --heldout_fraction 0.02 --autoencoder sd_vae.safetensors",
+     ["--tile_size", "32"], "cached_latents"),
+    (CACHED, TINY_LATENT, "cached_latents"),
+    (CACHED, TINY_LATENT + ["--config.train.num_steps=4"], "cached_latents"),  # resumed
+    (f"{PY} -m imagebrush_jax.evaluate --workdir runs/paper_cached --num_examples 256 "
+     "--output runs/paper_cached/metrics.json",
+     ["--num_examples", "8", "--steps", "2", "--batch_size", "4", "--no_cycle"],
+     "cached_latents"),
     ("NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local.sh configs/tiny_test.py runs/mh", None,
      "run as written by tests/test_train.py::test_two_processes_match_one_process"),
     ("COORDINATOR_ADDRESS=10.0.0.1:12355 NUM_HOSTS=4 HOST_INDEX=0 launch/gpu_multinode.sh "
@@ -204,6 +228,16 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "tests/test_perf.py::test_accelerator_installs_pin_the_cpu_jax checks what it installs"),
     ("make venv-tpu", None, "installs jax's TPU build (a download) and needs a TPU; "
      "tests/test_perf.py::test_accelerator_installs_pin_the_cpu_jax checks what it installs"),
+    (f"{PY} benchmarks/memory_plan.py --config configs/paper_256.py --fsdp 8 "
+     "--remat nothing_saveable --batch_per_device 1,2,3,4,6,9 --jsonl runs/plan/paper_256.jsonl",
+     None, "compiles six paper-size steps (about 3 minutes and 4 GiB each on 2 CPU cores); "
+     "tests/test_memory_plan.py runs it as written at tiny size"),
+    (f"{PY} benchmarks/memory_plan.py --config configs/paper_256.py --fsdp 1,8 "
+     "--remat nothing_saveable --batch_per_device 36", None,
+     "compiles two paper-size steps; tests/test_memory_plan.py runs the tool at tiny size"),
+    (f"{PY} benchmarks/memory_plan.py --config configs/paper_256_from_sd.py --fsdp 8 "
+     "--remat nothing_saveable --batch_per_device 4,6", None,
+     "compiles two paper-size steps; tests/test_memory_plan.py runs the tool at tiny size"),
     ("benchmarks/accelerator.sh", None, "paper scale on an accelerator; "
      "tests/test_perf.py::test_accelerator_script_at_tiny_size runs it at tiny size"),
     ("make app", None, "a server: tests/test_app.py::test_make_app_serves_the_demo_run starts it "
