@@ -133,6 +133,11 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "--minutes 60 --ceiling", None,
      "an hour and a half of training; tests/test_ladder.py runs the tool with rung 0 at tiny "
      "size, tests/test_models_dit.py the DiT and its position bias"),
+    (f"{PY} benchmarks/ladder.py --rungs 2 --config configs/objects_dit.py --num_steps 400 "
+     "--minutes 60 --override diffusion.timestep_sampling=logit_normal --override "
+     "diffusion.min_snr_gamma=5.0", None,
+     "an hour of training; tests/test_ladder.py runs the tool with --override at tiny size, "
+     "tests/test_learning_options.py the timestep sampling and weighting"),
     (f"{PY} benchmarks/ladder.py --tasks hflip,vflip,rot90,invert,grayscale,swap_red_blue "
      "--config configs/objects_dit.py --num_steps 600 --minutes 90 --curve_steps 100,200,400",
      None, "half an hour of training; tests/test_ladder.py runs --curve_steps at tiny size"),
