@@ -320,14 +320,17 @@ class TfdsSource:
     """The cached moments of pair `index`: [2 (before, after), t, t, 2C]."""
     if self._moments is None:
       raise ValueError(f"the data set in {self.data_dir} was opened without its cached latents")
+    return self._moments.read(*self._locate(index))
+
+  def _locate(self, index: int) -> tuple[int, int]:
+    """(split part, index within it) of a global pair index."""
     index = int(index)
     part = bisect.bisect_right(self._starts, index) - 1
-    return self._moments.read(part, index - self._starts[part])
+    return part, index - self._starts[part]
 
   def __getitem__(self, index: int) -> Pair:
-    index = int(index)
-    part = bisect.bisect_right(self._starts, index) - 1
-    record = self._records()[part][index - self._starts[part]]
+    part, local = self._locate(index)
+    record = self._records()[part][local]
     box = np.asarray(record["box"], np.float32) if record["has_box"] else None
     pair_id = record["pair_id"]
     return Pair(np.asarray(record["before"]), np.asarray(record["after"]),
