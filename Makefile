@@ -52,7 +52,7 @@ test: $(TEST_STAMP)
 clean:
 	rm -rf runs .pytest_cache
 
-# The CPU demo (README "Demo"): train configs/cpu_demo.py into runs/demo with a progress line,
+# The CPU demo (README "Quickstart on a laptop"): train configs/cpu_demo.py into runs/demo with a progress line,
 # then evaluate on fresh grids and write runs/demo/{metrics.json, report.png, accuracy_curve.png}.
 # A finished runs/demo resumes at its last checkpoint (and stops at once); `make clean` restarts.
 # DEMO_FLAGS: extra --config.key=value overrides of the training run (the tests make it tiny).
@@ -66,7 +66,7 @@ demo: $(STAMP)
 	  --output $(DEMO_DIR)/metrics.json --no_cycle
 	$(PY) -m imagebrush_jax.demo_report --workdir $(DEMO_DIR)
 
-# The web editor (README "The web editor") on the demo run: http://127.0.0.1:7860.
+# The web editor (docs/inference.md "The web editor") on the demo run: http://127.0.0.1:7860.
 # APP_FLAGS: more flags of imagebrush_jax.app (--port, --host, --examples ...).
 APP_FLAGS ?=
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accelerator figures of the README ("Performance on accelerators") in one run of a few
+# The accelerator figures of docs/performance.md ("Accelerators") in one run of a few
 # minutes: the paper step's MFU, memory and compile time (benchmarks/train_mfu.py) and guided
 # 50-step edits per second (benchmarks/sampler_throughput.py), at configs/paper_256.py in
 # bfloat16 on random weights (no data or weight files needed). JSON lines go to OUT_DIR.

@@ -4,7 +4,8 @@ against the same step in pixel space at the same output size, side by side in on
   python benchmarks/autoencoder.py [--config configs/latent_tiny.py] [--ae_config \
       configs/autoencoder_tiny.py] [--image_size 256] [--batch 8] [--steps 3] [--config.x=y ...]
 
-On 2 CPU cores use --config.train.batch_size=8: the pixel twin's self-attention over the 64x64
+On 2 CPU cores add --config configs/latent_tiny.py --config.train.batch_size=8 (overrides need
+--config given): the pixel twin's self-attention over the 64x64
 pixel grid takes tens of seconds a step there.
 
 --config is a latent ImageBrush config; its pixel twin is the same config with latent_factor 1

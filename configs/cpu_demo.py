@@ -3,7 +3,7 @@
 The base config's model at the same size, with imagebrush_jax/core/plugins/cpu_demo.py plugged in
 (the query and its dihedral views under the target cell, a pair-statistics prompt token, the edit
 proposal) and the diffusion settings that suit a small pixel grid. It learns the six global
-tasks in minutes on 2 CPU cores; the README's ablation measures each piece.
+tasks in minutes on 2 CPU cores; docs/model.md describes each piece.
 """
 import ml_collections
 

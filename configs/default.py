@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Training grids come from each in proportion to its weight (grain's mixing).
   c.data.mixture = ()
   # Train from the posterior moments `build_data --autoencoder` cached beside the pixels (the
-  # frozen encoder then runs once per pair, not in every step); README: "Cached latents".
+  # frozen encoder then runs once per pair, not in every step); docs/data.md: "Cached latents".
   c.data.cached_latents = False
   # Folder / TFDS pairs held out for evaluation, per task, by a hash of task/pair_id (at least
   # num_examples + 1 per task; never trained on). 0: evaluate on training pairs. Synthetic

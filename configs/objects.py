@@ -2,8 +2,8 @@
 training choices and no plug-ins.
 
 The base config's model at the same size. What changes is how it is conditioned and trained,
-choices that carry over unchanged to real data (README, "Learning object-level edits", has the
-curve and the ablation):
+choices that carry over unchanged to real data (docs/results.md has its
+ladder and the ablations):
 - the query I under the target cell of the UNet's conditioning (InstructPix2Pix's input-image
   conditioning): what the edit keeps is a copy, and capacity goes to what it changes;
 - the target cell diffused as its residual to I (I' - I), so what the edit keeps is zero, and

@@ -1,7 +1,7 @@
 """configs/objects.py on the diffusion transformer: the same data, conditioning and objective,
 with model.backbone = 'dit' (models/dit.py) and its learned position-pair attention bias, so a
-fixed spatial map such as a quarter turn is a few table rows a head (README, "Does the general
-model learn from its examples?", has the ladder and the ablation).
+fixed spatial map such as a quarter turn is a few table rows a head (docs/results.md, "Does the
+general model learn from its examples?", has the ladder and the ablation).
 """
 import ml_collections
 

@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   # ---------------------------------------------------------------- data
   # The paper's data: InstructPix2Pix pairs grouped by instruction and frame pairs of videos,
-  # each built once into a data set folder (README: "Training data"):
+  # each built once into a data set folder (the README's paper-scale recipe, step 3; docs/data.md):
   #   python -m imagebrush_jax.build_data --source ip2p --input /data/ip2p --output /data/ip2p_256
   #   python -m imagebrush_jax.build_data --source video --input /data/DAVIS --output /data/video_256
   # and mixed in equal parts. Every task of their train splits is trained on (empty task
@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- train
   # The paper: AdamW, batch 288, 14k iterations (24 V100s there).
   c.train.batch_size = 288
-  # Memory (README: "Performance on accelerators", benchmarks/memory_plan.py): on an 8x
+  # Memory (docs/training.md: "Memory plan", benchmarks/memory_plan.py): on an 8x
   # A100-80GB / H100-80GB node, 288 = 36 grids per device per step, in 6 micro-batches of 6
   # (70.7 GiB per device, estimated, with fsdp over the node and every block rematerialised);
   # 36 at once would need 365 GiB. 24 GPUs: 12 per device, micro-batches of 2.

@@ -1,6 +1,6 @@
 """ImageBrush fine-tuned from Stable Diffusion 1.5: `paper_256` started from converted weights.
 
-Every pretrained part comes from a converted file (README: "Starting from Stable Diffusion"):
+Every pretrained part comes from a converted file (docs/model.md: "Starting from Stable Diffusion"):
   UNet       SD 1.5's UNet (convert --from sd_unet); its input convolution widened with zeros
              for the known grid and the mask, so at step 0 it computes SD's function of the
              noisy latent
@@ -27,6 +27,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.prompt.mixer.width = 768  # SD 1.5's cross_attention_dim
   # Cross-attention on the outermost level costs memory: on an 8x A100-80GB / H100-80GB node,
   # 36 grids per device per step in 9 micro-batches of 4 (53.3 GiB per device, estimated; 6 would
-  # need 75.2; README: "Performance on accelerators").
+  # need 75.2; docs/training.md: "Memory plan").
   c.train.grad_accum_steps = 9
   return c

@@ -2,7 +2,8 @@
 
 FSDP over the 4 chips of each host shards parameters and optimizer state, data parallel
 over hosts; batch 288 does not split over 32 chips, so the pod runs batch 320 (10 per chip)
-with the learning rate scaled linearly. Launch: launch/tpu_pod.sh (README).
+with the learning rate scaled linearly. Launch: launch/tpu_pod.sh (README: "Training at paper
+scale", step 6).
 """
 import ml_collections
 
@@ -15,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 4
   c.train.batch_size = 320
   # 10 per chip per step, in micro-batches of 1: a v4 chip's 32 GiB holds one (19.2 GiB per
-  # device estimated at fsdp 8, README: "Performance on accelerators"; fsdp 4 holds 1.9 GiB more
+  # device estimated at fsdp 8, docs/training.md: "Memory plan"; fsdp 4 holds 1.9 GiB more
   # state). A v5p chip (95 GiB) holds 5 (--config.train.grad_accum_steps=2).
   c.train.grad_accum_steps = 10
   c.train.learning_rate = 1e-4 * 320 / 288

@@ -3,7 +3,8 @@
 # driving all of that host's GPUs). The coordinator comes from the environment:
 #
 #   COORDINATOR_ADDRESS=10.0.0.1:12355 NUM_HOSTS=4 HOST_INDEX=<0..3> \
-#     launch/gpu_multinode.sh configs/paper_256.py /shared/runs/paper [--config.key=value ...]
+#     launch/gpu_multinode.sh configs/paper_256.py /shared/runs/paper \
+#     --config.model.autoencoder.params=/shared/sd_vae.safetensors [--config.key=value ...]
 #
 # Under SLURM (srun --ntasks-per-node=1) NUM_HOSTS and HOST_INDEX default to SLURM_NTASKS
 # and SLURM_PROCID, and COORDINATOR_ADDRESS to the first node of the allocation.

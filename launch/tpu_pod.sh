@@ -4,12 +4,14 @@
 # other workers by itself on TPU VMs (IMAGEBRUSH_DISTRIBUTED=1 -> jax.distributed.initialize()).
 #
 #   TPU_NAME=ib-pod ZONE=us-central2-b ACCELERATOR=v4-64 WORKDIR=gs://my-bucket/runs/paper \
-#     launch/tpu_pod.sh configs/paper_256_tpu_pod.py [--config.key=value ...]
+#     launch/tpu_pod.sh configs/paper_256_tpu_pod.py \
+#     --config.model.autoencoder.params=/data/sd_vae.safetensors [--config.key=value ...]
 #
 # Steps can be run one at a time: STEPS="create copy install train" (the default), or e.g.
 # STEPS=train to restart training on an existing slice (it resumes from the latest complete
-# checkpoint in WORKDIR). WORKDIR holds checkpoints, logs and samples (process 0 writes the
-# shared files); the training data must be on every worker's disk or a gcsfuse mount.
+# checkpoint in WORKDIR). WORKDIR, needed only when train is among the steps, holds
+# checkpoints, logs and samples (process 0 writes the shared files); the training data must be
+# on every worker's disk or a gcsfuse mount.
 # Credentials come from your gcloud login / the VM's service account; none are written here.
 #
 # Batch inference on every worker, `infer` in place of CONFIG (the flags of
@@ -32,13 +34,17 @@ else
    or: launch/tpu_pod.sh infer --workdir RUN --manifest ROWS --output_dir OUT [infer flags]"}
   shift
   PROGRAM=train
-  : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR (a gs:// path)}"
+  : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 fi
 ACCELERATOR=${ACCELERATOR:-v4-64}
 RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
 STEPS=${STEPS:-"create copy install $PROGRAM"}
 REMOTE_DIR=${REMOTE_DIR:-imagebrush_jax}
+# The workdir is needed by the train step only (create / copy / install can run without it).
+if [[ "$PROGRAM" == train && " $STEPS " == *" train "* ]]; then
+  : "${WORKDIR:?set WORKDIR (a gs:// path)}"
+fi
 
 ssh_all() {
   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --worker=all --command="$1"

@@ -1,10 +1,12 @@
-"""The plan of the README tests (tests/test_readme_*.py): every command README.md shows, with
-what it is run with at tiny size, or why it does not run here; the inputs the commands read; and
-run_chain, which runs one chain of commands as written (a subprocess each) in a test's folder.
+"""The plan of the README tests (tests/test_readme_*.py): every command README.md and docs/*.md
+show, with what it is run with at tiny size, or why it does not run here (those are checked for
+their program, flags and config keys by tests/command_check.py); the inputs the commands read;
+and run_chain, which runs one chain of commands as written (a subprocess each) in a test's
+folder.
 
 The only changes allowed to a command are appended overrides of steps and sizes and the root of
-absolute data paths (/data/... -> a folder of the test). A command the README shows that is not
-in PLAN fails tests/test_readme_commands.py, so no documented command can break unnoticed.
+absolute data paths (/data/... -> a folder of the test). A command the documentation shows that
+is not in PLAN fails tests/test_readme_commands.py, so no documented command can break unnoticed.
 
 The commands that run fall into independent chains (each chain's commands read only what the
 chain's earlier commands and its inputs make), so that the chains can run in different test
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import re
 import shlex
 import subprocess
 
@@ -28,16 +29,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = ".venv/bin/python"
 
 
-def readme_commands(path: str = os.path.join(ROOT, "README.md")) -> list[str]:
-  """The commands of README.md's ```bash blocks, continuations joined, comments dropped."""
-  text = open(path).read()
-  commands = []
-  for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-    for line in block.replace("\\\n", " ").splitlines():
-      line = re.sub(r"\s+#\s.*$", "", line).strip()
-      if line and not line.startswith("#"):
-        commands.append(re.sub(r"\s+", " ", line))
-  return commands
+def readme_commands() -> list[str]:
+  """The commands of the command blocks of README.md and docs/*.md (tests/doc_commands.py)."""
+  import doc_commands  # pylint: disable=g-import-not-at-top
+  return doc_commands.commands()
 
 
 def _flags(*pairs: str) -> list[str]:
@@ -133,6 +128,9 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "--minutes 60 --ceiling", None,
      "an hour and a half of training; tests/test_ladder.py runs the tool with rung 0 at tiny "
      "size, tests/test_models_dit.py the DiT and its position bias"),
+    (f"{PY} benchmarks/ladder.py --rungs 3,4 --config configs/objects_dit.py --num_steps 400 "
+     "--minutes 50 --ceiling --probe_other_grid", None,
+     "an hour and a half of training; tests/test_ladder.py runs the tool at tiny size"),
     (f"{PY} benchmarks/ladder.py --rungs 2 --config configs/objects_dit.py --num_steps 400 "
      "--minutes 60 --override diffusion.timestep_sampling=logit_normal --override "
      "diffusion.min_snr_gamma=5.0", None,
@@ -164,10 +162,42 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "--config.data.source=tfds --config.data.tfds.dir=/data/pairs_16 "
      "--config.data.train_tasks=\"()\" --config.data.heldout_tasks=\"()\"", TINY_DEFAULT,
      "own_pairs"),
-    ("huggingface-cli download timbrooks/instructpix2pix-clip-filtered --repo-type dataset "
+    (".venv/bin/hf download timbrooks/instructpix2pix-clip-filtered --repo-type dataset "
      "--local-dir /data/ip2p", None, "a download; the test writes parquet shards in its layout"),
-    ("unzip DAVIS-2017-trainval-480p.zip -d /data", None,
+    ("wget https://data.vision.ee.ethz.ch/csergi/share/davis/DAVIS-2017-trainval-480p.zip", None,
      "a download; the test writes DAVIS frame folders"),
+    ("unzip DAVIS-2017-trainval-480p.zip -d /data", None,
+     "unpacks the download; the test writes DAVIS frame folders"),
+    (".venv/bin/hf download stabilityai/sd-vae-ft-mse config.json "
+     "diffusion_pytorch_model.safetensors --local-dir sd-vae-ft-mse", None,
+     "a download; the test writes a diffusers VAE folder"),
+    (".venv/bin/hf download stable-diffusion-v1-5/stable-diffusion-v1-5 unet/config.json "
+     "unet/diffusion_pytorch_model.safetensors --local-dir stable-diffusion-v1-5", None,
+     "a download; the test writes a diffusers pipeline folder"),
+    (".venv/bin/hf download openai/clip-vit-base-patch16 config.json model.safetensors "
+     "--local-dir clip-vit-base-patch16", None,
+     "a download; the test writes a transformers CLIP vision folder"),
+    (f"{PY} -m imagebrush_jax.tasks --list", [], "own_pairs"),
+    (f"{PY} -m imagebrush_jax.tasks", [], "own_pairs"),
+    (f"{PY} -m imagebrush_jax.summary --config configs/default.py", [], "own_pairs"),
+    (f"{PY} -m imagebrush_jax.hardware", [], "own_pairs"),
+    ("sudo apt install python3-venv", None, "installs a system package as root"),
+    ("source .venv/bin/activate", None,
+     "changes the calling shell; every test runs .venv/bin/python"),
+    ("make clean", None, "removes runs/ and .pytest_cache here; checked with make -n"),
+    ('make app APP_FLAGS="--examples /data/pairs --port 7861"', None,
+     "a server; tests/test_app.py starts make app and the editor with --examples"),
+    (f"{PY} -m imagebrush_jax.convert --from inception --input "
+     "pt_inception-2015-12-05-6726825d.pth --output inception.safetensors", None,
+     "pytorch-fid's weights are a download; tests/test_inception.py converts a small file in "
+     "their layout"),
+    ("gcloud auth application-default login", None, "needs a Google account"),
+    ("gcsfuse --implicit-dirs bucket /mnt/bucket", None, "needs a bucket and gcsfuse"),
+    ("gcloud storage cp -r /data/ip2p_256 /data/video_256 sd_vae.safetensors gs://bucket/", None,
+     "needs a bucket; tests/test_cloud_storage.py runs gs:// paths on a local emulator"),
+    ('gcloud compute tpus tpu-vm ssh ib-pod --zone=us-central2-b --worker=all '
+     '--command="mkdir -p /data && gcloud storage cp -r gs://bucket/ip2p_256 gs://bucket/video_256 '
+     'gs://bucket/sd_vae.safetensors /data/"', None, "needs gcloud and a TPU pod"),
     (f"{PY} -m imagebrush_jax.build_data --source ip2p --input /data/ip2p "
      "--output /data/ip2p_256 --heldout_fraction 0.02", ["--tile_size", "32"], "paper"),
     (f"{PY} -m imagebrush_jax.build_data --source video --input /data/DAVIS "
@@ -193,9 +223,15 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
     ("NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 launch/local.sh configs/tiny_test.py runs/mh", None,
      "run as written by tests/test_train.py::test_two_processes_match_one_process"),
     ("COORDINATOR_ADDRESS=10.0.0.1:12355 NUM_HOSTS=4 HOST_INDEX=0 launch/gpu_multinode.sh "
-     "configs/paper_256.py /shared/runs/paper", None, "needs four GPU hosts"),
-    ("TPU_NAME=ib-pod ZONE=us-central2-b ACCELERATOR=v4-64 WORKDIR=gs://bucket/runs/paper "
+     "configs/paper_256.py /shared/runs/paper "
+     "--config.model.autoencoder.params=/shared/sd_vae.safetensors --config.mesh.data=4 "
+     "--config.mesh.fsdp=8", None, "needs four GPU hosts"),
+    ('TPU_NAME=ib-pod ZONE=us-central2-b ACCELERATOR=v4-64 STEPS="create copy install" '
      "launch/tpu_pod.sh configs/paper_256_tpu_pod.py", None, "needs gcloud and a TPU pod"),
+    ("TPU_NAME=ib-pod ZONE=us-central2-b WORKDIR=gs://bucket/runs/paper STEPS=train "
+     "launch/tpu_pod.sh configs/paper_256_tpu_pod.py "
+     "--config.model.autoencoder.params=/data/sd_vae.safetensors", None,
+     "needs gcloud and a TPU pod"),
     (f"{PY} -m imagebrush_jax.train_autoencoder --config configs/autoencoder_tiny.py "
      "--workdir runs/autoencoder_tiny", TINY_AUTOENCODER, "latent_tiny"),
     (f"{PY} -m imagebrush_jax.train --config configs/latent_tiny.py --workdir runs/latent_tiny",
@@ -204,8 +240,6 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "--output vit.safetensors --num_heads 12", [], "paper"),
     (f"{PY} -m imagebrush_jax.convert --from sd_unet --input stable-diffusion-v1-5/ "
      "--output sd15_unet.safetensors --verify", [], "paper"),
-    (f"{PY} -m imagebrush_jax.convert --from sd_vae --input stable-diffusion-v1-5/ "
-     "--output sd_vae.safetensors", [], "paper"),
     (f"{PY} -m imagebrush_jax.convert --from vit --input clip-vit-base-patch16/model.safetensors "
      "--output clip_vit_b16.safetensors --lossy", [], "paper"),
     ("launch/local.sh configs/paper_256_from_sd.py runs/from_sd " + MIXTURE, TINY_FROM_SD,
@@ -243,6 +277,30 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
     (f"{PY} benchmarks/memory_plan.py --config configs/paper_256_from_sd.py --fsdp 8 "
      "--remat nothing_saveable --batch_per_device 4,6", None,
      "compiles two paper-size steps; tests/test_memory_plan.py runs the tool at tiny size"),
+    (f"{PY} benchmarks/data_pipeline.py", None,
+     "a measurement (about a minute here); checked for its flags"),
+    (f"{PY} benchmarks/sampler.py", None,
+     "a measurement (about 30 s here); checked for its flags"),
+    (f"{PY} benchmarks/train_mfu.py --config configs/cpu_demo.py --steps 4 --pipeline", None,
+     "a measurement (about a minute here); tests/test_perf.py runs train_mfu at tiny size"),
+    (f"{PY} benchmarks/train_mfu.py --config configs/default.py --steps 4", None,
+     "a measurement (about a minute here); tests/test_perf.py runs train_mfu at tiny size"),
+    (f"{PY} benchmarks/sampler_throughput.py --config configs/default.py --batch 8", None,
+     "a measurement; tests/test_perf.py::test_sampler_throughput_benchmark_at_tiny_size"),
+    (f"{PY} benchmarks/unet_vs_diffusers.py --config small", None,
+     "a measurement (minutes here); checked for its flags"),
+    (f"{PY} benchmarks/autoencoder.py --config configs/latent_tiny.py "
+     "--config.train.batch_size=8", None,
+     "a measurement (minutes here: the pixel-space twin's step is slow on a CPU); checked for "
+     "its flags"),
+    (f"{PY} benchmarks/build_data.py", None,
+     "a measurement (minutes here); checked for its flags"),
+    (f"{PY} benchmarks/build_data.py --pairs 12 --autoencoder random", None,
+     "a measurement (minutes here: the encoder on 2 CPU cores); checked for its flags"),
+    ("XLA_FLAGS=--xla_force_host_platform_device_count=1 .venv/bin/python benchmarks/train_mfu.py "
+     "--config configs/paper_256.py --batch_per_device 1 --compile_only --cached_latents", None,
+     "compiles two paper-size steps (minutes, 4 GiB); tests/test_cached_latents.py runs "
+     "--cached_latents --compile_only at tiny size"),
     ("benchmarks/accelerator.sh", None, "paper scale on an accelerator; "
      "tests/test_perf.py::test_accelerator_script_at_tiny_size runs it at tiny size"),
     ("make app", None, "a server: tests/test_app.py::test_make_app_serves_the_demo_run starts it "

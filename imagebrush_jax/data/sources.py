@@ -287,7 +287,7 @@ class TfdsSource:
     if not tfds_format.is_built_dir(self.data_dir):
       raise FileNotFoundError(
           f"config.data.tfds.dir={self.data_dir!r} is not a data set folder; write it first: "
-          f"python -m imagebrush_jax.build_data --output DIR ... (README: Training data)")
+          f"python -m imagebrush_jax.build_data --output DIR ... (docs/data.md)")
     try:
       return tfds.builder_from_directory(self.data_dir)
     except Exception as e:
