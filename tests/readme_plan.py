@@ -132,6 +132,10 @@ PLAN: list[tuple[str, list[str] | None, str]] = [
      "--minutes 60 --override diffusion.timestep_sampling=logit_normal", None,
      "an hour of training; tests/test_ladder.py runs the tool with --override at tiny size, "
      "tests/test_learning_options.py the timestep sampling"),
+    (f"{PY} benchmarks/ladder.py --tasks hflip,vflip,rot90,invert,grayscale,swap_red_blue "
+     "--num_steps 400 --minutes 60 --override \"model.unet.attention=('cross','self+cross',"
+     "'self+cross')\"", None,
+     "an hour of training; tests/test_ladder.py runs the tool with --override at tiny size"),
     (f"{PY} benchmarks/ladder.py --rungs 3,4 --config configs/objects_dit.py --num_steps 400 "
      "--minutes 50 --ceiling --probe_other_grid", None,
      "an hour and a half of training; tests/test_ladder.py runs the tool at tiny size"),
