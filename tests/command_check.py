@@ -6,8 +6,9 @@ values and config keys given, so that a command the docs show cannot rot unnotic
   .venv/bin/python tests/command_check.py ["COMMAND" ...]   # default: PLAN's unrun commands
 
 - `[VAR=val ...] .venv/bin/python -m imagebrush_jax.NAME ...` or `... benchmarks/NAME.py ...`:
-  the program runs as __main__ with absl.app.run stubbed: its flags are parsed (an unknown flag
-  or bad value fails with its message), main is not called (nor the VAR settings applied). A
+  the program runs as __main__ with absl.app.run stubbed (an argparse program: its parse_args):
+  its flags are parsed (an unknown flag or bad value fails with its message), main is not
+  called (nor the VAR settings applied). A
   config flag's --config.a.b=... overrides are applied at parse; then the typed options that
   training builds are built from it (migrate, ImageBrushSpec, data options, LoopOptions), with
   imagebrush_jax.train's start check that a latent-space model names its autoencoder file. A
